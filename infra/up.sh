@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Installs what is missing (cached outside the clone) and starts the local stack, all
+# bound to 127.0.0.1:
+#   PostgreSQL 15 (wal_level=logical) :15432   tansu Kafka broker :19092
+#   moto S3 :19000 (buckets from localstack/)   schema registry URL :18081 (reserved)
+# then writes infra/env.sh. Running it again while the stack is up changes nothing.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+mkdir -p "$TRIBUTARY_STATE" "$PIDS"
+chmod 755 "$TRIBUTARY_STATE"
+
+# --- tools ----------------------------------------------------------------------------
+"$INFRA_DIR/python.sh"
+if [ ! -x "$TANSU_BIN" ]; then
+  log "installing tansu $TANSU_VERSION (one-off, ~7 min)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features \
+    --features dynostore --root "$TRIBUTARY_CACHE/tansu-$TANSU_VERSION" \
+    >"$TRIBUTARY_STATE/tansu-install.log" 2>&1 \
+    || { tail -n 40 "$TRIBUTARY_STATE/tansu-install.log" >&2; die "tansu install failed"; }
+fi
+[ -x "$PG_BIN/pg_ctl" ] || die "PostgreSQL 15 binaries not found in $PG_BIN (apt-get install postgresql-15)"
+
+# --- PostgreSQL -------------------------------------------------------------------------
+pgdata="$TRIBUTARY_STATE/pg"
+if [ ! -f "$pgdata/PG_VERSION" ]; then
+  log "initialising PostgreSQL cluster in $pgdata"
+  mkdir -p "$pgdata"
+  chown postgres: "$pgdata"
+  pwfile=$(mktemp)
+  echo "$PG_PASSWORD" >"$pwfile"
+  chown postgres: "$pwfile"
+  runuser -u postgres -- "$PG_BIN/initdb" -D "$pgdata" -U postgres --pwfile="$pwfile" \
+    --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+  rm -f "$pwfile"
+fi
+if ! pid_alive postgres; then
+  mkdir -p "$TRIBUTARY_STATE/pg-socket"
+  chown postgres: "$TRIBUTARY_STATE/pg-socket"
+  touch "$TRIBUTARY_STATE/postgres.log"
+  chown postgres: "$TRIBUTARY_STATE/postgres.log"
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pgdata" -l "$TRIBUTARY_STATE/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$TRIBUTARY_STATE/pg-socket \
+        -c wal_level=logical -c max_replication_slots=32 -c max_wal_senders=32 \
+        -c max_connections=200 -c fsync=on" start >/dev/null \
+    || { tail -n 30 "$TRIBUTARY_STATE/postgres.log" >&2; die "PostgreSQL did not start"; }
+  head -n 1 "$pgdata/postmaster.pid" >"$PIDS/postgres.pid"
+  log "PostgreSQL up on 127.0.0.1:$PG_PORT"
+fi
+
+# --- tansu (Kafka protocol) -------------------------------------------------------------
+if ! pid_alive tansu; then
+  port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by a process up.sh did not start"
+  nohup "$TANSU_BIN" broker \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine memory://tansu/ >"$TRIBUTARY_STATE/tansu.log" 2>&1 &
+  echo $! >"$PIDS/tansu.pid"
+  wait_port "$KAFKA_PORT" tansu "$TRIBUTARY_STATE/tansu.log"
+  log "tansu up on 127.0.0.1:$KAFKA_PORT"
+fi
+
+# --- moto (S3) --------------------------------------------------------------------------
+if ! pid_alive moto; then
+  port_open "$S3_PORT" && die "port $S3_PORT is taken by a process up.sh did not start"
+  nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$TRIBUTARY_STATE/moto.log" 2>&1 &
+  echo $! >"$PIDS/moto.pid"
+  wait_port "$S3_PORT" moto "$TRIBUTARY_STATE/moto.log"
+  log "moto S3 up on 127.0.0.1:$S3_PORT"
+fi
+
+# --- environment for tests and users ----------------------------------------------------
+cat >"$INFRA_DIR/env.sh" <<ENV
+# Written by infra/up.sh: source it to talk to the local stack.
+export TRIBUTARY_PG_DSN="host=127.0.0.1 port=$PG_PORT user=postgres password=$PG_PASSWORD dbname=postgres"
+export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+export SCHEMA_REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
+export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT"
+export AWS_ACCESS_KEY_ID="tributary"
+export AWS_SECRET_ACCESS_KEY="tributary-secret"
+export AWS_REGION="us-east-1"
+export AWS_ALLOW_HTTP="true"
+export TRIBUTARY_PYTHON="$VENV/bin/python"
+export TRIBUTARY_STATE="$TRIBUTARY_STATE"
+export TRIBUTARY_CACHE="$TRIBUTARY_CACHE"
+ENV
+source "$INFRA_DIR/env.sh"
+"$REPO_DIR/localstack/init/ready.d/10-buckets.sh" >&2
+
+# A last check that each service answers, so a broken stack fails here and not in a test.
+PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc 'SHOW wal_level' \
+  | grep -qx logical || die "PostgreSQL is not running with wal_level=logical"
+port_open "$KAFKA_PORT" || die "tansu is not answering"
+log "stack up; environment in infra/env.sh"

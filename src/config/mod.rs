@@ -1,0 +1,460 @@
+//! Pipeline files: the raw TOML [`spec`] is parsed, checked and resolved into a
+//! [`Pipeline`] the runtime can start. Every error names the file, the key and what was
+//! expected, e.g. `pipelines/x.toml: aggregates[0].window.size: "5 minutes" is not a
+//! duration (try "5m")`.
+
+pub mod spec;
+pub mod values;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use url::Url;
+
+pub use spec::{EmitMode, FileFormat, LatePolicy, TableMode};
+pub use values::{Secret, Span};
+
+use spec::{PipelineSpec, SourceSpec, WindowSpec};
+
+/// Why a pipeline file cannot be used. Always names the file and, where there is one, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the pipeline file: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// A checked pipeline with every reference resolved and every `${ENV}` expanded.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    /// The file it came from, for messages.
+    pub file: String,
+    pub source: SourceConfig,
+    pub sink: SinkConfig,
+    pub batch: BatchConfig,
+    pub tables: Vec<TableConfig>,
+    pub aggregates: Vec<AggregateConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Generator(GeneratorConfig),
+    File(FileConfig),
+}
+
+impl SourceConfig {
+    /// The one stream each current source kind produces.
+    pub fn stream(&self) -> &str {
+        match self {
+            SourceConfig::Generator(g) => &g.stream,
+            SourceConfig::File(f) => &f.stream,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GeneratorConfig {
+    pub events: Option<u64>,
+    pub rate: u64,
+    pub seed: u64,
+    pub out_of_order: Span,
+    /// Event time of event 0, microseconds since the epoch.
+    pub start_micros: i64,
+    pub interval: Span,
+    pub users: u32,
+    pub stream: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    pub path: PathBuf,
+    pub format: Option<FileFormat>,
+    pub stream: String,
+    pub poll_interval: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Root URL; table `t` lives at `{root}/t`. Always ends without a slash.
+    pub root: Url,
+    /// Object-store options; values may hold credentials, so they are secrets.
+    pub storage: BTreeMap<String, Secret>,
+    pub checkpoint_every: u32,
+}
+
+impl SinkConfig {
+    /// URL of the Delta table called `name`.
+    pub fn table_url(&self, name: &str) -> Url {
+        let mut url = self.root.clone();
+        url.path_segments_mut()
+            .map(|mut s| {
+                s.pop_if_empty().push(name);
+            })
+            .ok();
+        url
+    }
+
+    /// Storage options in the form object_store/deltalake take.
+    pub fn storage_options(&self) -> std::collections::HashMap<String, String> {
+        self.storage
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_rows: usize,
+    pub max_latency: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    pub name: String,
+    pub from: String,
+    pub mode: TableMode,
+    pub partition_by: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AggregateConfig {
+    pub name: String,
+    /// `aggregates[i]`, for error messages.
+    pub key: String,
+    pub from: String,
+    pub event_time: String,
+    pub window: Window,
+    pub watermark: Span,
+    pub group_by: Vec<String>,
+    pub measures: Vec<Measure>,
+    pub emit: EmitMode,
+    pub late: LatePolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Tumbling { size: Span },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measure {
+    /// Output column name.
+    pub name: String,
+    pub func: MeasureFn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeasureFn {
+    /// `count(*)`: rows in the group.
+    CountAll,
+    /// `count(col)`: rows where `col` is not null.
+    Count(String),
+}
+
+/// Reads and resolves a pipeline file, expanding `${ENV}` from the process environment.
+pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&file, &text, |name| std::env::var(name).ok())
+}
+
+/// Parses and resolves pipeline text; `env` answers `${NAME}` look-ups.
+pub fn parse(file: &str, text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Pipeline, ConfigError> {
+    let spec: PipelineSpec =
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .map(|s| {
+                    format!(
+                        " (line {})",
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    )
+                })
+                .unwrap_or_default();
+            let key = if path == "." { "pipeline".to_string() } else { path };
+            ConfigError::Invalid {
+                file: file.to_string(),
+                key,
+                message: format!("{}{line}", inner.message().trim()),
+            }
+        })?;
+    Resolver { file, env: &env }.resolve(spec)
+}
+
+struct Resolver<'a> {
+    file: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Resolver<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn expand(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        values::expand_env(value, self.env).map_err(|m| self.err(key, m))
+    }
+
+    fn name(&self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let ok = !value.is_empty()
+            && value.len() <= 128
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err(
+                key,
+                format!("\"{value}\" is not a valid name (use letters, digits, '_' and '-')"),
+            ))
+        }
+    }
+
+    fn resolve(&self, spec: PipelineSpec) -> Result<Pipeline, ConfigError> {
+        self.name("name", &spec.name)?;
+        let source = self.source(spec.source)?;
+        let sink = self.sink(spec.sink)?;
+        let batch = BatchConfig {
+            max_rows: spec.batch.max_rows.unwrap_or(spec::DEFAULT_MAX_ROWS),
+            max_latency: spec.batch.max_latency.unwrap_or(spec::DEFAULT_MAX_LATENCY),
+        };
+        if batch.max_rows == 0 {
+            return Err(self.err("batch.max_rows", "must be at least 1"));
+        }
+
+        let streams = [source.stream()];
+        let mut names = BTreeSet::new();
+        let mut tables = Vec::with_capacity(spec.tables.len());
+        for (i, t) in spec.tables.into_iter().enumerate() {
+            let key = format!("tables[{i}]");
+            self.name(&format!("{key}.name"), &t.name)?;
+            if !names.insert(t.name.clone()) {
+                return Err(self.err(format!("{key}.name"), format!("\"{}\" is used twice", t.name)));
+            }
+            if !streams.contains(&t.from.as_str()) {
+                return Err(self.err(
+                    format!("{key}.from"),
+                    format!(
+                        "no stream \"{}\" (the source produces: {})",
+                        t.from,
+                        streams.join(", ")
+                    ),
+                ));
+            }
+            tables.push(TableConfig {
+                name: t.name,
+                from: t.from,
+                mode: t.mode,
+                partition_by: t.partition_by,
+            });
+        }
+
+        let mut aggregates = Vec::with_capacity(spec.aggregates.len());
+        for (i, a) in spec.aggregates.into_iter().enumerate() {
+            let key = format!("aggregates[{i}]");
+            self.name(&format!("{key}.name"), &a.name)?;
+            if !names.insert(a.name.clone()) {
+                return Err(self.err(format!("{key}.name"), format!("\"{}\" is used twice", a.name)));
+            }
+            if !streams.contains(&a.from.as_str()) {
+                return Err(self.err(
+                    format!("{key}.from"),
+                    format!(
+                        "no stream \"{}\" (the source produces: {})",
+                        a.from,
+                        streams.join(", ")
+                    ),
+                ));
+            }
+            let window = match a.window {
+                WindowSpec::Tumbling { size } if size.0.is_zero() => {
+                    return Err(self.err(format!("{key}.window.size"), "must be longer than 0"));
+                }
+                WindowSpec::Tumbling { size } => Window::Tumbling { size },
+            };
+            if a.measures.is_empty() {
+                return Err(self.err(
+                    format!("{key}.measures"),
+                    "name at least one measure, e.g. { n = \"count(*)\" }",
+                ));
+            }
+            let mut measures = Vec::with_capacity(a.measures.len());
+            for (name, expr) in &a.measures {
+                let mkey = format!("{key}.measures.{name}");
+                self.name(&mkey, name)?;
+                if a.group_by.contains(name) || name == "window_start" || name == "window_end" {
+                    return Err(self.err(&mkey, format!("\"{name}\" is also a group-by or window column")));
+                }
+                let func = parse_measure(expr).map_err(|m| self.err(&mkey, m))?;
+                measures.push(Measure {
+                    name: name.clone(),
+                    func,
+                });
+            }
+            aggregates.push(AggregateConfig {
+                name: a.name,
+                key,
+                from: a.from,
+                event_time: a.event_time,
+                window,
+                watermark: a.watermark,
+                group_by: a.group_by,
+                measures,
+                emit: a.emit,
+                late: a.late,
+            });
+        }
+        if tables.is_empty() && aggregates.is_empty() {
+            return Err(self.err(
+                "tables",
+                "the pipeline writes nothing: add a [[tables]] or [[aggregates]] entry",
+            ));
+        }
+        Ok(Pipeline {
+            name: spec.name,
+            file: self.file.to_string(),
+            source,
+            sink,
+            batch,
+            tables,
+            aggregates,
+        })
+    }
+
+    fn source(&self, spec: SourceSpec) -> Result<SourceConfig, ConfigError> {
+        Ok(match spec {
+            SourceSpec::Generator(g) => {
+                let start = g.start.as_deref().unwrap_or(spec::DEFAULT_GENERATOR_START);
+                let start_micros = chrono::DateTime::parse_from_rfc3339(start)
+                    .map_err(|e| {
+                        self.err(
+                            "source.start",
+                            format!("\"{start}\" is not an RFC 3339 time ({e})"),
+                        )
+                    })?
+                    .timestamp_micros();
+                let stream = g.stream.unwrap_or_else(|| spec::DEFAULT_GENERATOR_STREAM.into());
+                self.name("source.stream", &stream)?;
+                let users = g.users.unwrap_or(spec::DEFAULT_GENERATOR_USERS);
+                if users == 0 {
+                    return Err(self.err("source.users", "must be at least 1"));
+                }
+                SourceConfig::Generator(GeneratorConfig {
+                    events: g.events,
+                    rate: g.rate,
+                    seed: g.seed,
+                    out_of_order: g.out_of_order,
+                    start_micros,
+                    interval: g.interval.unwrap_or(spec::DEFAULT_GENERATOR_INTERVAL),
+                    users,
+                    stream,
+                })
+            }
+            SourceSpec::File(f) => {
+                let raw = self.expand("source.path", &f.path.to_string_lossy())?;
+                let path = std::path::absolute(&raw)
+                    .map_err(|e| self.err("source.path", format!("\"{raw}\": {e}")))?;
+                let stream = match f.stream {
+                    Some(s) => s,
+                    None => path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "files".into()),
+                };
+                self.name("source.stream", &stream)?;
+                SourceConfig::File(FileConfig {
+                    path,
+                    format: f.format,
+                    stream,
+                    poll_interval: f.poll_interval.unwrap_or(spec::DEFAULT_FILE_POLL),
+                })
+            }
+        })
+    }
+
+    fn sink(&self, spec: spec::SinkSpec) -> Result<SinkConfig, ConfigError> {
+        let uri = self.expand("sink.uri", &spec.uri)?;
+        let root = parse_sink_uri(&uri).map_err(|m| self.err("sink.uri", m))?;
+        let mut storage = BTreeMap::new();
+        for (k, v) in &spec.storage {
+            storage.insert(
+                k.clone(),
+                Secret::new(self.expand(&format!("sink.storage.{k}"), v)?),
+            );
+        }
+        let checkpoint_every = spec.checkpoint_every.unwrap_or(spec::DEFAULT_CHECKPOINT_EVERY);
+        if checkpoint_every == 0 {
+            return Err(self.err("sink.checkpoint_every", "must be at least 1"));
+        }
+        Ok(SinkConfig {
+            root,
+            storage,
+            checkpoint_every,
+        })
+    }
+}
+
+/// A folder path, `file://` URL or `s3://bucket/prefix` as a URL without a trailing slash.
+fn parse_sink_uri(uri: &str) -> Result<Url, String> {
+    let mut url = if uri.contains("://") {
+        let url = Url::parse(uri).map_err(|e| format!("\"{uri}\" is not a URL ({e})"))?;
+        match url.scheme() {
+            "file" | "s3" | "s3a" | "memory" => url,
+            other => {
+                return Err(format!(
+                    "scheme \"{other}\" is not supported (use a folder, file:// or s3://)"
+                ));
+            }
+        }
+    } else {
+        let abs = std::path::absolute(uri).map_err(|e| format!("\"{uri}\": {e}"))?;
+        Url::from_directory_path(&abs).map_err(|()| format!("\"{uri}\" is not a usable folder path"))?
+    };
+    if url.scheme().starts_with("s3") && url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("\"{uri}\" names no bucket (s3://bucket/prefix)"));
+    }
+    let trimmed = url.path().trim_end_matches('/').to_string();
+    url.set_path(&trimmed);
+    Ok(url)
+}
+
+/// Parses an aggregate expression such as `count(*)` or `count(user_id)`.
+pub fn parse_measure(expr: &str) -> Result<MeasureFn, String> {
+    let e = expr.trim();
+    let (func, arg) = e
+        .strip_suffix(')')
+        .and_then(|s| s.split_once('('))
+        .map(|(f, a)| (f.trim().to_ascii_lowercase(), a.trim()))
+        .ok_or_else(|| format!("\"{expr}\" is not an aggregate expression (try \"count(*)\")"))?;
+    match (func.as_str(), arg) {
+        ("count", "*") => Ok(MeasureFn::CountAll),
+        ("count", col) if !col.is_empty() => Ok(MeasureFn::Count(col.to_string())),
+        _ => Err(format!(
+            "\"{expr}\" is not a supported aggregate (supported: count(*), count(column))"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! The raw pipeline spec: exactly what a pipeline file may say, with defaults as named
+//! constants. Unknown keys are errors. [`super::resolve`] turns it into a runnable
+//! [`super::Pipeline`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use super::values::Span;
+
+pub const DEFAULT_MAX_ROWS: usize = 100_000;
+pub const DEFAULT_MAX_LATENCY: Span = Span::from_secs(1);
+pub const DEFAULT_GENERATOR_STREAM: &str = "clickstream";
+pub const DEFAULT_GENERATOR_START: &str = "2026-01-01T00:00:00Z";
+pub const DEFAULT_GENERATOR_INTERVAL: Span = Span::from_millis(10);
+pub const DEFAULT_GENERATOR_USERS: u32 = 5_000;
+pub const DEFAULT_FILE_POLL: Span = Span::from_secs(1);
+pub const DEFAULT_CHECKPOINT_EVERY: u32 = 10;
+
+/// A whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Pipeline name; also the prefix of every Delta `txn` app id it writes.
+    pub name: String,
+    /// Where records come from.
+    pub source: SourceSpec,
+    /// Where tables are written.
+    pub sink: SinkSpec,
+    /// Micro-batch triggers.
+    #[serde(default)]
+    pub batch: BatchSpec,
+    /// Tables fed directly from a source stream.
+    #[serde(default)]
+    pub tables: Vec<TableSpec>,
+    /// Event-time windowed aggregates of a source stream.
+    #[serde(default)]
+    pub aggregates: Vec<AggregateSpec>,
+}
+
+/// `[source]`: one of the source kinds, chosen by `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceSpec {
+    /// Deterministic synthetic clickstream events.
+    Generator(GeneratorSpec),
+    /// A folder of JSON-lines or Avro container files, read in name order.
+    File(FileSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorSpec {
+    /// Number of events; absent = unbounded.
+    pub events: Option<u64>,
+    /// Events per second of wall-clock time; 0 = as fast as possible.
+    #[serde(default)]
+    pub rate: u64,
+    /// Seed: the same seed always yields the same events.
+    #[serde(default)]
+    pub seed: u64,
+    /// Largest amount an event's time may lag its place in the sequence.
+    #[serde(default)]
+    pub out_of_order: Span,
+    /// Event time of the first event (RFC 3339).
+    pub start: Option<String>,
+    /// Event-time step between consecutive events.
+    pub interval: Option<Span>,
+    /// Number of distinct users.
+    pub users: Option<u32>,
+    /// Name of the stream the events form.
+    pub stream: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Folder holding the files; relative paths are taken from the working directory.
+    pub path: PathBuf,
+    /// `jsonl` or `avro`; absent = chosen per file from its extension.
+    pub format: Option<FileFormat>,
+    /// Name of the stream the records form; default: the folder's name.
+    pub stream: Option<String>,
+    /// In continuous runs, how often to look for new files.
+    pub poll_interval: Option<Span>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// One JSON object per line (`.jsonl`, `.json`, `.ndjson`).
+    Jsonl,
+    /// Avro object container files (`.avro`).
+    Avro,
+}
+
+/// `[sink]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// A folder, `file://…` or `s3://bucket/prefix`; tables live at `{uri}/{table}`.
+    pub uri: String,
+    /// Options passed to the object store (AWS_ENDPOINT_URL, …); `${ENV}` is expanded.
+    #[serde(default)]
+    pub storage: BTreeMap<String, String>,
+    /// Write a Delta checkpoint every this many commits of a table.
+    pub checkpoint_every: Option<u32>,
+}
+
+/// `[batch]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Close a micro-batch at this many rows.
+    pub max_rows: Option<usize>,
+    /// Close a micro-batch this long after its first record arrived.
+    pub max_latency: Option<Span>,
+}
+
+/// `[[tables]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// Table name; the Delta table is `{sink.uri}/{name}`.
+    pub name: String,
+    /// The source stream that feeds it.
+    pub from: String,
+    /// How records become rows.
+    #[serde(default)]
+    pub mode: TableMode,
+    /// Partition columns of a new table.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableMode {
+    /// Every record becomes one row.
+    #[default]
+    Append,
+}
+
+/// `[[aggregates]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSpec {
+    /// Table name of the aggregate's output.
+    pub name: String,
+    /// The source stream it aggregates.
+    pub from: String,
+    /// Column holding the event time (timestamp, RFC 3339 text, or epoch microseconds).
+    pub event_time: String,
+    /// Window shape.
+    pub window: WindowSpec,
+    /// Allowed out-of-orderness: the watermark trails the largest event time by this much.
+    pub watermark: Span,
+    /// Group-by columns besides the window.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// Output column → aggregate expression, such as `count(*)`; columns keep this order.
+    pub measures: IndexMap<String, String>,
+    /// When windows reach the table.
+    #[serde(default)]
+    pub emit: EmitMode,
+    /// What happens to an event whose window has already been emitted.
+    #[serde(default)]
+    pub late: LatePolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum WindowSpec {
+    /// Fixed, non-overlapping windows of `size`, aligned to the Unix epoch.
+    Tumbling {
+        /// Window length.
+        size: Span,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmitMode {
+    /// Append each window once, when the watermark passes its end.
+    #[default]
+    Final,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatePolicy {
+    /// Discard the event and count it.
+    #[default]
+    Drop,
+}

@@ -1,0 +1,114 @@
+use super::*;
+
+const GOOD: &str = r#"
+name = "quickstart"
+[source]
+kind = "generator"
+events = 1000
+seed = 7
+out_of_order = "20s"
+[sink]
+uri = "s3://bucket/lake/"
+[sink.storage]
+AWS_SECRET_ACCESS_KEY = "${SECRET}"
+[[tables]]
+name = "raw"
+from = "clickstream"
+[[aggregates]]
+name = "per_page"
+from = "clickstream"
+event_time = "event_timestamp"
+window = { kind = "tumbling", size = "1m" }
+watermark = "30s"
+group_by = ["page"]
+measures = { views = "count(*)", users = "count(user_id)" }
+"#;
+
+fn env(name: &str) -> Option<String> {
+    (name == "SECRET").then(|| "s3cr3t".to_string())
+}
+
+fn error_of(text: &str) -> String {
+    parse("p.toml", text, env).unwrap_err().to_string()
+}
+
+#[test]
+fn a_good_file_resolves() {
+    let p = parse("p.toml", GOOD, env).unwrap();
+    assert_eq!(p.name, "quickstart");
+    assert_eq!(p.sink.table_url("raw").as_str(), "s3://bucket/lake/raw");
+    assert_eq!(p.sink.storage["AWS_SECRET_ACCESS_KEY"].expose(), "s3cr3t");
+    assert!(!format!("{p:?}").contains("s3cr3t"), "secrets leak through Debug");
+    assert_eq!(p.batch.max_rows, spec::DEFAULT_MAX_ROWS);
+    let a = &p.aggregates[0];
+    assert_eq!(
+        a.window,
+        Window::Tumbling {
+            size: Span::from_secs(60)
+        }
+    );
+    assert_eq!(a.measures[0].func, MeasureFn::CountAll);
+    assert_eq!(a.measures[1].func, MeasureFn::Count("user_id".into()));
+}
+
+#[test]
+fn errors_name_file_key_and_expectation() {
+    let e = error_of(&GOOD.replace("size = \"1m\"", "size = \"5 minutes\""));
+    assert!(e.starts_with("p.toml: aggregates[0].window"), "{e}");
+    assert!(e.contains("\"5 minutes\" is not a duration"), "{e}");
+
+    let e = error_of(&GOOD.replace("events = 1000", "events = \"many\""));
+    assert!(e.starts_with("p.toml: source"), "{e}");
+
+    let e = error_of(&GOOD.replace("from = \"clickstream\"\n[[agg", "from = \"clicks\"\n[[agg"));
+    assert!(
+        e.starts_with("p.toml: tables[0].from: no stream \"clicks\""),
+        "{e}"
+    );
+
+    let e = error_of(&GOOD.replace("count(user_id)", "median(x)"));
+    assert!(e.starts_with("p.toml: aggregates[0].measures.users:"), "{e}");
+
+    let e = error_of(&GOOD.replace("watermark = \"30s\"", "watermrk = \"30s\""));
+    assert!(
+        e.starts_with("p.toml: aggregates[0].watermrk: unknown field"),
+        "{e}"
+    );
+
+    let e = error_of(&GOOD.replace("[sink]\nuri", "[sink]\nurl"));
+    assert!(e.starts_with("p.toml: sink.url: unknown field"), "{e}");
+
+    let e = error_of(&GOOD.replace("${SECRET}", "${MISSING}"));
+    assert_eq!(
+        e,
+        "p.toml: sink.storage.AWS_SECRET_ACCESS_KEY: environment variable MISSING is not set"
+    );
+
+    let e = error_of(&GOOD.replace("s3://bucket/lake/", "ftp://x/y"));
+    assert!(e.starts_with("p.toml: sink.uri: scheme \"ftp\""), "{e}");
+}
+
+#[test]
+fn names_must_be_unique_and_plain() {
+    let e = error_of(&GOOD.replace("name = \"per_page\"", "name = \"raw\""));
+    assert!(e.contains("aggregates[0].name: \"raw\" is used twice"), "{e}");
+    let e = error_of(&GOOD.replace("name = \"quickstart\"", "name = \"quick start\""));
+    assert!(
+        e.starts_with("p.toml: name: \"quick start\" is not a valid name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_a_line() {
+    let e = error_of("name = \"x\"\n[source\nkind = 1");
+    assert!(e.starts_with("p.toml: pipeline:"), "{e}");
+    assert!(e.contains("line 2"), "{e}");
+}
+
+#[test]
+fn folders_become_file_urls() {
+    let url = parse_sink_uri("./lake").unwrap();
+    assert_eq!(url.scheme(), "file");
+    assert!(url.path().ends_with("/lake"), "{url}");
+}

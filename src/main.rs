@@ -1,0 +1,179 @@
+//! The `tributary` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tributary::config;
+use tributary::runtime::{self, RunSummary};
+use tributary::source::RunMode;
+
+/// Change data and event streams into Delta Lake tables, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "tributary", version, about)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline: continuously (stop with SIGINT/SIGTERM) or, with --once, up to
+    /// the input available at start.
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Process what is available now, commit, and exit 0.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check a pipeline file and print what it resolves to.
+    Validate {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+}
+
+/// Dependencies' routine chatter is hidden by default; the delta kernel logs an ERROR
+/// for every table that does not exist yet, which is normal on a first run.
+const DEFAULT_LOG_FILTER: &str =
+    "info,deltalake_core=warn,datafusion=warn,buoyant_kernel=off,delta_kernel=warn";
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn print_summary(summary: &RunSummary, elapsed: std::time::Duration) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "read {} records in {} micro-batches in {:.2}s ({:.0} records/s)",
+        summary.records_read,
+        summary.micro_batches,
+        secs,
+        summary.records_read as f64 / secs
+    );
+    for t in &summary.tables {
+        let version = t.version.map_or("-".to_string(), |v| v.to_string());
+        print!(
+            "  {:<24} +{} rows in {} commits (version {version})",
+            t.name, t.rows_written, t.commits
+        );
+        if t.skipped_commits > 0 {
+            print!(", {} already committed", t.skipped_commits);
+        }
+        if let Some(s) = t.stats
+            && (s.late_dropped > 0 || s.no_event_time > 0)
+        {
+            print!(
+                ", {} late dropped, {} without event time",
+                s.late_dropped, s.no_event_time
+            );
+        }
+        println!();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Validate { pipeline } => match config::load(&pipeline) {
+            Ok(p) => {
+                println!("{}: ok", pipeline.display());
+                println!("  pipeline {} reading stream \"{}\"", p.name, p.source.stream());
+                for t in &p.tables {
+                    println!(
+                        "  table     {} ← {} ({:?})",
+                        p.sink.table_url(&t.name),
+                        t.from,
+                        t.mode
+                    );
+                }
+                for a in &p.aggregates {
+                    println!(
+                        "  aggregate {} ← {} ({:?})",
+                        p.sink.table_url(&a.name),
+                        a.from,
+                        a.window
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { pipeline, once } => {
+            let p = match config::load(&pipeline) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mode = if once { RunMode::Once } else { RunMode::Continuous };
+            let started = Instant::now();
+            match runtime::run(&p, mode, shutdown_signal()).await {
+                Ok(summary) => {
+                    print_summary(&summary, started.elapsed());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let mut msg = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        let text = s.to_string();
+                        if !msg.contains(&text) {
+                            msg.push_str(": ");
+                            msg.push_str(&text);
+                        }
+                        src = s.source();
+                    }
+                    eprintln!("error: {msg}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

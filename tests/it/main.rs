@@ -1,0 +1,11 @@
+//! The one integration-test binary: every test runs the real `tributary` binary against
+//! the local stack (infra/up.sh) and checks the result with DuckDB.
+
+// Test helpers panic on the unexpected by design: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod crash;
+mod files;
+mod quickstart;
+mod support;
+mod validate;

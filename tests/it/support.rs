@@ -1,0 +1,184 @@
+//! Helpers shared by the integration tests: running the real binary, and asking DuckDB
+//! (the independent reader) about the tables it wrote.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tributary")
+}
+
+/// An environment variable the local stack provides; tests that need the stack fail
+/// loudly without it rather than passing vacuously.
+pub fn stack_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through infra/test.sh (it starts the local stack)")
+    })
+}
+
+/// A name no other test (or earlier run) uses, for S3 prefixes, topics and slots.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs `tributary ARGS` in `dir`, returning its output.
+pub fn tributary(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("tributary runs")
+}
+
+/// Runs `tributary run PIPELINE --once` and asserts success.
+pub fn run_once(dir: &Path, pipeline: &Path) -> String {
+    let out = tributary(dir, &["run", pipeline.to_str().expect("utf-8 path"), "--once"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tributary run failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Spawns `tributary run PIPELINE --once` without waiting.
+pub fn spawn_once(dir: &Path, pipeline: &Path) -> std::process::Child {
+    Command::new(bin())
+        .args(["run", pipeline.to_str().expect("utf-8 path"), "--once"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tributary starts")
+}
+
+/// Runs SQL in DuckDB with the delta extension and returns the last statement's rows.
+pub fn duck(sql: &str) -> Vec<Vec<Value>> {
+    use std::io::Write;
+    let python = stack_env("TRIBUTARY_PYTHON");
+    let mut child = Command::new(python)
+        .arg(repo().join("tests/duckdb_query.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(sql.as_bytes())
+        .expect("write sql");
+    let out = child.wait_with_output().expect("duckdb finishes");
+    assert!(
+        out.status.success(),
+        "DuckDB failed on:\n{sql}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("duckdb prints JSON")
+}
+
+/// A single integer DuckDB computes.
+pub fn duck_i64(sql: &str) -> i64 {
+    let rows = duck(sql);
+    rows[0][0]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an integer: {rows:?} from {sql}"))
+}
+
+/// `delta_scan('…')` of a table, local path or S3 URL.
+pub fn scan(table: &str) -> String {
+    format!("delta_scan('{}')", table.replace('\'', "''"))
+}
+
+/// Latest committed version of a local Delta table, from its log folder.
+pub fn local_version(table: &Path) -> Option<u64> {
+    std::fs::read_dir(table.join("_delta_log"))
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".json")?.parse::<u64>().ok()
+        })
+        .max()
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}
+
+/// The quickstart pipeline with its sink moved to `uri` (and S3 options when needed),
+/// and optionally other settings replaced.
+pub fn quickstart_variant(dir: &Path, uri: &str, replace: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(repo().join("pipelines/quickstart.toml")).expect("quickstart");
+    text = text.replace("uri = \"./lake\"", &format!("uri = \"{uri}\""));
+    if uri.starts_with("s3://") {
+        text = text.replace(
+            "[sink.storage]",
+            "[sink.storage]\nAWS_ENDPOINT_URL = \"${AWS_ENDPOINT_URL}\"\nAWS_ALLOW_HTTP = \"true\"",
+        );
+    }
+    for (from, to) in replace {
+        assert!(text.contains(from), "quickstart.toml no longer contains {from:?}");
+        text = text.replace(from, to);
+    }
+    write_file(dir, "pipeline.toml", &text)
+}
+
+/// Asserts that the aggregate equals DuckDB's own tumbling count over the raw table:
+/// same rows, each once.
+pub fn assert_page_views_match_raw(raw: &str, agg: &str) {
+    let expected = format!(
+        "SELECT (epoch_us(event_timestamp) // 60000000) * 60000000 AS ws, page, count(*) AS n \
+         FROM {} GROUP BY ALL",
+        scan(raw)
+    );
+    let actual = format!(
+        "SELECT epoch_us(window_start) AS ws, page, view_count AS n FROM {} \
+         WHERE epoch_us(window_end) - epoch_us(window_start) = 60000000",
+        scan(agg)
+    );
+    let rows = duck(&format!(
+        "SELECT (SELECT count(*) FROM ({expected})), (SELECT count(*) FROM {}), \
+                (SELECT count(*) FROM (({expected}) EXCEPT ({actual}))), \
+                (SELECT count(*) FROM (({actual}) EXCEPT ({expected}))), \
+                (SELECT count(*) FROM (SELECT window_start, page FROM {} GROUP BY ALL HAVING count(*) > 1))",
+        scan(agg),
+        scan(agg)
+    ));
+    let r = &rows[0];
+    assert!(r[0].as_i64().unwrap_or(0) > 0, "no windows at all: {r:?}");
+    assert_eq!(
+        r[0], r[1],
+        "window count differs (DuckDB vs aggregate table): {r:?}"
+    );
+    assert_eq!(
+        r[2], 0,
+        "windows DuckDB computes that the table lacks or has wrong: {r:?}"
+    );
+    assert_eq!(
+        r[3], 0,
+        "windows in the table that DuckDB does not compute: {r:?}"
+    );
+    assert_eq!(r[4], 0, "duplicate (window, page) rows: {r:?}");
+}
