@@ -2,7 +2,7 @@
 //! no per-row intermediate values.
 
 use std::fs::File;
-use std::io::{BufReader, Seek};
+use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -69,11 +69,7 @@ impl std::fmt::Debug for JsonLinesDecoder {
 impl JsonLinesDecoder {
     pub fn open(path: &Path, schema: SchemaRef, batch_rows: usize) -> Result<Self, DecodeError> {
         let input = path.display().to_string();
-        let mut file = File::open(path).map_err(|source| DecodeError::Io {
-            input: input.clone(),
-            source,
-        })?;
-        file.rewind().map_err(|source| DecodeError::Io {
+        let file = File::open(path).map_err(|source| DecodeError::Io {
             input: input.clone(),
             source,
         })?;
