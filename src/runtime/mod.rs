@@ -155,12 +155,7 @@ pub async fn run(
         });
     }
 
-    let all_progress: Vec<&Progress> = tables
-        .iter()
-        .map(|t| t.sink.committed())
-        .chain(aggregates.iter().map(|a| a.sink.committed()))
-        .collect();
-    let resume = Progress::min_over(all_progress, &shards);
+    let resume = held_by_all(&tables, &aggregates, &shards);
     tracing::info!(?resume, ?mode, "opening source");
     let chunk_rows = pipeline.batch.max_rows.min(MAX_CHUNK_ROWS);
     let source = source::open(&pipeline.source, &resume, mode, chunk_rows)?;
@@ -253,12 +248,7 @@ pub async fn run(
         );
 
         // --- acknowledge ----------------------------------------------------------------
-        let committed: Vec<&Progress> = tables
-            .iter()
-            .map(|t| t.sink.committed())
-            .chain(aggregates.iter().map(|a| a.sink.committed()))
-            .collect();
-        let ack = Progress::min_over(committed, &shards);
+        let ack = held_by_all(&tables, &aggregates, &shards);
         if ack != acked {
             acked = ack.clone();
             let _ = ack_tx.send(ack);
@@ -275,6 +265,16 @@ pub async fn run(
         .chain(aggregates.into_iter().map(AggregateTarget::finish))
         .collect();
     Ok(summary)
+}
+
+/// Per shard, the progress every table holds: where the source resumes at start, and
+/// how far it may be acknowledged after each micro-batch.
+fn held_by_all(tables: &[TableTarget], aggregates: &[AggregateTarget], shards: &[String]) -> Progress {
+    let committed = tables
+        .iter()
+        .map(|t| t.sink.committed())
+        .chain(aggregates.iter().map(|a| a.sink.committed()));
+    Progress::min_over(committed, shards)
 }
 
 fn summary(name: &str) -> TableSummary {
@@ -419,10 +419,7 @@ impl TableTarget {
     }
 
     fn finish(self) -> TableSummary {
-        TableSummary {
-            version: self.summary.version,
-            ..self.summary
-        }
+        self.summary
     }
 }
 
