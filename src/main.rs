@@ -37,6 +37,16 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Compact small files, write a checkpoint and vacuum unreferenced files (orphans of
+    /// crashed commits included) in every table of a pipeline. Safe while it runs.
+    Maintain {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Keep files that versions younger than this still need ("7d", "12h", "0s").
+        /// Shorter than the longest commit can delete a running writer's new files.
+        #[arg(long, default_value = "7d", value_parser = config::values::parse_span)]
+        retention: config::Span,
+    },
     /// Check a pipeline file and print what it resolves to.
     Validate {
         /// The pipeline file (TOML).
@@ -82,6 +92,21 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Prints an error with its chain of causes on one line.
+fn report_error(e: &dyn std::error::Error) {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        src = s.source();
+    }
+    eprintln!("error: {msg}");
+}
+
 fn print_summary(summary: &RunSummary, elapsed: std::time::Duration) {
     let secs = elapsed.as_secs_f64().max(1e-9);
     println!(
@@ -97,8 +122,11 @@ fn print_summary(summary: &RunSummary, elapsed: std::time::Duration) {
             "  {:<24} +{} rows in {} commits (version {version})",
             t.name, t.rows_written, t.commits
         );
-        if t.skipped_commits > 0 {
-            print!(", {} already committed", t.skipped_commits);
+        if t.skipped_commits > 0 || t.skipped_records > 0 {
+            print!(
+                ", {} commits and {} records already there",
+                t.skipped_commits, t.skipped_records
+            );
         }
         if let Some(s) = t.stats
             && (s.late_dropped > 0 || s.no_event_time > 0)
@@ -160,17 +188,41 @@ async fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    let mut msg = e.to_string();
-                    let mut src = std::error::Error::source(&e);
-                    while let Some(s) = src {
-                        let text = s.to_string();
-                        if !msg.contains(&text) {
-                            msg.push_str(": ");
-                            msg.push_str(&text);
+                    report_error(&e);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Maintain { pipeline, retention } => {
+            let p = match config::load(&pipeline) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime::maintain(&p, retention.0).await {
+                Ok(reports) => {
+                    for r in reports {
+                        if !r.exists {
+                            println!("  {:<24} no table yet", r.table);
+                            continue;
                         }
-                        src = s.source();
+                        println!(
+                            "  {:<24} files {} -> {} ({} compacted, {} vacuumed, {} old states removed), version {}",
+                            r.table,
+                            r.files_before,
+                            r.files_after,
+                            r.files_compacted,
+                            r.files_vacuumed,
+                            r.states_removed,
+                            r.version.map_or("-".into(), |v| v.to_string())
+                        );
                     }
-                    eprintln!("error: {msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    report_error(&e);
                     ExitCode::FAILURE
                 }
             }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
-pub use spec::{EmitMode, FileFormat, LatePolicy, TableMode};
-pub use values::{Secret, Span};
+pub use spec::{EmitMode, FileFormat, LatePolicy, OnIncompatible, TableMode};
+pub use values::{ByteSize, Secret, Span};
 
 use spec::{PipelineSpec, SourceSpec, WindowSpec};
 
@@ -44,6 +44,19 @@ pub struct Pipeline {
     pub batch: BatchConfig,
     pub tables: Vec<TableConfig>,
     pub aggregates: Vec<AggregateConfig>,
+    /// Name of the dead-letter table, when records that cannot be used go there.
+    pub dead_letters: Option<String>,
+}
+
+impl Pipeline {
+    /// Every table the pipeline writes, in the order it writes them.
+    pub fn table_names(&self) -> impl Iterator<Item = &str> {
+        self.dead_letters
+            .as_deref()
+            .into_iter()
+            .chain(self.tables.iter().map(|t| t.name.as_str()))
+            .chain(self.aggregates.iter().map(|a| a.name.as_str()))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +103,7 @@ pub struct SinkConfig {
     /// Object-store options; values may hold credentials, so they are secrets.
     pub storage: BTreeMap<String, Secret>,
     pub checkpoint_every: u32,
+    pub target_file_size: ByteSize,
 }
 
 impl SinkConfig {
@@ -117,6 +131,7 @@ impl SinkConfig {
 pub struct BatchConfig {
     pub max_rows: usize,
     pub max_latency: Span,
+    pub max_bytes: ByteSize,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +140,9 @@ pub struct TableConfig {
     pub from: String,
     pub mode: TableMode,
     pub partition_by: Vec<String>,
+    /// Key columns (`mirror` only).
+    pub key: Vec<String>,
+    pub on_incompatible: OnIncompatible,
 }
 
 #[derive(Debug, Clone)]
@@ -238,13 +256,25 @@ impl Resolver<'_> {
         let batch = BatchConfig {
             max_rows: spec.batch.max_rows.unwrap_or(spec::DEFAULT_MAX_ROWS),
             max_latency: spec.batch.max_latency.unwrap_or(spec::DEFAULT_MAX_LATENCY),
+            max_bytes: spec.batch.max_bytes.unwrap_or(spec::DEFAULT_MAX_BYTES),
         };
         if batch.max_rows == 0 {
             return Err(self.err("batch.max_rows", "must be at least 1"));
         }
+        if batch.max_bytes.0 == 0 {
+            return Err(self.err("batch.max_bytes", "must be at least 1"));
+        }
+        let dead_letters = match spec.dead_letters {
+            None => None,
+            Some(d) => {
+                let name = d.table.unwrap_or_else(|| spec::DEFAULT_DEAD_LETTER_TABLE.into());
+                self.name("dead_letters.table", &name)?;
+                Some(name)
+            }
+        };
 
         let streams = [source.stream()];
-        let mut names = BTreeSet::new();
+        let mut names: BTreeSet<String> = dead_letters.iter().cloned().collect();
         let mut tables = Vec::with_capacity(spec.tables.len());
         for (i, t) in spec.tables.into_iter().enumerate() {
             let key = format!("tables[{i}]");
@@ -262,11 +292,33 @@ impl Resolver<'_> {
                     ),
                 ));
             }
+            self.columns(&format!("{key}.partition_by"), &t.partition_by)?;
+            self.columns(&format!("{key}.key"), &t.key)?;
+            match t.mode {
+                TableMode::Mirror if t.key.is_empty() => {
+                    return Err(self.err(
+                        format!("{key}.key"),
+                        "a mirror table needs its key columns, e.g. key = [\"id\"]",
+                    ));
+                }
+                TableMode::Append | TableMode::Changelog if !t.key.is_empty() => {
+                    return Err(self.err(format!("{key}.key"), "only mirror tables have a key"));
+                }
+                _ => {}
+            }
+            if t.on_incompatible == OnIncompatible::DeadLetter && dead_letters.is_none() {
+                return Err(self.err(
+                    format!("{key}.on_incompatible"),
+                    "\"dead_letter\" needs a [dead_letters] section",
+                ));
+            }
             tables.push(TableConfig {
                 name: t.name,
                 from: t.from,
                 mode: t.mode,
                 partition_by: t.partition_by,
+                key: t.key,
+                on_incompatible: t.on_incompatible,
             });
         }
 
@@ -339,7 +391,22 @@ impl Resolver<'_> {
             batch,
             tables,
             aggregates,
+            dead_letters,
         })
+    }
+
+    /// A list of column names: none empty, none twice.
+    fn columns(&self, key: &str, columns: &[String]) -> Result<(), ConfigError> {
+        let mut seen = BTreeSet::new();
+        for c in columns {
+            if c.is_empty() {
+                return Err(self.err(key, "a column name is empty"));
+            }
+            if !seen.insert(c) {
+                return Err(self.err(key, format!("\"{c}\" is listed twice")));
+            }
+        }
+        Ok(())
     }
 
     fn source(&self, spec: SourceSpec) -> Result<SourceConfig, ConfigError> {
@@ -407,10 +474,15 @@ impl Resolver<'_> {
         if checkpoint_every == 0 {
             return Err(self.err("sink.checkpoint_every", "must be at least 1"));
         }
+        let target_file_size = spec.target_file_size.unwrap_or(spec::DEFAULT_TARGET_FILE_SIZE);
+        if target_file_size.0 < 1024 * 1024 {
+            return Err(self.err("sink.target_file_size", "must be at least 1MiB"));
+        }
         Ok(SinkConfig {
             root,
             storage,
             checkpoint_every,
+            target_file_size,
         })
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::values::Span;
+use super::values::{ByteSize, Span};
 
 pub const DEFAULT_MAX_ROWS: usize = 100_000;
 pub const DEFAULT_MAX_LATENCY: Span = Span::from_secs(1);
@@ -18,6 +18,9 @@ pub const DEFAULT_GENERATOR_INTERVAL: Span = Span::from_millis(10);
 pub const DEFAULT_GENERATOR_USERS: u32 = 5_000;
 pub const DEFAULT_FILE_POLL: Span = Span::from_secs(1);
 pub const DEFAULT_CHECKPOINT_EVERY: u32 = 10;
+pub const DEFAULT_MAX_BYTES: ByteSize = ByteSize::mib(64);
+pub const DEFAULT_TARGET_FILE_SIZE: ByteSize = ByteSize::mib(128);
+pub const DEFAULT_DEAD_LETTER_TABLE: &str = "dead_letters";
 
 /// A whole pipeline file.
 #[derive(Debug, Deserialize)]
@@ -38,6 +41,16 @@ pub struct PipelineSpec {
     /// Event-time windowed aggregates of a source stream.
     #[serde(default)]
     pub aggregates: Vec<AggregateSpec>,
+    /// Where records that cannot be used go; absent = such a record stops the run.
+    pub dead_letters: Option<DeadLetterSpec>,
+}
+
+/// `[dead_letters]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSpec {
+    /// Name of the dead-letter table, at `{sink.uri}/{table}`.
+    pub table: Option<String>,
 }
 
 /// `[source]`: one of the source kinds, chosen by `kind`.
@@ -107,6 +120,8 @@ pub struct SinkSpec {
     pub storage: BTreeMap<String, String>,
     /// Write a Delta checkpoint every this many commits of a table.
     pub checkpoint_every: Option<u32>,
+    /// Size a data file is cut at (and what `maintain` compacts towards).
+    pub target_file_size: Option<ByteSize>,
 }
 
 /// `[batch]`
@@ -117,6 +132,8 @@ pub struct BatchSpec {
     pub max_rows: Option<usize>,
     /// Close a micro-batch this long after its first record arrived.
     pub max_latency: Option<Span>,
+    /// Close a micro-batch once its records hold this much memory.
+    pub max_bytes: Option<ByteSize>,
 }
 
 /// `[[tables]]`
@@ -133,6 +150,12 @@ pub struct TableSpec {
     /// Partition columns of a new table.
     #[serde(default)]
     pub partition_by: Vec<String>,
+    /// Key columns of a `mirror` table.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// What a batch whose schema the table cannot take does.
+    #[serde(default)]
+    pub on_incompatible: OnIncompatible,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -141,6 +164,20 @@ pub enum TableMode {
     /// Every record becomes one row.
     #[default]
     Append,
+    /// Every change becomes one row, with `_op`, `_position`, `_commit_ts`, `_source`.
+    Changelog,
+    /// The table equals the source: changes are merged by key.
+    Mirror,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIncompatible {
+    /// Stop the run with an error naming table, column, old and new type.
+    #[default]
+    Stop,
+    /// Send the records to the dead-letter table and go on.
+    DeadLetter,
 }
 
 /// `[[aggregates]]`

@@ -60,6 +60,51 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
+/// An amount of bytes written as a number and an optional binary unit: `1048576`,
+/// `512KiB`, `64MiB`, `1GiB`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn mib(n: u64) -> Self {
+        Self(n * 1024 * 1024)
+    }
+}
+
+/// Parses `"<integer>[B|KiB|MiB|GiB]"`.
+pub fn parse_bytes(text: &str) -> Result<ByteSize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let hint = || format!("\"{text}\" is not a size (try \"512KiB\", \"64MiB\" or \"1GiB\")");
+    let n: u64 = digits.parse().map_err(|_| hint())?;
+    let per_unit: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(hint()),
+    };
+    n.checked_mul(per_unit)
+        .map(ByteSize)
+        .ok_or_else(|| format!("\"{text}\" is too large"))
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => parse_bytes(&t).map_err(de::Error::custom),
+        }
+    }
+}
+
 /// A value that must never be printed: passwords, secret keys, DSNs with credentials.
 /// `Debug` and `Display` show a placeholder; only [`Secret::expose`] gives the text.
 #[derive(Clone, PartialEq, Eq)]

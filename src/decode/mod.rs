@@ -23,11 +23,35 @@ pub enum DecodeError {
     },
 }
 
+/// One decoded chunk of an input.
+#[derive(Debug)]
+pub struct Decoded {
+    pub batch: RecordBatch,
+    /// Index in the input of each row of `batch`; `None` when they are the contiguous
+    /// run `first..first + batch.num_rows()`.
+    pub rows: Option<Vec<u64>>,
+    /// Index in the input of the first record this chunk covers.
+    pub first: u64,
+    /// Records this chunk covers, rejected ones included.
+    pub consumed: u64,
+    /// Records that could not be decoded, in input order.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A record that could not be decoded: its bytes and why.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// Index of the record in its input.
+    pub index: u64,
+    pub payload: Vec<u8>,
+    pub message: String,
+}
+
 /// A decoder turns one input into a sequence of batches sharing one schema.
 pub trait RecordDecoder: Send {
     fn schema(&self) -> SchemaRef;
-    /// The next batch of at most the configured number of rows; `None` at the end.
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>, DecodeError>;
+    /// The next chunk of at most the configured number of records; `None` at the end.
+    fn next_batch(&mut self) -> Result<Option<Decoded>, DecodeError>;
 }
 
 /// Rows inspected to infer a JSON-lines schema.
@@ -51,11 +75,23 @@ pub fn infer_json_lines_schema(path: &Path) -> Result<SchemaRef, DecodeError> {
 }
 
 /// JSON-lines file decoder against a fixed schema; fields outside it are ignored.
+///
+/// Each record is one non-blank line. A chunk is decoded in one pass; only when that
+/// fails is it decoded line by line, so that one bad record is rejected (with its line
+/// and reason) and its neighbours are kept.
 pub struct JsonLinesDecoder {
     input: String,
     schema: SchemaRef,
-    reader: deltalake::arrow::json::Reader<BufReader<File>>,
-    rows_read: u64,
+    reader: BufReader<File>,
+    batch_rows: usize,
+    /// Index of the next record.
+    next_index: u64,
+    /// Line number (1-based) of the next line, for messages.
+    line_no: u64,
+    /// Per record of the current chunk: byte range in `buf` and line number.
+    spans: Vec<(usize, usize, u64)>,
+    buf: Vec<u8>,
+    line: Vec<u8>,
 }
 
 impl std::fmt::Debug for JsonLinesDecoder {
@@ -73,18 +109,78 @@ impl JsonLinesDecoder {
             input: input.clone(),
             source,
         })?;
-        let reader = JsonReaderBuilder::new(schema.clone())
-            .with_batch_size(batch_rows.max(1))
-            .build(BufReader::new(file))
-            .map_err(|e| DecodeError::Malformed {
-                input: input.clone(),
-                message: e.to_string(),
-            })?;
         Ok(Self {
             input,
             schema,
-            reader,
-            rows_read: 0,
+            reader: BufReader::with_capacity(1 << 20, file),
+            batch_rows: batch_rows.max(1),
+            next_index: 0,
+            line_no: 1,
+            spans: Vec::new(),
+            buf: Vec::new(),
+            line: Vec::new(),
+        })
+    }
+
+    fn decoder(&self, rows: usize) -> Result<deltalake::arrow::json::reader::Decoder, String> {
+        JsonReaderBuilder::new(self.schema.clone())
+            .with_batch_size(rows.max(1))
+            .build_decoder()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Decodes `bytes` (whole records) into one batch.
+    fn decode(&self, bytes: &[u8], rows: usize) -> Result<RecordBatch, String> {
+        let mut d = self.decoder(rows)?;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let n = d.decode(rest).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            rest = &rest[n..];
+        }
+        Ok(d.flush()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone())))
+    }
+
+    /// The slow path: every record alone.
+    fn decode_each(&self, first: u64) -> Result<Decoded, DecodeError> {
+        let mut good = Vec::new();
+        let mut rows = Vec::new();
+        let mut rejected = Vec::new();
+        for (i, &(start, end, line)) in self.spans.iter().enumerate() {
+            let bytes = &self.buf[start..end];
+            match self.decode(bytes, 1) {
+                Ok(b) if b.num_rows() == 1 => {
+                    good.push(b);
+                    rows.push(first + i as u64);
+                }
+                Ok(b) => rejected.push(Rejected {
+                    index: first + i as u64,
+                    payload: bytes.to_vec(),
+                    message: format!("line {line}: holds {} records, not one", b.num_rows()),
+                }),
+                Err(e) => rejected.push(Rejected {
+                    index: first + i as u64,
+                    payload: bytes.to_vec(),
+                    message: format!("line {line}: {e}"),
+                }),
+            }
+        }
+        let batch = deltalake::arrow::compute::concat_batches(&self.schema, &good).map_err(|e| {
+            DecodeError::Malformed {
+                input: self.input.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(Decoded {
+            batch,
+            rows: Some(rows),
+            first,
+            consumed: self.spans.len() as u64,
+            rejected,
         })
     }
 }
@@ -94,17 +190,48 @@ impl RecordDecoder for JsonLinesDecoder {
         self.schema.clone()
     }
 
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>, DecodeError> {
-        match self.reader.next() {
-            None => Ok(None),
-            Some(Ok(batch)) => {
-                self.rows_read += batch.num_rows() as u64;
-                Ok(Some(batch))
+    fn next_batch(&mut self) -> Result<Option<Decoded>, DecodeError> {
+        use std::io::BufRead;
+        self.buf.clear();
+        self.spans.clear();
+        while self.spans.len() < self.batch_rows {
+            self.line.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.line)
+                .map_err(|source| DecodeError::Io {
+                    input: self.input.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
             }
-            Some(Err(e)) => Err(DecodeError::Malformed {
-                input: self.input.clone(),
-                message: format!("after record {}: {e}", self.rows_read),
-            }),
+            let line_no = self.line_no;
+            self.line_no += 1;
+            if self.line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let start = self.buf.len();
+            self.buf.extend_from_slice(&self.line);
+            if self.buf.last() != Some(&b'\n') {
+                self.buf.push(b'\n');
+            }
+            self.spans.push((start, self.buf.len(), line_no));
+        }
+        if self.spans.is_empty() {
+            return Ok(None);
+        }
+        let first = self.next_index;
+        self.next_index += self.spans.len() as u64;
+        match self.decode(&self.buf, self.spans.len()) {
+            Ok(batch) if batch.num_rows() == self.spans.len() => Ok(Some(Decoded {
+                batch,
+                rows: None,
+                first,
+                consumed: self.spans.len() as u64,
+                rejected: Vec::new(),
+            })),
+            _ => self.decode_each(first).map(Some),
         }
     }
 }
@@ -151,12 +278,19 @@ impl RecordDecoder for AvroFileDecoder {
         self.reader.schema()
     }
 
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>, DecodeError> {
+    fn next_batch(&mut self) -> Result<Option<Decoded>, DecodeError> {
         match self.reader.next() {
             None => Ok(None),
             Some(Ok(batch)) => {
+                let first = self.rows_read;
                 self.rows_read += batch.num_rows() as u64;
-                Ok(Some(batch))
+                Ok(Some(Decoded {
+                    consumed: batch.num_rows() as u64,
+                    batch,
+                    rows: None,
+                    first,
+                    rejected: Vec::new(),
+                }))
             }
             Some(Err(e)) => Err(DecodeError::Malformed {
                 input: self.input.clone(),

@@ -13,20 +13,20 @@
 //! what it already holds.
 
 mod retry;
+mod tables;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Instant;
 
-use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::datatypes::SchemaRef;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{AggregateConfig, Pipeline, SourceConfig};
+use crate::config::{Pipeline, SourceConfig};
 use crate::progress::Progress;
-use crate::sink::{Commit, Committed, DeltaSink, Sink, SinkError, state_key};
+use crate::sink::dead_letter::{self, DeadLetters};
+use crate::sink::{DeltaSink, Sink, SinkError, TableOptions};
 use crate::source::{self, Polled, RunMode, Source, SourceBatch, SourceError};
-use crate::window::{self, Operator, OperatorStats, WindowError};
+use crate::window::{OperatorStats, WindowError};
+use tables::{AggregateTarget, DeadLetterTarget, TableTarget, summary};
 
 pub use retry::{RetryPolicy, Retryable};
 
@@ -34,9 +34,6 @@ pub use retry::{RetryPolicy, Retryable};
 const MAX_CHUNK_ROWS: usize = 32_768;
 /// Chunks buffered between the source task and the batcher.
 const CHANNEL_CHUNKS: usize = 4;
-/// An aggregate with nothing to emit still commits its progress (and state) after this
-/// many micro-batches, bounding how much a restart must replay.
-const AGGREGATE_COMMIT_EVERY: u32 = 10;
 /// `commitInfo` key naming the operator-state snapshot a commit depends on.
 pub const STATE_INFO_KEY: &str = "tributary.state";
 
@@ -74,24 +71,10 @@ pub struct TableSummary {
     pub rows_written: u64,
     pub commits: u64,
     pub skipped_commits: u64,
+    /// Records re-delivered after a restart that the table already held.
+    pub skipped_records: u64,
     pub version: Option<u64>,
     pub stats: Option<OperatorStats>,
-}
-
-struct TableTarget {
-    from: String,
-    sink: DeltaSink,
-    summary: TableSummary,
-}
-
-struct AggregateTarget {
-    cfg: AggregateConfig,
-    sink: DeltaSink,
-    op: Option<Box<dyn Operator>>,
-    /// Progress folded into `op`, ahead of the sink's committed progress between commits.
-    processed: Progress,
-    batches_since_commit: u32,
-    summary: TableSummary,
 }
 
 /// Runs `pipeline` until its input ends (`--once`, bounded sources) or `shutdown`
@@ -113,37 +96,40 @@ pub async fn run(
     }
     let shards = source::shards_of(&pipeline.source);
     let storage = pipeline.sink.storage_options();
+    let open = |name: String, options: TableOptions| {
+        let url = pipeline.sink.table_url(&name);
+        let (storage, shards) = (storage.clone(), shards.clone());
+        async move { DeltaSink::open(&name, url, storage, &pipeline.name, &shards, options).await }
+    };
+    let mut dead = None;
+    if let Some(name) = &pipeline.dead_letters {
+        let sink = open(name.clone(), TableOptions::append(pipeline.sink.checkpoint_every)).await?;
+        tracing::info!(table = %name, committed = ?sink.committed(), "dead-letter table opened");
+        dead = Some(DeadLetterTarget {
+            summary: summary(name),
+            sink,
+        });
+    }
     let mut tables = Vec::with_capacity(pipeline.tables.len());
     for t in &pipeline.tables {
-        let sink = DeltaSink::open(
-            &t.name,
-            pipeline.sink.table_url(&t.name),
-            storage.clone(),
-            &pipeline.name,
-            &shards,
-            &t.partition_by,
-            pipeline.sink.checkpoint_every,
-        )
-        .await?;
+        let options = TableOptions {
+            mode: t.mode,
+            key: t.key.clone(),
+            partition_by: t.partition_by.clone(),
+            checkpoint_every: pipeline.sink.checkpoint_every,
+            target_file_size: pipeline.sink.target_file_size.0,
+        };
+        let sink = open(t.name.clone(), options).await?;
         tracing::info!(table = %t.name, committed = ?sink.committed(), "table opened");
         tables.push(TableTarget {
-            from: t.from.clone(),
+            cfg: t.clone(),
             summary: summary(&t.name),
             sink,
         });
     }
     let mut aggregates = Vec::with_capacity(pipeline.aggregates.len());
     for a in &pipeline.aggregates {
-        let sink = DeltaSink::open(
-            &a.name,
-            pipeline.sink.table_url(&a.name),
-            storage.clone(),
-            &pipeline.name,
-            &shards,
-            &[],
-            pipeline.sink.checkpoint_every,
-        )
-        .await?;
+        let sink = open(a.name.clone(), TableOptions::append(pipeline.sink.checkpoint_every)).await?;
         tracing::info!(aggregate = %a.name, committed = ?sink.committed(), "aggregate table opened");
         aggregates.push(AggregateTarget {
             cfg: a.clone(),
@@ -158,7 +144,7 @@ pub async fn run(
     let resume = held_by_all(&tables, &aggregates, &shards);
     tracing::info!(?resume, ?mode, "opening source");
     let chunk_rows = pipeline.batch.max_rows.min(MAX_CHUNK_ROWS);
-    let source = source::open(&pipeline.source, &resume, mode, chunk_rows)?;
+    let source = source::open(&pipeline.source, &resume, mode, chunk_rows, dead.is_some())?;
     if let Some(schema) = source.schema() {
         for a in &mut aggregates {
             a.start(&schema).await?;
@@ -173,6 +159,7 @@ pub async fn run(
     let retry = RetryPolicy::default();
     let max_rows = pipeline.batch.max_rows;
     let max_latency = pipeline.batch.max_latency.0;
+    let max_bytes = usize::try_from(pipeline.batch.max_bytes.0).unwrap_or(usize::MAX);
     let mut carry: Option<SourceBatch> = None;
     let mut acked = resume;
     tokio::pin!(shutdown);
@@ -182,13 +169,15 @@ pub async fn run(
         // --- gather one micro-batch ---------------------------------------------------
         let mut pending: Vec<SourceBatch> = Vec::new();
         let mut rows = 0usize;
+        let mut bytes = 0usize;
         let mut deadline: Option<tokio::time::Instant> = None;
         if let Some(b) = carry.take() {
             rows = b.records.num_rows();
+            bytes = b.bytes();
             deadline = Some(tokio::time::Instant::now() + max_latency);
             pending.push(b);
         }
-        while rows < max_rows {
+        while rows < max_rows && bytes < max_bytes {
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -207,6 +196,7 @@ pub async fn run(
                     Some(Ok(Polled::Batch(b))) => {
                         let n = b.records.num_rows();
                         summary.records_read += n as u64;
+                        bytes += b.bytes();
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_latency);
                         if rows + n > max_rows {
                             let (head, tail) = split(b, max_rows - rows);
@@ -235,8 +225,19 @@ pub async fn run(
         // --- commit it ------------------------------------------------------------------
         summary.micro_batches += 1;
         let started = Instant::now();
+        // Dead letters first: a table past a position implies its dead letters are in.
+        let mut routed = DeadLetters::default();
+        let mut prepared = Vec::with_capacity(tables.len());
         for t in &mut tables {
-            t.commit(&pending, &retry).await?;
+            prepared.push(t.prepare(&pending, &mut routed)?);
+        }
+        if let Some(d) = &mut dead {
+            d.commit(&pending, routed, &retry).await?;
+        }
+        for (t, p) in tables.iter_mut().zip(prepared) {
+            if let Some(p) = p {
+                t.commit(p, &retry).await?;
+            }
         }
         for a in &mut aggregates {
             a.process(&pending, ended || stopping, &retry).await?;
@@ -259,12 +260,55 @@ pub async fn run(
     // The source task ends once the channel and acknowledgements are closed.
     let _ = source_task.await;
 
-    summary.tables = tables
+    summary.tables = dead
         .into_iter()
-        .map(|t| t.finish())
+        .map(|d| d.summary)
+        .chain(tables.into_iter().map(TableTarget::finish))
         .chain(aggregates.into_iter().map(AggregateTarget::finish))
         .collect();
     Ok(summary)
+}
+
+/// Maintains every table of `pipeline` (see [`crate::sink::maintain`]), one at a time.
+pub async fn maintain(
+    pipeline: &Pipeline,
+    retention: std::time::Duration,
+) -> Result<Vec<crate::sink::maintain::MaintainReport>, SinkError> {
+    let shards = source::shards_of(&pipeline.source);
+    let storage = pipeline.sink.storage_options();
+    let mut reports = Vec::new();
+    for name in pipeline.table_names() {
+        let url = pipeline.sink.table_url(name);
+        // The snapshot the table's progress names is the one a restart loads.
+        let progress = DeltaSink::open(
+            name,
+            url.clone(),
+            storage.clone(),
+            &pipeline.name,
+            &shards,
+            TableOptions::append(pipeline.sink.checkpoint_every),
+        )
+        .await?
+        .committed()
+        .clone();
+        let keep = (!progress.is_empty()).then(|| crate::sink::state_key(&progress));
+        let report = crate::sink::maintain::maintain(
+            name,
+            url,
+            storage.clone(),
+            pipeline.sink.target_file_size.0,
+            retention,
+            keep,
+        )
+        .await
+        .map_err(|source| SinkError::Delta {
+            table: name.to_string(),
+            source,
+        })?;
+        tracing::info!(table = name, ?report, "maintained");
+        reports.push(report);
+    }
+    Ok(reports)
 }
 
 /// Per shard, the progress every table holds: where the source resumes at start, and
@@ -277,31 +321,33 @@ fn held_by_all(tables: &[TableTarget], aggregates: &[AggregateTarget], shards: &
     Progress::min_over(committed, shards)
 }
 
-fn summary(name: &str) -> TableSummary {
-    TableSummary {
-        name: name.to_string(),
-        rows_written: 0,
-        commits: 0,
-        skipped_commits: 0,
-        version: None,
-        stats: None,
-    }
-}
-
 /// Splits `b` after `k` rows; the head resumes at the tail's first position.
+/// Rejected records go with the side their position falls in.
 fn split(b: SourceBatch, k: usize) -> (SourceBatch, SourceBatch) {
     let n = b.records.num_rows();
+    let next = b.positions.value(k);
+    let (rejected_head, rejected_tail) = match &b.rejected {
+        None => (None, None),
+        Some(r) => {
+            let cut = dead_letter::split_at_position(r, next);
+            let head = r.slice(0, cut);
+            let tail = r.slice(cut, r.num_rows() - cut);
+            ((head.num_rows() > 0).then_some(head), (tail.num_rows() > 0).then_some(tail))
+        }
+    };
     let head = SourceBatch {
         stream: b.stream.clone(),
         shard: b.shard.clone(),
         records: b.records.slice(0, k),
         positions: b.positions.slice(0, k),
-        next: b.positions.value(k),
+        next,
         end_of_input: false,
+        rejected: rejected_head,
     };
     let tail = SourceBatch {
         records: b.records.slice(k, n - k),
         positions: b.positions.slice(k, n - k),
+        rejected: rejected_tail,
         ..b
     };
     (head, tail)
@@ -351,177 +397,3 @@ async fn drive_source(
     }
 }
 
-/// Commits `commit` to `sink`, retrying transient failures per the one policy.
-async fn commit_with_retry(
-    sink: &mut DeltaSink,
-    commit: Commit,
-    retry: &RetryPolicy,
-) -> Result<Committed, SinkError> {
-    let mut attempt = 1;
-    loop {
-        match sink.commit(commit.clone()).await {
-            Ok(c) => return Ok(c),
-            Err(e) => match retry.retry_after(&e, attempt) {
-                Some(backoff) => {
-                    tracing::warn!(table = sink.name(), error = %e, attempt, ?backoff, "commit failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    attempt += 1;
-                }
-                None => return Err(e),
-            },
-        }
-    }
-}
-
-/// Per shard, the resume position after `pending` (batches of `stream` only).
-fn batch_progress(pending: &[SourceBatch], stream: &str) -> BTreeMap<String, i64> {
-    let mut out = BTreeMap::new();
-    for b in pending.iter().filter(|b| &*b.stream == stream) {
-        let e = out.entry(b.shard.to_string()).or_insert(b.next);
-        *e = (*e).max(b.next);
-    }
-    out
-}
-
-impl TableTarget {
-    async fn commit(&mut self, pending: &[SourceBatch], retry: &RetryPolicy) -> Result<(), RunError> {
-        let progress: Vec<(String, i64)> = batch_progress(pending, &self.from)
-            .into_iter()
-            .filter(|(shard, next)| self.sink.committed().get(shard).is_none_or(|c| c < *next))
-            .collect();
-        if progress.is_empty() {
-            return Ok(());
-        }
-        let mine = || pending.iter().filter(|b| *b.stream == *self.from);
-        let mut batches: Vec<RecordBatch> = mine()
-            .filter_map(|b| b.since(self.sink.committed().get(&b.shard)))
-            .collect();
-        if batches.is_empty() {
-            // Only an end-of-input marker is new: commit its progress (the schema is
-            // needed in case this creates the table).
-            batches.extend(mine().next().map(|b| RecordBatch::new_empty(b.records.schema())));
-        }
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let commit = Commit {
-            batches,
-            progress,
-            info: BTreeMap::new(),
-        };
-        match commit_with_retry(&mut self.sink, commit, retry).await? {
-            Committed::Version(v) => {
-                self.summary.commits += 1;
-                self.summary.rows_written += rows as u64;
-                self.summary.version = Some(v);
-            }
-            Committed::AlreadyThere => self.summary.skipped_commits += 1,
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> TableSummary {
-        self.summary
-    }
-}
-
-impl AggregateTarget {
-    /// Builds the operator and restores the state that matches the table's progress.
-    async fn start(&mut self, schema: &SchemaRef) -> Result<(), RunError> {
-        let mut op = window::build(&self.cfg, schema)?;
-        let committed = self.sink.committed();
-        let snapshot = if committed.is_empty() {
-            None
-        } else {
-            let key = state_key(committed);
-            let bytes = self.sink.get_state(&key).await?;
-            if bytes.is_none() {
-                return Err(RunError::State {
-                    aggregate: self.cfg.name.clone(),
-                    message: format!(
-                        "the table is at {committed:?} but its state snapshot {key} is missing; \
-                         restore it or rebuild the aggregate into a new table"
-                    ),
-                });
-            }
-            bytes
-        };
-        op.on_start(snapshot)?;
-        self.op = Some(op);
-        Ok(())
-    }
-
-    /// Folds the new rows of `pending` into the operator and commits what it emits.
-    /// `flush` (end of run) commits progress even when nothing was emitted.
-    async fn process(
-        &mut self,
-        pending: &[SourceBatch],
-        flush: bool,
-        retry: &RetryPolicy,
-    ) -> Result<(), RunError> {
-        let mine: Vec<&SourceBatch> = pending.iter().filter(|b| *b.stream == *self.cfg.from).collect();
-        if self.op.is_none() {
-            match mine.first() {
-                Some(b) => self.start(&b.records.schema()).await?,
-                None => return Ok(()),
-            }
-        }
-        let Some(op) = self.op.as_mut() else { return Ok(()) };
-        // An end-of-input marker not yet processed closes every window, once.
-        let closing = mine
-            .iter()
-            .any(|b| b.end_of_input && self.processed.get(&b.shard).is_none_or(|p| p < b.next));
-        for b in &mine {
-            if let Some(rows) = b.since(self.processed.get(&b.shard)) {
-                op.process_batch(&b.shard, &rows)?;
-            }
-            self.processed.advance(&b.shard, b.next);
-        }
-        let mut out: Vec<RecordBatch> = op.on_watermark()?.into_iter().collect();
-        if closing {
-            out.extend(op.on_close()?);
-        }
-        self.batches_since_commit += 1;
-        let advanced = self
-            .processed
-            .iter()
-            .any(|(s, v)| self.sink.committed().get(s).is_none_or(|c| c < v));
-        let due = !out.is_empty() || closing || flush || self.batches_since_commit >= AGGREGATE_COMMIT_EVERY;
-        if !advanced || !due {
-            return Ok(());
-        }
-        // The snapshot must be durable before the commit that names it.
-        let key = state_key(&self.processed);
-        let state = op.on_checkpoint()?;
-        retry
-            .run("write operator state", || {
-                self.sink.put_state(&key, state.clone())
-            })
-            .await?;
-        if out.is_empty() {
-            // A progress-only commit still needs the schema to create the table.
-            out.push(RecordBatch::new_empty(op.output_schema()));
-        }
-        let rows: usize = out.iter().map(RecordBatch::num_rows).sum();
-        let commit = Commit {
-            batches: out,
-            progress: self.processed.iter().map(|(s, v)| (s.to_string(), v)).collect(),
-            info: BTreeMap::from([(STATE_INFO_KEY.to_string(), serde_json::Value::String(key))]),
-        };
-        match commit_with_retry(&mut self.sink, commit, retry).await? {
-            Committed::Version(v) => {
-                self.summary.commits += 1;
-                self.summary.rows_written += rows as u64;
-                self.summary.version = Some(v);
-            }
-            Committed::AlreadyThere => self.summary.skipped_commits += 1,
-        }
-        self.batches_since_commit = 0;
-        Ok(())
-    }
-
-    fn finish(self) -> TableSummary {
-        TableSummary {
-            stats: self.op.as_ref().map(|o| o.stats()),
-            ..self.summary
-        }
-    }
-}

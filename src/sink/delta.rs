@@ -1,22 +1,60 @@
 //! The Delta Lake table sink (local folders and S3 through deltalake/object_store).
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::compute::{concat_batches, filter_record_batch};
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
+use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableError, ObjectStoreError, Path};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStoreError, Path};
 use object_store::ObjectStoreExt as _;
 use url::Url;
 
-use super::{Commit, Committed, Sink, SinkError};
+use super::change::{self, NOT_MIRRORED, UNCHANGED_FLAG_PREFIX};
+use super::schema::{self, Incompatible};
+use super::{Commit, Committed, Sink, SinkError, failpoint, mirror};
+use crate::config::TableMode;
 use crate::progress::{Progress, app_id};
 
 /// Folder inside a table that holds operator-state snapshots. Delta readers and VACUUM
 /// ignore paths starting with `_`, so the snapshots live with the table they belong to.
-const STATE_DIR: &str = "_tributary/state";
+pub(super) const STATE_DIR: &str = "_tributary/state";
+/// Table property recording a mirror table's key, so a changed key is caught.
+pub const KEY_PROPERTY: &str = "tributary.key";
+
+/// How a table is shaped and written.
+#[derive(Debug, Clone)]
+pub struct TableOptions {
+    pub mode: TableMode,
+    /// Key columns (`mirror`).
+    pub key: Vec<String>,
+    /// Partition columns of a new table.
+    pub partition_by: Vec<String>,
+    /// Write a Delta checkpoint every this many commits.
+    pub checkpoint_every: u32,
+    /// Size at which a data file is cut.
+    pub target_file_size: u64,
+}
+
+impl TableOptions {
+    /// Plain appends with default file sizing (dead letters, aggregates, tests).
+    pub fn append(checkpoint_every: u32) -> Self {
+        Self {
+            mode: TableMode::Append,
+            key: Vec::new(),
+            partition_by: Vec::new(),
+            checkpoint_every,
+            target_file_size: crate::config::spec::DEFAULT_TARGET_FILE_SIZE.0,
+        }
+    }
+}
 
 /// A Delta table, created on first commit, whose `txn` actions carry its progress.
 pub struct DeltaSink {
@@ -25,8 +63,7 @@ pub struct DeltaSink {
     shards: Vec<String>,
     table: DeltaTable,
     committed: Progress,
-    partition_by: Vec<String>,
-    checkpoint_every: u32,
+    options: TableOptions,
 }
 
 impl std::fmt::Debug for DeltaSink {
@@ -39,6 +76,25 @@ impl std::fmt::Debug for DeltaSink {
     }
 }
 
+/// Opens the Delta table at `url`, or an unloaded handle when there is none yet.
+pub async fn open_table(url: Url, storage: HashMap<String, String>) -> Result<DeltaTable, DeltaTableError> {
+    if url.scheme() == "file"
+        && let Ok(path) = url.to_file_path()
+    {
+        // deltalake opens a missing object-store prefix as "no table yet", but a
+        // missing local folder as an error: create it so both behave alike.
+        std::fs::create_dir_all(&path).map_err(|source| DeltaTableError::Io { source })?;
+    }
+    let store = DeltaTableBuilder::from_url(url)?
+        .with_storage_options(storage)
+        .build_storage()?;
+    let mut table = DeltaTable::new(failpoint::wrap(store));
+    match table.load().await {
+        Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
+        Err(e) => Err(e),
+    }
+}
+
 impl DeltaSink {
     /// Opens the table at `url` (it need not exist yet) and reads the progress it holds
     /// for `shards`.
@@ -48,34 +104,21 @@ impl DeltaSink {
         storage: HashMap<String, String>,
         pipeline: &str,
         shards: &[String],
-        partition_by: &[String],
-        checkpoint_every: u32,
+        options: TableOptions,
     ) -> Result<Self, SinkError> {
-        if url.scheme() == "file"
-            && let Ok(path) = url.to_file_path()
-        {
-            // deltalake opens a missing object-store prefix as "no table yet", but a
-            // missing local folder as an error: create it so both behave alike.
-            std::fs::create_dir_all(&path).map_err(|e| SinkError::Delta {
-                table: name.to_string(),
-                source: DeltaTableError::Io { source: e },
-            })?;
-        }
-        let table = DeltaTable::try_from_url_with_storage_options(url, storage)
-            .await
-            .map_err(|source| SinkError::Delta {
-                table: name.to_string(),
-                source,
-            })?;
+        let table = open_table(url, storage).await.map_err(|source| SinkError::Delta {
+            table: name.to_string(),
+            source,
+        })?;
         let mut sink = Self {
             name: name.to_string(),
             pipeline: pipeline.to_string(),
             shards: shards.to_vec(),
             table,
             committed: Progress::new(),
-            partition_by: partition_by.to_vec(),
-            checkpoint_every,
+            options,
         };
+        sink.check_key()?;
         sink.committed = sink.read_progress().await?;
         Ok(sink)
     }
@@ -85,6 +128,80 @@ impl DeltaSink {
             table: self.name.clone(),
             source,
         }
+    }
+
+    fn incompatible(&self, e: Incompatible) -> SinkError {
+        SinkError::Incompatible {
+            table: self.name.clone(),
+            change: Box::new(e),
+        }
+    }
+
+    /// A mirror table's key is fixed when it is created: merging by another key would
+    /// silently duplicate rows.
+    fn check_key(&self) -> Result<(), SinkError> {
+        if self.options.mode != TableMode::Mirror {
+            return Ok(());
+        }
+        let Ok(snapshot) = self.table.snapshot() else { return Ok(()) };
+        let ours = self.options.key.join(",");
+        match snapshot.metadata().configuration().get(KEY_PROPERTY) {
+            Some(theirs) if *theirs == ours => Ok(()),
+            theirs => Err(self.incompatible(Incompatible {
+                column: format!("key ({KEY_PROPERTY})"),
+                old: theirs.cloned().unwrap_or_else(|| "none".into()),
+                new: ours,
+            })),
+        }
+    }
+
+    /// The table's current schema as Arrow; `None` before the first commit.
+    pub fn schema(&self) -> Option<SchemaRef> {
+        self.table
+            .snapshot()
+            .ok()
+            .map(|s| s.snapshot().arrow_schema())
+    }
+
+    /// The columns of a change or row batch that become table columns.
+    fn table_shape(&self, incoming: &Schema) -> Schema {
+        match self.options.mode {
+            TableMode::Mirror => Schema::new(
+                incoming
+                    .fields()
+                    .iter()
+                    .filter(|f| {
+                        !NOT_MIRRORED.contains(&f.name().as_str())
+                            && !f.name().starts_with(UNCHANGED_FLAG_PREFIX)
+                    })
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
+            TableMode::Append | TableMode::Changelog => incoming.clone(),
+        }
+    }
+
+    /// Whether the table can take batches of `incoming` (in the shape this table's mode
+    /// receives them), and the schema it would then have.
+    pub fn check(&self, incoming: &Schema) -> Result<SchemaRef, SinkError> {
+        let shaped = match super::types::delta_schema(&std::sync::Arc::new(incoming.clone())) {
+            Some(s) => self.table_shape(&s),
+            None => self.table_shape(incoming),
+        };
+        let current = self.schema();
+        let next = schema::evolve(current.as_deref(), &shaped).map_err(|e| self.incompatible(e))?;
+        if self.options.mode == TableMode::Mirror {
+            for k in &self.options.key {
+                if next.field_with_name(k).is_err() {
+                    return Err(self.incompatible(Incompatible {
+                        column: k.clone(),
+                        old: "key column".into(),
+                        new: "no such column".into(),
+                    }));
+                }
+            }
+        }
+        Ok(next)
     }
 
     /// The progress recorded in the loaded table version.
@@ -137,6 +254,115 @@ impl DeltaSink {
     fn state_path(key: &str) -> Path {
         Path::from(format!("{STATE_DIR}/{key}"))
     }
+
+    fn writer_properties() -> WriterProperties {
+        WriterProperties::builder()
+            .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
+            .build()
+    }
+
+    /// `batches` in Delta's types, conformed to one schema (the union of theirs).
+    fn unify(&self, batches: &[RecordBatch]) -> Result<Option<RecordBatch>, SinkError> {
+        let mut delta = Vec::with_capacity(batches.len());
+        for b in batches {
+            delta.push(super::types::to_delta(b.clone()).map_err(|e| self.delta_err()(e.into()))?);
+        }
+        let Some(first) = delta.first() else { return Ok(None) };
+        let mut union = schema::evolve(None, &first.schema()).map_err(|e| self.incompatible(e))?;
+        for b in &delta[1..] {
+            union = schema::evolve(Some(&union), &b.schema()).map_err(|e| self.incompatible(e))?;
+        }
+        let conformed = delta
+            .iter()
+            .map(|b| schema::conform(b, &union))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.delta_err()(e.into()))?;
+        concat_batches(&union, &conformed)
+            .map(Some)
+            .map_err(|e| self.delta_err()(e.into()))
+    }
+
+    /// Appends `rows` (already in this table's shape) in one commit.
+    async fn append(&self, rows: RecordBatch, props: CommitProperties) -> Result<DeltaTable, SinkError> {
+        let next = self.check(&rows.schema())?;
+        let evolves = self.schema().is_some_and(|cur| schema::adds_columns(&cur, &next));
+        let rows = schema::conform(&rows, &next).map_err(|e| self.delta_err()(e.into()))?;
+        let mut write = self
+            .table
+            .clone()
+            .write(vec![rows])
+            .with_save_mode(SaveMode::Append)
+            .with_writer_properties(Self::writer_properties())
+            .with_target_file_size(NonZeroU64::new(self.options.target_file_size))
+            .with_commit_properties(props);
+        if evolves {
+            write = write.with_schema_mode(SchemaMode::Merge);
+        }
+        if self.table.version().is_none() {
+            let mut config = vec![
+                (
+                    "delta.checkpointInterval".to_string(),
+                    Some(self.options.checkpoint_every.to_string()),
+                ),
+                (
+                    "delta.targetFileSize".to_string(),
+                    Some(self.options.target_file_size.to_string()),
+                ),
+            ];
+            if self.options.mode == TableMode::Mirror {
+                config.push((KEY_PROPERTY.to_string(), Some(self.options.key.join(","))));
+            }
+            write = write.with_table_name(&self.name).with_configuration(config);
+            if !self.options.partition_by.is_empty() {
+                write = write.with_partition_columns(self.options.partition_by.clone());
+            }
+        }
+        write.await.map_err(self.delta_err())
+    }
+
+    /// Merges the changes in `rows` by key in one commit.
+    async fn mirror(&self, rows: RecordBatch, props: CommitProperties) -> Result<DeltaTable, SinkError> {
+        let collapsed = change::collapse(&rows, &self.options.key).map_err(|source| SinkError::Changes {
+            table: self.name.clone(),
+            source,
+        })?;
+        if self.table.version().is_none() {
+            // Nothing to match yet: the surviving upserts are the table.
+            let keep = change::delete_mask(&collapsed.batch)
+                .map(|d| deltalake::arrow::compute::not(&d))
+                .transpose()
+                .map_err(|e| self.delta_err()(e.into()))?;
+            let mut batch = collapsed.batch;
+            if let Some(keep) = keep {
+                batch = filter_record_batch(&batch, &keep).map_err(|e| self.delta_err()(e.into()))?;
+            }
+            let shaped = std::sync::Arc::new(self.table_shape(&batch.schema()));
+            let batch = schema::conform(&batch, &shaped).map_err(|e| self.delta_err()(e.into()))?;
+            return self.append(batch, props).await;
+        }
+        let next = self.check(&collapsed.batch.schema())?;
+        let evolve = self.schema().is_some_and(|cur| schema::adds_columns(&cur, &next));
+        let spec = mirror::MergeSpec {
+            key: &self.options.key,
+            schema: &next,
+            evolve,
+            props,
+            writer: Self::writer_properties(),
+        };
+        let (table, metrics) = mirror::merge(self.table.clone(), collapsed, spec)
+            .await
+            .map_err(self.delta_err())?;
+        tracing::debug!(
+            table = %self.name,
+            inserted = metrics.num_target_rows_inserted,
+            updated = metrics.num_target_rows_updated,
+            deleted = metrics.num_target_rows_deleted,
+            files_scanned = metrics.num_target_files_scanned,
+            files_skipped = metrics.num_target_files_skipped_during_scan,
+            "merged"
+        );
+        Ok(table)
+    }
 }
 
 #[async_trait]
@@ -165,32 +391,22 @@ impl Sink for DeltaSink {
         let props = CommitProperties::default()
             .with_application_transactions(txns)
             .with_metadata(commit.info.clone());
-        let batches = commit
-            .batches
-            .iter()
-            .cloned()
-            .map(super::types::to_delta)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SinkError::Delta {
+        let Some(rows) = self.unify(&commit.batches)? else {
+            return Err(SinkError::Delta {
                 table: self.name.clone(),
-                source: e.into(),
-            })?;
-        let mut write = self
-            .table
-            .clone()
-            .write(batches)
-            .with_save_mode(SaveMode::Append)
-            .with_commit_properties(props);
-        if self.table.version().is_none() {
-            write = write.with_table_name(&self.name).with_configuration([(
-                "delta.checkpointInterval",
-                Some(self.checkpoint_every.to_string()),
-            )]);
-            if !self.partition_by.is_empty() {
-                write = write.with_partition_columns(self.partition_by.clone());
+                source: DeltaTableError::Generic("a commit needs at least one (possibly empty) batch".into()),
+            });
+        };
+        let written = match self.options.mode {
+            TableMode::Mirror if rows.num_rows() > 0 => self.mirror(rows, props).await,
+            TableMode::Mirror => {
+                let shaped = std::sync::Arc::new(self.table_shape(&rows.schema()));
+                let empty = RecordBatch::new_empty(shaped);
+                self.append(empty, props).await
             }
-        }
-        match write.await {
+            TableMode::Append | TableMode::Changelog => self.append(rows, props).await,
+        };
+        match written {
             Ok(table) => {
                 self.table = table;
                 for (shard, next) in &commit.progress {
@@ -198,13 +414,10 @@ impl Sink for DeltaSink {
                 }
                 Ok(Committed::Version(self.table.version().unwrap_or_default()))
             }
-            Err(source) => {
+            Err(err @ (SinkError::Incompatible { .. } | SinkError::Changes { .. })) => Err(err),
+            Err(err) => {
                 // The outcome is unknown (the request may have landed): look before the
                 // caller retries, so that a retry can never add the rows twice.
-                let err = SinkError::Delta {
-                    table: self.name.clone(),
-                    source,
-                };
                 if self.refresh().await.is_ok() {
                     // Progress that moved, but not to exactly ours, was not our commit.
                     for (shard, next) in &commit.progress {

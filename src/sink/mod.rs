@@ -6,7 +6,13 @@
 //! got, and a replayed batch is recognised and skipped. Nothing outside the table is
 //! the source of truth.
 
+pub mod change;
+pub mod dead_letter;
+pub mod maintain;
 mod delta;
+mod failpoint;
+mod mirror;
+pub mod schema;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -17,7 +23,8 @@ use deltalake::arrow::array::RecordBatch;
 
 use crate::progress::Progress;
 
-pub use delta::DeltaSink;
+pub use delta::{DeltaSink, KEY_PROPERTY, TableOptions, open_table};
+pub use failpoint::ENV as FAILPOINT_ENV;
 
 /// One atomic change to a table: its rows and the progress they complete.
 #[derive(Debug, Clone)]
@@ -55,6 +62,20 @@ pub enum SinkError {
         #[source]
         source: deltalake::ObjectStoreError,
     },
+    /// The records' schema cannot be written to the table (a narrowed type, a missing
+    /// non-nullable column, a changed key).
+    #[error("table {table}: incompatible schema change: {change}")]
+    Incompatible {
+        table: String,
+        change: Box<schema::Incompatible>,
+    },
+    /// The change records cannot be applied (a null key, an unknown `_op`).
+    #[error("table {table}: {source}")]
+    Changes {
+        table: String,
+        #[source]
+        source: change::ChangeError,
+    },
     /// Someone else advanced this table's progress for our shards: two processes are
     /// running the same pipeline over the same shards.
     #[error(
@@ -79,7 +100,9 @@ impl SinkError {
                 E::ObjectStore { .. } | E::Io { .. } | E::Transaction { .. }
             ),
             SinkError::State { .. } => true,
-            SinkError::ForeignProgress { .. } => false,
+            SinkError::Incompatible { .. } | SinkError::Changes { .. } | SinkError::ForeignProgress { .. } => {
+                false
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use super::{Polled, RunMode, Source, SourceBatch, SourceError};
 use crate::config::{FileConfig, FileFormat};
 use crate::decode::{self, AvroFileDecoder, JsonLinesDecoder, RecordDecoder};
 use crate::progress::Progress;
+use crate::sink::dead_letter::{DeadLetters, ErrorKind};
 
 const FILE_SHIFT: u32 = 32;
 
@@ -41,6 +42,8 @@ pub(super) struct FileSource {
     /// The stream's schema: fixed by the first file so restarts agree.
     schema: Option<SchemaRef>,
     last_listing: tokio::time::Instant,
+    /// Whether undecodable records become dead letters (else they stop the run).
+    dead_letters: bool,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -63,6 +66,7 @@ impl FileSource {
         resume: &Progress,
         mode: RunMode,
         chunk_rows: usize,
+        dead_letters: bool,
     ) -> Result<Self, SourceError> {
         let files = list(&cfg.path, cfg.format)?;
         let pos_next = resume.get(&cfg.stream).unwrap_or(0);
@@ -92,6 +96,7 @@ impl FileSource {
             pos_next,
             schema: None,
             last_listing: tokio::time::Instant::now(),
+            dead_letters,
             cfg: cfg.clone(),
         })
     }
@@ -163,6 +168,7 @@ impl FileSource {
             positions: Int64Array::from(Vec::<i64>::new()),
             next: self.pos_next,
             end_of_input: true,
+            rejected: None,
         }))
     }
 
@@ -214,28 +220,54 @@ impl Source for FileSource {
                 .decoder
                 .as_mut()
                 .ok_or_else(|| SourceError::Position("no open file".into()))?;
-            let Some(mut batch) = decoder.next_batch()? else {
+            let Some(chunk) = decoder.next_batch()? else {
                 self.decoder = None;
                 self.file_idx += 1;
                 self.skip = 0;
                 continue;
             };
-            self.record_idx += batch.num_rows() as u64;
-            if self.skip > 0 {
-                let drop = self.skip.min(batch.num_rows() as u64) as usize;
-                self.skip -= drop as u64;
-                batch = batch.slice(drop, batch.num_rows() - drop);
-                if batch.num_rows() == 0 {
-                    continue;
-                }
+            self.record_idx = chunk.first + chunk.consumed;
+            let path = self.files[self.file_idx].display().to_string();
+            if let Some(bad) = chunk.rejected.first()
+                && !self.dead_letters
+            {
+                return Err(SourceError::Decode(decode::DecodeError::Malformed {
+                    input: path,
+                    message: format!(
+                        "{} (configure [dead_letters] to set such records aside and go on)",
+                        bad.message
+                    ),
+                }));
             }
-            let first = self.record_idx - batch.num_rows() as u64;
             let base = (self.file_idx as i64) << FILE_SHIFT;
-            let positions = Int64Array::from_iter_values((first..self.record_idx).map(|i| base | i as i64));
+            // Resuming inside a file: records before `skip` are already committed.
+            let skip = self.skip;
+            self.skip = self.skip.saturating_sub(chunk.consumed);
+            let indices: Vec<u64> = match chunk.rows {
+                Some(rows) => rows,
+                None => (chunk.first..chunk.first + chunk.batch.num_rows() as u64).collect(),
+            };
+            let keep_from = indices.partition_point(|&i| i < skip);
+            let batch = chunk.batch.slice(keep_from, chunk.batch.num_rows() - keep_from);
+            let positions =
+                Int64Array::from_iter_values(indices[keep_from..].iter().map(|&i| base | i as i64));
+            let mut rejected = DeadLetters::default();
+            for r in chunk.rejected.iter().filter(|r| r.index >= skip) {
+                rejected.push(
+                    &self.cfg.stream,
+                    base | r.index as i64,
+                    ErrorKind::Decode,
+                    &format!("{path}: {}", r.message),
+                    None,
+                    Some(&r.payload),
+                );
+            }
+            if batch.num_rows() == 0 && rejected.is_empty() {
+                continue;
+            }
             let schema = self.stream_schema()?;
-            let records = RecordBatch::try_new(schema, batch.columns().to_vec()).map_err(|e| {
-                SourceError::Position(format!("{}: {e}", self.files[self.file_idx].display()))
-            })?;
+            let records = RecordBatch::try_new(schema, batch.columns().to_vec())
+                .map_err(|e| SourceError::Position(format!("{path}: {e}")))?;
             self.pos_next = base | self.record_idx as i64;
             return Ok(Polled::Batch(SourceBatch {
                 stream: self.stream.clone(),
@@ -244,6 +276,7 @@ impl Source for FileSource {
                 positions,
                 next: self.pos_next,
                 end_of_input: false,
+                rejected: (!rejected.is_empty()).then(|| rejected.finish()),
             }));
         }
     }

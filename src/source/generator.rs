@@ -194,6 +194,7 @@ impl Source for Generator {
                     positions: Int64Array::from(Vec::<i64>::new()),
                     next: self.next as i64,
                     end_of_input: true,
+                    rejected: None,
                 }));
             }
             return Ok(Polled::End);
@@ -217,6 +218,7 @@ impl Source for Generator {
             positions,
             next: self.next as i64,
             end_of_input: false,
+            rejected: None,
         }))
     }
 }

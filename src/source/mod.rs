@@ -41,17 +41,25 @@ pub struct SourceBatch {
     /// after the last record. Committing it is what closes every window, so a restart
     /// neither misses that nor does it twice.
     pub end_of_input: bool,
+    /// Records of this range that could not be decoded, as dead-letter rows
+    /// ([`crate::sink::dead_letter`]); their positions are not in `positions`.
+    pub rejected: Option<RecordBatch>,
 }
 
 impl SourceBatch {
     /// The records at or after `from`: what a consumer that has committed up to `from`
     /// still needs. Zero-copy.
     pub fn since(&self, from: Option<i64>) -> Option<RecordBatch> {
-        let skip = match from {
+        let skip = self.skip_before(from);
+        (skip < self.records.num_rows()).then(|| self.records.slice(skip, self.records.num_rows() - skip))
+    }
+
+    /// How many leading records lie before `from` (already committed).
+    pub fn skip_before(&self, from: Option<i64>) -> usize {
+        match from {
             None => 0,
             Some(from) => self.positions.values().partition_point(|p| *p < from),
-        };
-        (skip < self.records.num_rows()).then(|| self.records.slice(skip, self.records.num_rows() - skip))
+        }
     }
 
     /// Approximate memory held, for byte-sized backpressure.
@@ -62,6 +70,8 @@ impl SourceBatch {
 
 /// What one poll produced.
 #[derive(Debug)]
+// A batch is a few hundred bytes of handles, moved once per chunk: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Polled {
     Batch(SourceBatch),
     /// Nothing right now; poll again later.
@@ -115,15 +125,18 @@ pub trait Source: Send {
 }
 
 /// Opens the configured source at `resume`.
+/// `dead_letters`: whether undecodable records may be handed over as
+/// [`SourceBatch::rejected`] (a dead-letter table is configured) or stop the run.
 pub fn open(
     config: &SourceConfig,
     resume: &Progress,
     mode: RunMode,
     chunk_rows: usize,
+    dead_letters: bool,
 ) -> Result<Box<dyn Source>, SourceError> {
     Ok(match config {
         SourceConfig::Generator(g) => Box::new(generator::Generator::open(g, resume, mode, chunk_rows)),
-        SourceConfig::File(f) => Box::new(file::FileSource::open(f, resume, mode, chunk_rows)?),
+        SourceConfig::File(f) => Box::new(file::FileSource::open(f, resume, mode, chunk_rows, dead_letters)?),
     })
 }
 

@@ -1,0 +1,375 @@
+//! The targets a micro-batch is committed to: `[[tables]]` entries, aggregates and the
+//! dead-letter table. Each owns one [`DeltaSink`] and commits only what that table does
+//! not hold yet, so a replayed micro-batch is skipped table by table.
+
+use std::collections::BTreeMap;
+
+use deltalake::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch};
+use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::datatypes::{Int64Type, SchemaRef};
+
+use super::{RetryPolicy, RunError, STATE_INFO_KEY, TableSummary};
+use crate::config::{AggregateConfig, OnIncompatible, TableConfig, TableMode};
+use crate::progress::Progress;
+use crate::sink::dead_letter::{DeadLetters, ErrorKind};
+use crate::sink::{Commit, Committed, DeltaSink, Sink, SinkError, change, state_key};
+use crate::source::SourceBatch;
+use crate::window::{self, Operator};
+
+/// An aggregate with nothing to emit still commits its progress (and state) after this
+/// many micro-batches, bounding how much a restart must replay.
+const AGGREGATE_COMMIT_EVERY: u32 = 10;
+
+pub(super) struct TableTarget {
+    pub cfg: TableConfig,
+    pub sink: DeltaSink,
+    pub summary: TableSummary,
+}
+
+/// What a table will commit for one micro-batch.
+pub(super) struct Prepared {
+    progress: Vec<(String, i64)>,
+    batches: Vec<RecordBatch>,
+    rows: usize,
+}
+
+pub(super) struct DeadLetterTarget {
+    pub sink: DeltaSink,
+    pub summary: TableSummary,
+}
+
+pub(super) struct AggregateTarget {
+    pub cfg: AggregateConfig,
+    pub sink: DeltaSink,
+    pub op: Option<Box<dyn Operator>>,
+    /// Progress folded into `op`, ahead of the sink's committed progress between commits.
+    pub processed: Progress,
+    pub batches_since_commit: u32,
+    pub summary: TableSummary,
+}
+
+pub(super) fn summary(name: &str) -> TableSummary {
+    TableSummary {
+        name: name.to_string(),
+        rows_written: 0,
+        commits: 0,
+        skipped_commits: 0,
+        skipped_records: 0,
+        version: None,
+        stats: None,
+    }
+}
+
+/// Commits `commit` to `sink`, retrying transient failures per the one policy.
+async fn commit_with_retry(
+    sink: &mut DeltaSink,
+    commit: Commit,
+    retry: &RetryPolicy,
+) -> Result<Committed, SinkError> {
+    let mut attempt = 1;
+    loop {
+        match sink.commit(commit.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => match retry.retry_after(&e, attempt) {
+                Some(backoff) => {
+                    tracing::warn!(table = sink.name(), error = %e, attempt, ?backoff, "commit failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                }
+                None => return Err(e),
+            },
+        }
+    }
+}
+
+/// Per shard, the resume position after `pending` (batches of `stream` only; every
+/// stream when `stream` is `None`).
+fn batch_progress(pending: &[SourceBatch], stream: Option<&str>) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for b in pending.iter().filter(|b| stream.is_none_or(|s| *b.stream == *s)) {
+        let e = out.entry(b.shard.to_string()).or_insert(b.next);
+        *e = (*e).max(b.next);
+    }
+    out
+}
+
+/// Records the commit's outcome in `summary`.
+fn count(summary: &mut TableSummary, outcome: Committed, rows: usize) {
+    match outcome {
+        Committed::Version(v) => {
+            summary.commits += 1;
+            summary.rows_written += rows as u64;
+            summary.version = Some(v);
+        }
+        Committed::AlreadyThere => summary.skipped_commits += 1,
+    }
+}
+
+impl TableTarget {
+    /// The rows of `pending` this table does not hold yet, in the shape its mode
+    /// writes. Rows the table cannot take go to `dead` when the table routes them
+    /// there (the table then commits only its progress); otherwise that is an error.
+    // An error ends the run, so its size never matters on the hot path.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn prepare(
+        &mut self,
+        pending: &[SourceBatch],
+        dead: &mut DeadLetters,
+    ) -> Result<Option<Prepared>, RunError> {
+        let progress: Vec<(String, i64)> = batch_progress(pending, Some(&self.cfg.from))
+            .into_iter()
+            .filter(|(shard, next)| self.sink.committed().get(shard).is_none_or(|c| c < *next))
+            .collect();
+        if progress.is_empty() {
+            let replayed: usize = pending
+                .iter()
+                .filter(|b| *b.stream == *self.cfg.from)
+                .map(|b| b.records.num_rows())
+                .sum();
+            self.skip(replayed);
+            return Ok(None);
+        }
+        let mut batches = Vec::new();
+        let mut skipped = 0;
+        for b in pending.iter().filter(|b| *b.stream == *self.cfg.from) {
+            let from = b.skip_before(self.sink.committed().get(&b.shard));
+            skipped += from;
+            let n = b.records.num_rows() - from;
+            if n == 0 {
+                continue;
+            }
+            let records = b.records.slice(from, n);
+            let positions = b.positions.slice(from, n);
+            let rows = match self.cfg.mode {
+                TableMode::Append => records.clone(),
+                TableMode::Changelog | TableMode::Mirror => {
+                    change::with_change_columns(&records, &positions, &b.shard)
+                }
+            };
+            match self.sink.check(&rows.schema()) {
+                Ok(_) => batches.push(rows),
+                Err(e @ SinkError::Incompatible { .. })
+                    if self.cfg.on_incompatible == OnIncompatible::DeadLetter =>
+                {
+                    tracing::warn!(table = %self.cfg.name, rows = n, error = %e, "records sent to dead letters");
+                    dead.push_rows(
+                        &b.shard,
+                        &records,
+                        positions.values(),
+                        ErrorKind::Schema,
+                        &e.to_string(),
+                        &self.cfg.name,
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.skip(skipped);
+        if batches.is_empty() {
+            // Only progress is new (an end-of-input marker, or rows routed away): the
+            // schema is needed in case this creates the table.
+            let schema = self.sink.schema().or_else(|| {
+                pending
+                    .iter()
+                    .find(|b| *b.stream == *self.cfg.from)
+                    .map(|b| self.empty_shape(b))
+            });
+            batches.extend(schema.map(RecordBatch::new_empty));
+        }
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        Ok(Some(Prepared {
+            progress,
+            batches,
+            rows,
+        }))
+    }
+
+    /// The schema of this table's rows for records like `b`'s.
+    fn empty_shape(&self, b: &SourceBatch) -> SchemaRef {
+        let empty = RecordBatch::new_empty(b.records.schema());
+        match self.cfg.mode {
+            TableMode::Append => empty.schema(),
+            TableMode::Changelog | TableMode::Mirror => {
+                change::with_change_columns(&empty, &Int64Array::from(Vec::<i64>::new()), &b.shard).schema()
+            }
+        }
+    }
+
+    fn skip(&mut self, records: usize) {
+        if records > 0 {
+            // Re-delivery after a restart: these positions are in the table already.
+            tracing::info!(table = %self.cfg.name, records, "skipped records the table already holds");
+            self.summary.skipped_records += records as u64;
+        }
+    }
+
+    pub(super) async fn commit(&mut self, prepared: Prepared, retry: &RetryPolicy) -> Result<(), RunError> {
+        let commit = Commit {
+            batches: prepared.batches,
+            progress: prepared.progress,
+            info: BTreeMap::new(),
+        };
+        let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
+        count(&mut self.summary, outcome, prepared.rows);
+        Ok(())
+    }
+
+    pub(super) fn finish(self) -> TableSummary {
+        self.summary
+    }
+}
+
+impl DeadLetterTarget {
+    /// Commits the dead letters of `pending` (rejected by the source) and `routed`
+    /// (refused by tables) that the table does not hold yet.
+    ///
+    /// The dead-letter table commits before the other tables of a micro-batch and only
+    /// when it has rows, so it never holds the source back: any table past a
+    /// position implies its dead letters are already committed.
+    pub(super) async fn commit(
+        &mut self,
+        pending: &[SourceBatch],
+        routed: DeadLetters,
+        retry: &RetryPolicy,
+    ) -> Result<(), RunError> {
+        let committed = self.sink.committed().clone();
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        for b in pending {
+            if let Some(r) = &b.rejected {
+                batches.push(new_since(r, committed.get(&b.shard)));
+            }
+        }
+        if !routed.is_empty() {
+            let routed = routed.finish();
+            // Routed rows may span shards: filter each row by its own shard.
+            let sources = routed.column(1).as_string::<i32>();
+            let positions = routed.column(2).as_primitive::<Int64Type>();
+            let keep: BooleanArray = (0..routed.num_rows())
+                .map(|i| Some(committed.get(sources.value(i)).is_none_or(|c| positions.value(i) >= c)))
+                .collect();
+            let fresh = filter_record_batch(&routed, &keep).map_err(|e| SinkError::Delta {
+                table: self.summary.name.clone(),
+                source: e.into(),
+            })?;
+            batches.push(fresh);
+        }
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows == 0 {
+            return Ok(());
+        }
+        let progress: Vec<(String, i64)> = batch_progress(pending, None).into_iter().collect();
+        tracing::warn!(table = %self.summary.name, rows, "records set aside as dead letters");
+        let commit = Commit {
+            batches,
+            progress,
+            info: BTreeMap::new(),
+        };
+        let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
+        count(&mut self.summary, outcome, rows);
+        Ok(())
+    }
+}
+
+/// The dead-letter rows of `rejected` at or after `from`.
+fn new_since(rejected: &RecordBatch, from: Option<i64>) -> RecordBatch {
+    let Some(from) = from else { return rejected.clone() };
+    let skip = crate::sink::dead_letter::split_at_position(rejected, from);
+    rejected.slice(skip, rejected.num_rows() - skip)
+}
+
+impl AggregateTarget {
+    /// Builds the operator and restores the state that matches the table's progress.
+    pub(super) async fn start(&mut self, schema: &SchemaRef) -> Result<(), RunError> {
+        let mut op = window::build(&self.cfg, schema)?;
+        let committed = self.sink.committed();
+        let snapshot = if committed.is_empty() {
+            None
+        } else {
+            let key = state_key(committed);
+            let bytes = self.sink.get_state(&key).await?;
+            if bytes.is_none() {
+                return Err(RunError::State {
+                    aggregate: self.cfg.name.clone(),
+                    message: format!(
+                        "the table is at {committed:?} but its state snapshot {key} is missing; \
+                         restore it or rebuild the aggregate into a new table"
+                    ),
+                });
+            }
+            bytes
+        };
+        op.on_start(snapshot)?;
+        self.op = Some(op);
+        Ok(())
+    }
+
+    /// Folds the new rows of `pending` into the operator and commits what it emits.
+    /// `flush` (end of run) commits progress even when nothing was emitted.
+    pub(super) async fn process(
+        &mut self,
+        pending: &[SourceBatch],
+        flush: bool,
+        retry: &RetryPolicy,
+    ) -> Result<(), RunError> {
+        let mine: Vec<&SourceBatch> = pending.iter().filter(|b| *b.stream == *self.cfg.from).collect();
+        if self.op.is_none() {
+            match mine.first() {
+                Some(b) => self.start(&b.records.schema()).await?,
+                None => return Ok(()),
+            }
+        }
+        let Some(op) = self.op.as_mut() else { return Ok(()) };
+        // An end-of-input marker not yet processed closes every window, once.
+        let closing = mine
+            .iter()
+            .any(|b| b.end_of_input && self.processed.get(&b.shard).is_none_or(|p| p < b.next));
+        for b in &mine {
+            if let Some(rows) = b.since(self.processed.get(&b.shard)) {
+                op.process_batch(&b.shard, &rows)?;
+            }
+            self.processed.advance(&b.shard, b.next);
+        }
+        let mut out: Vec<RecordBatch> = op.on_watermark()?.into_iter().collect();
+        if closing {
+            out.extend(op.on_close()?);
+        }
+        self.batches_since_commit += 1;
+        let advanced = self
+            .processed
+            .iter()
+            .any(|(s, v)| self.sink.committed().get(s).is_none_or(|c| c < v));
+        let due = !out.is_empty() || closing || flush || self.batches_since_commit >= AGGREGATE_COMMIT_EVERY;
+        if !advanced || !due {
+            return Ok(());
+        }
+        // The snapshot must be durable before the commit that names it.
+        let key = state_key(&self.processed);
+        let state = op.on_checkpoint()?;
+        retry
+            .run("write operator state", || {
+                self.sink.put_state(&key, state.clone())
+            })
+            .await?;
+        if out.is_empty() {
+            // A progress-only commit still needs the schema to create the table.
+            out.push(RecordBatch::new_empty(op.output_schema()));
+        }
+        let rows: usize = out.iter().map(RecordBatch::num_rows).sum();
+        let commit = Commit {
+            batches: out,
+            progress: self.processed.iter().map(|(s, v)| (s.to_string(), v)).collect(),
+            info: BTreeMap::from([(STATE_INFO_KEY.to_string(), serde_json::Value::String(key))]),
+        };
+        let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
+        count(&mut self.summary, outcome, rows);
+        self.batches_since_commit = 0;
+        Ok(())
+    }
+
+    pub(super) fn finish(self) -> TableSummary {
+        TableSummary {
+            stats: self.op.as_ref().map(|o| o.stats()),
+            ..self.summary
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Crash injection for recovery tests.
+//!
+//! `TRIBUTARY_FAILPOINT=before_commit:N` aborts the process right before the N-th Delta
+//! commit entry it would write (counting every table), i.e. after that commit's data
+//! files are in storage and before the log names them: the worst moment for an
+//! exactly-once writer. It wraps the table's [`LogStore`] so that every write path
+//! (append, MERGE, maintenance) crosses it. Unset, nothing is wrapped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deltalake::kernel::Version;
+use deltalake::kernel::transaction::TransactionError;
+use deltalake::logstore::{CommitOrBytes, LogStore, LogStoreConfig, LogStoreRef};
+use deltalake::{DeltaResult, ObjectStore};
+use uuid::Uuid;
+
+pub const ENV: &str = "TRIBUTARY_FAILPOINT";
+
+static COMMITS: AtomicU64 = AtomicU64::new(0);
+
+/// The commit number (1-based, per process) to abort before, if armed.
+fn armed() -> Option<u64> {
+    let v = std::env::var(ENV).ok()?;
+    v.strip_prefix("before_commit:")?.parse().ok()
+}
+
+/// `store`, wrapped when a failpoint is armed.
+pub fn wrap(store: LogStoreRef) -> LogStoreRef {
+    match armed() {
+        Some(at) => Arc::new(Failpoint { inner: store, at }),
+        None => store,
+    }
+}
+
+struct Failpoint {
+    inner: LogStoreRef,
+    at: u64,
+}
+
+#[async_trait]
+impl LogStore for Failpoint {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    async fn refresh(&self) -> DeltaResult<()> {
+        self.inner.refresh().await
+    }
+
+    async fn read_commit_entry(&self, version: Version) -> DeltaResult<Option<Bytes>> {
+        self.inner.read_commit_entry(version).await
+    }
+
+    async fn write_commit_entry(
+        &self,
+        version: Version,
+        commit_or_bytes: CommitOrBytes,
+        operation_id: Uuid,
+    ) -> Result<(), TransactionError> {
+        if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+            eprintln!("{ENV}: aborting before commit {} (table version {version})", self.at);
+            std::process::abort();
+        }
+        self.inner
+            .write_commit_entry(version, commit_or_bytes, operation_id)
+            .await
+    }
+
+    async fn abort_commit_entry(
+        &self,
+        version: Version,
+        commit_or_bytes: CommitOrBytes,
+        operation_id: Uuid,
+    ) -> Result<(), TransactionError> {
+        self.inner
+            .abort_commit_entry(version, commit_or_bytes, operation_id)
+            .await
+    }
+
+    async fn get_latest_version(&self, start_version: Version) -> DeltaResult<Version> {
+        self.inner.get_latest_version(start_version).await
+    }
+
+    fn object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.object_store(operation_id)
+    }
+
+    fn root_object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.root_object_store(operation_id)
+    }
+
+    fn config(&self) -> &LogStoreConfig {
+        self.inner.config()
+    }
+}
