@@ -129,7 +129,11 @@ pub async fn run(
     }
     let mut aggregates = Vec::with_capacity(pipeline.aggregates.len());
     for a in &pipeline.aggregates {
-        let sink = open(a.name.clone(), TableOptions::append(pipeline.sink.checkpoint_every)).await?;
+        let sink = open(
+            a.name.clone(),
+            TableOptions::append(pipeline.sink.checkpoint_every),
+        )
+        .await?;
         tracing::info!(aggregate = %a.name, committed = ?sink.committed(), "aggregate table opened");
         aggregates.push(AggregateTarget {
             cfg: a.clone(),
@@ -332,7 +336,10 @@ fn split(b: SourceBatch, k: usize) -> (SourceBatch, SourceBatch) {
             let cut = dead_letter::split_at_position(r, next);
             let head = r.slice(0, cut);
             let tail = r.slice(cut, r.num_rows() - cut);
-            ((head.num_rows() > 0).then_some(head), (tail.num_rows() > 0).then_some(tail))
+            (
+                (head.num_rows() > 0).then_some(head),
+                (tail.num_rows() > 0).then_some(tail),
+            )
         }
     };
     let head = SourceBatch {
@@ -396,4 +403,3 @@ async fn drive_source(
         ack(&mut source, &mut acks).await;
     }
 }
-

@@ -245,7 +245,13 @@ impl DeadLetterTarget {
             let sources = routed.column(1).as_string::<i32>();
             let positions = routed.column(2).as_primitive::<Int64Type>();
             let keep: BooleanArray = (0..routed.num_rows())
-                .map(|i| Some(committed.get(sources.value(i)).is_none_or(|c| positions.value(i) >= c)))
+                .map(|i| {
+                    Some(
+                        committed
+                            .get(sources.value(i))
+                            .is_none_or(|c| positions.value(i) >= c),
+                    )
+                })
                 .collect();
             let fresh = filter_record_batch(&routed, &keep).map_err(|e| SinkError::Delta {
                 table: self.summary.name.clone(),

@@ -135,11 +135,13 @@ pub fn collapse(batch: &RecordBatch, key: &[String]) -> Result<Collapsed, Change
         expected: "a comparable type",
         actual: e.to_string(),
     })?;
-    let rows = converter.convert_columns(&key_columns).map_err(|e| ChangeError::Type {
-        column: key.join(","),
-        expected: "a comparable type",
-        actual: e.to_string(),
-    })?;
+    let rows = converter
+        .convert_columns(&key_columns)
+        .map_err(|e| ChangeError::Type {
+            column: key.join(","),
+            expected: "a comparable type",
+            actual: e.to_string(),
+        })?;
     let n = batch.num_rows();
     let mut last: HashMap<&[u8], u32> = HashMap::with_capacity(n);
     // Previous change to the same key, for filling unsent values.
@@ -260,7 +262,11 @@ fn fill_unchanged(
     for (c, flags) in still_unsent.into_iter().enumerate() {
         let Some(flags) = flags else { continue };
         let name = schema.field(c).name().clone();
-        fields.push(Field::new(format!("{UNCHANGED_FLAG_PREFIX}{name}"), DataType::Boolean, false));
+        fields.push(Field::new(
+            format!("{UNCHANGED_FLAG_PREFIX}{name}"),
+            DataType::Boolean,
+            false,
+        ));
         let mut b = BooleanBuilder::with_capacity(flags.len());
         b.append_slice(&flags);
         columns.push(Arc::new(b.finish()) as ArrayRef);
@@ -291,17 +297,24 @@ pub fn with_change_columns(records: &RecordBatch, positions: &Int64Array, source
             columns.push(make());
         }
     };
-    add(OP, DataType::Utf8, false, &|| Arc::new(StringArray::from_iter_values(std::iter::repeat_n("c", n))));
+    add(OP, DataType::Utf8, false, &|| {
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n("c", n)))
+    });
     add(POSITION, DataType::Int64, false, &|| Arc::new(positions.clone()));
     add(COMMIT_TS, utc.clone(), true, &|| new_null_array(&utc, n));
-    add(SOURCE, DataType::Utf8, false, &|| Arc::new(StringArray::from_iter_values(std::iter::repeat_n(source, n))));
+    add(SOURCE, DataType::Utf8, false, &|| {
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(source, n)))
+    });
     if fields.is_empty() {
         return records.clone();
     }
     fields.extend(schema.fields().iter().map(|f| f.as_ref().clone()));
     columns.extend(records.columns().iter().cloned());
-    RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), columns)
-        .unwrap_or_else(|_| records.clone())
+    RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        columns,
+    )
+    .unwrap_or_else(|_| records.clone())
 }
 
 /// `true` for each row whose `_op` is a delete.

@@ -36,7 +36,11 @@ impl ErrorKind {
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
-        Field::new("time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("source", DataType::Utf8, false),
         Field::new("position", DataType::Int64, false),
         Field::new("error_kind", DataType::Utf8, false),
@@ -170,7 +174,14 @@ mod tests {
         )
         .unwrap();
         let mut d = DeadLetters::default();
-        d.push("orders", 3, ErrorKind::Decode, "line 4: bad", None, Some(b"{oops"));
+        d.push(
+            "orders",
+            3,
+            ErrorKind::Decode,
+            "line 4: bad",
+            None,
+            Some(b"{oops"),
+        );
         d.push_rows("orders", &rows, &[5, 6], ErrorKind::Schema, "column id", "t");
         let b = d.finish();
         assert_eq!(b.num_rows(), 3);

@@ -26,8 +26,10 @@ use crate::progress::{Progress, app_id};
 /// Folder inside a table that holds operator-state snapshots. Delta readers and VACUUM
 /// ignore paths starting with `_`, so the snapshots live with the table they belong to.
 pub(super) const STATE_DIR: &str = "_tributary/state";
-/// Table property recording a mirror table's key, so a changed key is caught.
-pub const KEY_PROPERTY: &str = "tributary.key";
+/// Object beside a mirror table recording its key, so that a changed key is caught.
+/// (Delta refuses unknown table properties, and MERGE's schema evolution rewrites the
+/// description, so neither can hold it.)
+pub const KEY_FILE: &str = "_tributary/mirror-key.json";
 
 /// How a table is shaped and written.
 #[derive(Debug, Clone)]
@@ -106,10 +108,12 @@ impl DeltaSink {
         shards: &[String],
         options: TableOptions,
     ) -> Result<Self, SinkError> {
-        let table = open_table(url, storage).await.map_err(|source| SinkError::Delta {
-            table: name.to_string(),
-            source,
-        })?;
+        let table = open_table(url, storage)
+            .await
+            .map_err(|source| SinkError::Delta {
+                table: name.to_string(),
+                source,
+            })?;
         let mut sink = Self {
             name: name.to_string(),
             pipeline: pipeline.to_string(),
@@ -118,7 +122,7 @@ impl DeltaSink {
             committed: Progress::new(),
             options,
         };
-        sink.check_key()?;
+        sink.check_key().await?;
         sink.committed = sink.read_progress().await?;
         Ok(sink)
     }
@@ -138,29 +142,43 @@ impl DeltaSink {
     }
 
     /// A mirror table's key is fixed when it is created: merging by another key would
-    /// silently duplicate rows.
-    fn check_key(&self) -> Result<(), SinkError> {
+    /// silently duplicate rows. The key is recorded on first open and checked after.
+    async fn check_key(&self) -> Result<(), SinkError> {
         if self.options.mode != TableMode::Mirror {
             return Ok(());
         }
-        let Ok(snapshot) = self.table.snapshot() else { return Ok(()) };
         let ours = self.options.key.join(",");
-        match snapshot.metadata().configuration().get(KEY_PROPERTY) {
-            Some(theirs) if *theirs == ours => Ok(()),
-            theirs => Err(self.incompatible(Incompatible {
-                column: format!("key ({KEY_PROPERTY})"),
-                old: theirs.cloned().unwrap_or_else(|| "none".into()),
+        let path = Path::from(KEY_FILE);
+        let store = self.table.log_store().object_store(None);
+        let state_err = |source| SinkError::State {
+            table: self.name.clone(),
+            key: KEY_FILE.into(),
+            source,
+        };
+        let theirs = match store.get(&path).await {
+            Ok(r) => Some(r.bytes().await.map_err(state_err)?),
+            Err(ObjectStoreError::NotFound { .. }) => None,
+            Err(e) => return Err(state_err(e)),
+        };
+        let theirs: Option<Vec<String>> = theirs.and_then(|b| serde_json::from_slice(&b).ok());
+        match theirs {
+            Some(theirs) if theirs == self.options.key => Ok(()),
+            Some(theirs) => Err(self.incompatible(Incompatible {
+                column: "(mirror key)".into(),
+                old: theirs.join(","),
                 new: ours,
             })),
+            None => {
+                let json = serde_json::to_vec(&self.options.key).unwrap_or_default();
+                store.put(&path, json.into()).await.map_err(state_err)?;
+                Ok(())
+            }
         }
     }
 
     /// The table's current schema as Arrow; `None` before the first commit.
     pub fn schema(&self) -> Option<SchemaRef> {
-        self.table
-            .snapshot()
-            .ok()
-            .map(|s| s.snapshot().arrow_schema())
+        self.table.snapshot().ok().map(|s| s.snapshot().arrow_schema())
     }
 
     /// The columns of a change or row batch that become table columns.
@@ -267,7 +285,9 @@ impl DeltaSink {
         for b in batches {
             delta.push(super::types::to_delta(b.clone()).map_err(|e| self.delta_err()(e.into()))?);
         }
-        let Some(first) = delta.first() else { return Ok(None) };
+        let Some(first) = delta.first() else {
+            return Ok(None);
+        };
         let mut union = schema::evolve(None, &first.schema()).map_err(|e| self.incompatible(e))?;
         for b in &delta[1..] {
             union = schema::evolve(Some(&union), &b.schema()).map_err(|e| self.incompatible(e))?;
@@ -299,7 +319,7 @@ impl DeltaSink {
             write = write.with_schema_mode(SchemaMode::Merge);
         }
         if self.table.version().is_none() {
-            let mut config = vec![
+            let config = vec![
                 (
                     "delta.checkpointInterval".to_string(),
                     Some(self.options.checkpoint_every.to_string()),
@@ -309,9 +329,6 @@ impl DeltaSink {
                     Some(self.options.target_file_size.to_string()),
                 ),
             ];
-            if self.options.mode == TableMode::Mirror {
-                config.push((KEY_PROPERTY.to_string(), Some(self.options.key.join(","))));
-            }
             write = write.with_table_name(&self.name).with_configuration(config);
             if !self.options.partition_by.is_empty() {
                 write = write.with_partition_columns(self.options.partition_by.clone());

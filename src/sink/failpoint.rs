@@ -61,7 +61,10 @@ impl LogStore for Failpoint {
         operation_id: Uuid,
     ) -> Result<(), TransactionError> {
         if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
-            eprintln!("{ENV}: aborting before commit {} (table version {version})", self.at);
+            eprintln!(
+                "{ENV}: aborting before commit {} (table version {version})",
+                self.at
+            );
             std::process::abort();
         }
         self.inner

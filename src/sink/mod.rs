@@ -8,9 +8,9 @@
 
 pub mod change;
 pub mod dead_letter;
-pub mod maintain;
 mod delta;
 mod failpoint;
+pub mod maintain;
 mod mirror;
 pub mod schema;
 pub mod types;
@@ -23,7 +23,7 @@ use deltalake::arrow::array::RecordBatch;
 
 use crate::progress::Progress;
 
-pub use delta::{DeltaSink, KEY_PROPERTY, TableOptions, open_table};
+pub use delta::{DeltaSink, KEY_FILE, TableOptions, open_table};
 pub use failpoint::ENV as FAILPOINT_ENV;
 
 /// One atomic change to a table: its rows and the progress they complete.
@@ -100,9 +100,9 @@ impl SinkError {
                 E::ObjectStore { .. } | E::Io { .. } | E::Transaction { .. }
             ),
             SinkError::State { .. } => true,
-            SinkError::Incompatible { .. } | SinkError::Changes { .. } | SinkError::ForeignProgress { .. } => {
-                false
-            }
+            SinkError::Incompatible { .. }
+            | SinkError::Changes { .. }
+            | SinkError::ForeignProgress { .. } => false,
         }
     }
 }

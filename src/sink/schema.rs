@@ -36,6 +36,17 @@ fn widens(from: &DataType, to: &DataType) -> bool {
         (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
         (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => true,
         (Timestamp(_, _), Timestamp(_, _)) => true,
+        // Nested types match by element and child types; the names Arrow writers give
+        // list elements ("item", "element") do not matter.
+        (List(a) | LargeList(a), List(b) | LargeList(b)) => widens(a.data_type(), b.data_type()),
+        (Struct(a), Struct(b)) => {
+            a.len() == b.len()
+                && a.iter().all(|f| {
+                    b.iter()
+                        .find(|g| g.name() == f.name())
+                        .is_some_and(|g| widens(f.data_type(), g.data_type()))
+                })
+        }
         _ => false,
     }
 }
@@ -139,7 +150,14 @@ mod tests {
         )
         .unwrap();
         let out = conform(&batch, &next).unwrap();
-        assert_eq!(out.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 7);
+        assert_eq!(
+            out.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            7
+        );
         assert!(out.column(1).is_null(0));
     }
 
@@ -149,7 +167,10 @@ mod tests {
         let incoming = schema(&[("id", DataType::Int64), ("amount", DataType::Int64)]);
         let err = evolve(Some(&current), &incoming).unwrap_err();
         assert_eq!(err.column, "amount");
-        assert_eq!(err.to_string(), "column amount: the table has Int32, the records have Int64");
+        assert_eq!(
+            err.to_string(),
+            "column amount: the table has Int32, the records have Int64"
+        );
         let text = schema(&[("amount", DataType::Utf8)]);
         assert!(evolve(Some(&current), &text).is_err());
     }

@@ -6,6 +6,8 @@
 
 mod crash;
 mod files;
+mod mirror;
 mod quickstart;
+mod sink;
 mod support;
 mod validate;

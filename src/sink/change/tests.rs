@@ -108,7 +108,10 @@ fn an_unsent_value_comes_from_an_earlier_change_or_is_flagged() {
         .column_by_name(&format!("{UNCHANGED_FLAG_PREFIX}name"))
         .unwrap()
         .as_boolean();
-    assert_eq!(flags.iter().collect::<Vec<_>>(), vec![Some(false), Some(true), Some(false)]);
+    assert_eq!(
+        flags.iter().collect::<Vec<_>>(),
+        vec![Some(false), Some(true), Some(false)]
+    );
 }
 
 #[test]

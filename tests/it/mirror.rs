@@ -1,0 +1,214 @@
+//! `mirror` and `changelog` tables fed by randomised change files: after every commit,
+//! DuckDB reading the mirror equals an in-memory model of the source table, on local
+//! disk and on S3. Bad records land in the dead-letter table; the rest go on.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// A small deterministic generator, seeded per run (the seed is in failure messages).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+type Model = BTreeMap<i64, (Option<String>, i64)>;
+
+/// One round of changes: many to the same few keys, so batches collapse.
+fn round(rng: &mut Rng, model: &mut Model, round: usize, bad: bool) -> (String, usize) {
+    let mut text = String::new();
+    let mut ops = 0;
+    if round == 0 {
+        // Schema inference reads the first file: give every column a typed value.
+        text.push_str(&json!({"_op": "c", "id": 1000, "name": "first", "amount": 1}).to_string());
+        text.push('\n');
+        // A value the source did not send (Postgres TOAST) keeps the current one.
+        text.push_str(&json!({"_op": "u", "id": 1000, "amount": 2, "_unchanged": ["name"]}).to_string());
+        text.push('\n');
+        model.insert(1000, (Some("first".into()), 2));
+        ops += 2;
+    }
+    for _ in 0..(50 + rng.below(250)) {
+        let id = rng.below(40) as i64;
+        let amount = rng.below(1_000_000) as i64;
+        let name = (rng.below(10) > 0).then(|| format!("n{}", rng.below(1000)));
+        let op = match model.get(&id) {
+            None => "c",
+            Some(_) if rng.below(4) == 0 => "d",
+            Some(_) => "u",
+        };
+        let line = match op {
+            "d" => {
+                let (old_name, old_amount) = model.remove(&id).unwrap();
+                json!({"_op": "d", "id": id, "name": old_name, "amount": old_amount})
+            }
+            "u" if rng.below(5) == 0 => {
+                // Name not sent: it keeps whatever the table (or this batch) has.
+                let kept = model[&id].0.clone();
+                model.insert(id, (kept, amount));
+                json!({"_op": "u", "id": id, "amount": amount, "_unchanged": ["name"]})
+            }
+            _ => {
+                model.insert(id, (name.clone(), amount));
+                json!({"_op": op, "id": id, "name": name, "amount": amount})
+            }
+        };
+        writeln!(text, "{line}").unwrap();
+        ops += 1;
+    }
+    if bad {
+        text.push_str("{\"_op\": \"u\", \"id\": 7, oops\n");
+        text.push_str("{\"_op\": \"u\", \"id\": \"seven\", \"name\": \"x\", \"amount\": 1}\n");
+    }
+    (text, ops)
+}
+
+fn pipeline(dir: &Path, uri: &str) -> std::path::PathBuf {
+    let storage = if uri.starts_with("s3://") {
+        "AWS_ENDPOINT_URL = \"${AWS_ENDPOINT_URL}\"\nAWS_ALLOW_HTTP = \"true\""
+    } else {
+        ""
+    };
+    write_file(
+        dir,
+        "mirror.toml",
+        &format!(
+            r#"
+name = "accounts"
+[source]
+kind = "file"
+path = "./changes"
+format = "jsonl"
+[sink]
+uri = "{uri}"
+[sink.storage]
+{storage}
+[batch]
+max_rows = 100000
+[dead_letters]
+[[tables]]
+name = "accounts"
+from = "changes"
+mode = "mirror"
+key = ["id"]
+[[tables]]
+name = "accounts_log"
+from = "changes"
+mode = "changelog"
+"#
+        ),
+    )
+}
+
+fn table_rows(table: &str) -> Vec<Value> {
+    duck(&format!(
+        "SELECT id, name, amount FROM {} ORDER BY id",
+        scan(table)
+    ))
+    .into_iter()
+    .map(Value::Array)
+    .collect()
+}
+
+fn model_rows(model: &Model) -> Vec<Value> {
+    model
+        .iter()
+        .map(|(id, (name, amount))| json!([id, name, amount]))
+        .collect()
+}
+
+/// `uri`: an S3 root, or `None` for a folder in a temporary directory.
+fn mirror_follows_the_model(uri: Option<String>, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = uri.unwrap_or_else(|| dir.path().join("lake").to_str().unwrap().to_string());
+    let uri = uri.as_str();
+    let changes = dir.path().join("changes");
+    std::fs::create_dir(&changes).unwrap();
+    let pipeline = pipeline(dir.path(), uri);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = Rng(seed);
+    let mut model = Model::new();
+    let mut total_ops = 0;
+    let bad_round = rounds / 2;
+    for r in 0..rounds {
+        let (text, ops) = round(&mut rng, &mut model, r, r == bad_round);
+        total_ops += ops;
+        write_file(&changes, &format!("{r:04}.jsonl"), &text);
+        run_once(dir.path(), &pipeline);
+        assert_eq!(
+            table_rows(&format!("{uri}/accounts")),
+            model_rows(&model),
+            "mirror differs from the model after round {r} (seed {seed})"
+        );
+    }
+    let log = format!("{uri}/accounts_log");
+    let r = &duck(&format!(
+        "SELECT count(*), count(DISTINCT _position), sum((_op = 'd')::INT) > 0, \
+                bool_and(_source = 'changes') FROM {}",
+        scan(&log)
+    ))[0];
+    assert_eq!(r[0], total_ops, "changelog rows (seed {seed})");
+    assert_eq!(r[1], total_ops, "changelog positions are unique (seed {seed})");
+    assert_eq!(r[2], true, "changelog has deletes (seed {seed})");
+    assert_eq!(r[3], true, "changelog _source");
+    let columns = duck(&format!(
+        "SELECT column_name FROM (DESCRIBE SELECT * FROM {})",
+        scan(&format!("{uri}/accounts"))
+    ));
+    let mut columns: Vec<&str> = columns.iter().filter_map(|r| r[0].as_str()).collect();
+    columns.sort_unstable();
+    // The change's own columns (_op, _source, _unchanged) are not table columns.
+    assert_eq!(
+        columns,
+        ["_commit_ts", "_position", "amount", "id", "name"],
+        "mirror columns"
+    );
+
+    let dead = duck(&format!(
+        "SELECT error_kind, source, decode(payload), message FROM {} ORDER BY position",
+        scan(&format!("{uri}/dead_letters"))
+    ));
+    assert_eq!(dead.len(), 2, "dead letters: {dead:?}");
+    assert_eq!(dead[0][0], "decode");
+    assert_eq!(dead[0][1], "changes");
+    assert_eq!(dead[0][2], "{\"_op\": \"u\", \"id\": 7, oops\n");
+    let message = dead[1][3].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{bad_round:04}.jsonl")) && message.contains("line"),
+        "the message names the file and line: {message}"
+    );
+
+    // A re-run adds nothing anywhere.
+    let out = run_once(dir.path(), &pipeline);
+    assert!(out.contains("+0 rows in 0 commits"), "{out}");
+    assert_eq!(table_rows(&format!("{uri}/accounts")), model_rows(&model));
+}
+
+#[test]
+fn mirror_equals_the_model_after_every_commit_on_local_disk() {
+    mirror_follows_the_model(None, 8);
+}
+
+#[test]
+fn mirror_equals_the_model_after_every_commit_on_s3() {
+    stack_env("AWS_ENDPOINT_URL");
+    mirror_follows_the_model(Some(format!("s3://tributary-test/{}", unique("mirror"))), 5);
+}

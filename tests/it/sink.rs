@@ -1,0 +1,154 @@
+//! The Delta sink through its library API: schema evolution, incompatible changes and
+//! a changed mirror key, checked with DuckDB.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tributary::config::TableMode;
+use tributary::sink::{Commit, Committed, DeltaSink, Sink, SinkError, TableOptions};
+
+use deltalake::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use deltalake::arrow::datatypes::{Field, Schema};
+
+use crate::support::*;
+
+fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap()
+}
+
+/// DuckDB rows as JSON arrays, comparable with `json!([...])`.
+fn rows(sql: &str) -> Vec<serde_json::Value> {
+    duck(sql).into_iter().map(serde_json::Value::Array).collect()
+}
+
+fn commit(batches: Vec<RecordBatch>, next: i64) -> Commit {
+    Commit {
+        batches,
+        progress: vec![("s".to_string(), next)],
+        info: BTreeMap::new(),
+    }
+}
+
+async fn open(dir: &std::path::Path, name: &str, mode: TableMode, key: &[&str]) -> DeltaSink {
+    let mut options = TableOptions::append(10);
+    options.mode = mode;
+    options.key = key.iter().map(|k| k.to_string()).collect();
+    let url = url::Url::from_directory_path(dir.join(name)).unwrap();
+    DeltaSink::open(name, url, Default::default(), "p", &["s".to_string()], options)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_new_column_is_nullable_and_a_narrowed_type_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = open(dir.path(), "events", TableMode::Append, &[]).await;
+    let first = batch(vec![
+        ("id", Arc::new(Int64Array::from(vec![1, 2]))),
+        ("name", Arc::new(StringArray::from(vec!["a", "b"]))),
+    ]);
+    assert!(matches!(
+        sink.commit(commit(vec![first], 2)).await.unwrap(),
+        Committed::Version(0)
+    ));
+    // id arrives narrower (fits the table's int64) and email is new.
+    let second = batch(vec![
+        ("id", Arc::new(Int32Array::from(vec![3]))),
+        ("email", Arc::new(StringArray::from(vec!["c@x"]))),
+    ]);
+    sink.commit(commit(vec![second], 3)).await.unwrap();
+    let table = dir.path().join("events");
+    assert_eq!(
+        rows(&format!(
+            "SELECT id, name, email FROM {} ORDER BY id",
+            scan(table.to_str().unwrap())
+        )),
+        vec![
+            serde_json::json!([1, "a", null]),
+            serde_json::json!([2, "b", null]),
+            serde_json::json!([3, null, "c@x"]),
+        ]
+    );
+    // A value the table's column cannot hold: refused, naming table, column and types.
+    let text_id = batch(vec![("id", Arc::new(StringArray::from(vec!["x"])) as ArrayRef)]);
+    let err = sink.commit(commit(vec![text_id], 4)).await.unwrap_err();
+    assert!(matches!(err, SinkError::Incompatible { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "table events: incompatible schema change: column id: the table has Int64, the records have Utf8"
+    );
+    assert_eq!(
+        sink.committed().get("s"),
+        Some(3),
+        "a refused commit adds no progress"
+    );
+}
+
+#[tokio::test]
+async fn a_mirror_evolves_in_its_merge_and_keeps_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = open(dir.path(), "accounts", TableMode::Mirror, &["id"]).await;
+    let ops = |v: Vec<&str>| Arc::new(StringArray::from(v)) as ArrayRef;
+    let positions = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
+    let first = batch(vec![
+        ("_op", ops(vec!["c", "c"])),
+        ("_position", positions(vec![0, 1])),
+        ("id", Arc::new(Int64Array::from(vec![1, 2]))),
+        ("name", Arc::new(StringArray::from(vec!["a", "b"]))),
+    ]);
+    sink.commit(commit(vec![first], 2)).await.unwrap();
+    let second = batch(vec![
+        ("_op", ops(vec!["u", "d", "c"])),
+        ("_position", positions(vec![2, 3, 4])),
+        ("id", Arc::new(Int64Array::from(vec![1, 2, 3]))),
+        ("name", Arc::new(StringArray::from(vec!["a2", "b", "c"]))),
+        (
+            "tier",
+            Arc::new(StringArray::from(vec![Some("gold"), None, Some("free")])),
+        ),
+    ]);
+    sink.commit(commit(vec![second], 5)).await.unwrap();
+    let table = dir.path().join("accounts");
+    let table = table.to_str().unwrap();
+    assert_eq!(
+        rows(&format!(
+            "SELECT id, name, tier, _position FROM {} ORDER BY id",
+            scan(table)
+        )),
+        vec![
+            serde_json::json!([1, "a2", "gold", 2]),
+            serde_json::json!([3, "c", "free", 4])
+        ]
+    );
+    let columns = duck(&format!(
+        "SELECT count(*) FROM (DESCRIBE SELECT * FROM {})",
+        scan(table)
+    ));
+    assert_eq!(
+        columns[0][0], 4,
+        "id, name, tier, _position (+_commit_ts absent here): {columns:?}"
+    );
+    drop(sink);
+
+    // Re-opened with another key: refused before anything is merged by the wrong key.
+    let mut options = TableOptions::append(10);
+    options.mode = TableMode::Mirror;
+    options.key = vec!["name".into()];
+    let url = url::Url::from_directory_path(dir.path().join("accounts")).unwrap();
+    let err = DeltaSink::open("accounts", url, Default::default(), "p", &["s".into()], options)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the table has id, the records have name"),
+        "{err}"
+    );
+}
