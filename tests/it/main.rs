@@ -6,6 +6,7 @@
 
 mod crash;
 mod files;
+mod maintain;
 mod mirror;
 mod quickstart;
 mod sink;
