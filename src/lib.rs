@@ -4,8 +4,10 @@
 //!  source/ (generator, file; postgres, kafka)      one task, bounded channel
 //!     │  Arrow RecordBatch + shard + positions
 //!     ▼
-//!  runtime/  micro-batches by rows and latency
-//!     ├─▶ sink/   [[tables]]      one Delta commit per batch, txn actions inside
+//!  runtime/  micro-batches by rows, bytes and latency
+//!     ├─▶ sink/   dead_letters    undecodable / refused records (first, only if any)
+//!     ├─▶ sink/   [[tables]]      append | changelog | mirror (MERGE by key):
+//!     │                           one Delta commit per batch, txn actions inside
 //!     └─▶ window/ [[aggregates]]  state snapshot, then one Delta commit per batch
 //!     ▼
 //!  acknowledge the source up to the smallest progress every table holds
@@ -17,7 +19,9 @@
 //! source shard (`appId = "{pipeline}/{shard}"`, `version` = the position to resume
 //! from) in the same transaction as the rows. On start each table reports that
 //! progress, the source resumes at the smallest of them, and each table skips the
-//! records it already holds. Aggregates snapshot their state beside their table,
+//! records it already holds (a mirror's MERGE included, so a replay never re-applies a
+//! change). The dead-letter table commits a micro-batch's rejects before any other
+//! table commits past them. Aggregates snapshot their state beside their table,
 //! keyed by the progress of the commit that depends on it, *before* that commit.
 //! Sources are acknowledged only after every table committed. So after a crash at any
 //! point, a restart yields tables equal to those of a run that never crashed: no
