@@ -112,3 +112,52 @@ fn folders_become_file_urls() {
     assert_eq!(url.scheme(), "file");
     assert!(url.path().ends_with("/lake"), "{url}");
 }
+
+#[test]
+fn table_modes_sizes_and_dead_letters_are_checked() {
+    let table = "[[tables]]\nname = \"raw\"\nfrom = \"clickstream\"";
+    let with = |extra: &str| GOOD.replace(table, &format!("{table}\n{extra}"));
+
+    let e = error_of(&with("mode = \"mirror\""));
+    assert!(
+        e.starts_with("p.toml: tables[0].key: a mirror table needs its key"),
+        "{e}"
+    );
+    let e = error_of(&with("key = [\"user_id\"]"));
+    assert_eq!(e, "p.toml: tables[0].key: only mirror tables have a key");
+    let e = error_of(&with("mode = \"mirror\"\nkey = [\"id\", \"id\"]"));
+    assert_eq!(e, "p.toml: tables[0].key: \"id\" is listed twice");
+    let e = error_of(&with("on_incompatible = \"dead_letter\""));
+    assert!(
+        e.starts_with("p.toml: tables[0].on_incompatible: \"dead_letter\" needs"),
+        "{e}"
+    );
+    let e = error_of(&with("mode = \"upsert\""));
+    assert!(
+        e.starts_with("p.toml: tables[0].mode: unknown variant `upsert`"),
+        "{e}"
+    );
+
+    let p = parse(
+        "p.toml",
+        &format!(
+            "{}\n[dead_letters]\n",
+            with("mode = \"mirror\"\nkey = [\"user_id\"]\non_incompatible = \"dead_letter\"")
+        )
+        .replace("[sink]\n", "[sink]\ntarget_file_size = \"32MiB\"\n"),
+        env,
+    )
+    .unwrap();
+    assert_eq!(p.dead_letters.as_deref(), Some("dead_letters"));
+    assert_eq!(p.tables[0].key, ["user_id"]);
+    assert_eq!(p.sink.target_file_size, ByteSize::mib(32));
+    assert_eq!(
+        p.table_names().collect::<Vec<_>>(),
+        ["dead_letters", "raw", "per_page"]
+    );
+
+    let e = error_of(&GOOD.replace("[sink]\n", "[sink]\ntarget_file_size = \"12 parsecs\"\n"));
+    assert!(e.contains("\"12 parsecs\" is not a size"), "{e}");
+    let e = error_of(&format!("{GOOD}\n[batch]\nmax_bytes = 0\n"));
+    assert_eq!(e, "p.toml: batch.max_bytes: must be at least 1");
+}
