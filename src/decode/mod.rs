@@ -136,7 +136,8 @@ impl JsonLinesDecoder {
         while !rest.is_empty() {
             let n = d.decode(rest).map_err(|e| e.to_string())?;
             if n == 0 {
-                break;
+                // The decoder is full: the bytes hold more records than lines.
+                return Err("a line holds more than one record".into());
             }
             rest = &rest[n..];
         }
@@ -157,10 +158,10 @@ impl JsonLinesDecoder {
                     good.push(b);
                     rows.push(first + i as u64);
                 }
-                Ok(b) => rejected.push(Rejected {
+                Ok(_) => rejected.push(Rejected {
                     index: first + i as u64,
                     payload: bytes.to_vec(),
-                    message: format!("line {line}: holds {} records, not one", b.num_rows()),
+                    message: format!("line {line}: holds no record"),
                 }),
                 Err(e) => rejected.push(Rejected {
                     index: first + i as u64,
@@ -297,5 +298,47 @@ impl RecordDecoder for AvroFileDecoder {
                 message: format!("after record {}: {e}", self.rows_read),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::AsArray;
+    use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    #[test]
+    fn bad_json_lines_are_rejected_one_by_one_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        std::fs::write(
+            &path,
+            "{\"id\": 1}\n\n{\"id\": oops\n{\"id\": \"two\"}\n{\"id\": 3}{\"id\": 4}\n{\"id\": 5}\n",
+        )
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let mut d = JsonLinesDecoder::open(&path, schema, 100).unwrap();
+        let chunk = d.next_batch().unwrap().unwrap();
+        let ids: Vec<i64> = chunk
+            .batch
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(ids, [1, 5]);
+        // Records are non-blank lines: indices 0 and 4 survive, 1..=3 are rejected.
+        assert_eq!(chunk.rows, Some(vec![0, 4]));
+        assert_eq!(chunk.consumed, 5);
+        let rejected: Vec<(u64, &str)> = chunk
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.message.as_str()))
+            .collect();
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
+        assert_eq!(rejected[0].0, 1);
+        assert!(rejected[0].1.starts_with("line 3: "), "{rejected:?}");
+        assert!(rejected[2].1.contains("more than one record"), "{rejected:?}");
+        assert_eq!(chunk.rejected[1].payload, b"{\"id\": \"two\"}\n");
+        assert!(d.next_batch().unwrap().is_none());
     }
 }
