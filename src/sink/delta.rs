@@ -199,18 +199,14 @@ impl DeltaSink {
         }
     }
 
-    /// Whether the table can take batches of `incoming` (in the shape this table's mode
-    /// receives them), and the schema it would then have.
+    /// Whether the table can take rows of `incoming` (in the shape this table's mode
+    /// receives them: a mirror's rows must hold its key), and the schema it would then
+    /// have.
     pub fn check(&self, incoming: &Schema) -> Result<SchemaRef, SinkError> {
-        let shaped = match super::types::delta_schema(&std::sync::Arc::new(incoming.clone())) {
-            Some(s) => self.table_shape(&s),
-            None => self.table_shape(incoming),
-        };
-        let current = self.schema();
-        let next = schema::evolve(current.as_deref(), &shaped).map_err(|e| self.incompatible(e))?;
+        let next = self.evolved(incoming)?;
         if self.options.mode == TableMode::Mirror {
             for k in &self.options.key {
-                if next.field_with_name(k).is_err() {
+                if incoming.field_with_name(k).is_err() {
                     return Err(self.incompatible(Incompatible {
                         column: k.clone(),
                         old: "key column".into(),
@@ -220,6 +216,16 @@ impl DeltaSink {
             }
         }
         Ok(next)
+    }
+
+    /// The table's schema after taking a batch of `incoming`.
+    fn evolved(&self, incoming: &Schema) -> Result<SchemaRef, SinkError> {
+        let shaped = match super::types::delta_schema(&std::sync::Arc::new(incoming.clone())) {
+            Some(s) => self.table_shape(&s),
+            None => self.table_shape(incoming),
+        };
+        let current = self.schema();
+        schema::evolve(current.as_deref(), &shaped).map_err(|e| self.incompatible(e))
     }
 
     /// The progress recorded in the loaded table version.
@@ -304,7 +310,7 @@ impl DeltaSink {
 
     /// Appends `rows` (already in this table's shape) in one commit.
     async fn append(&self, rows: RecordBatch, props: CommitProperties) -> Result<DeltaTable, SinkError> {
-        let next = self.check(&rows.schema())?;
+        let next = self.evolved(&rows.schema())?;
         let evolves = self.schema().is_some_and(|cur| schema::adds_columns(&cur, &next));
         let rows = schema::conform(&rows, &next).map_err(|e| self.delta_err()(e.into()))?;
         let mut write = self
@@ -339,6 +345,7 @@ impl DeltaSink {
 
     /// Merges the changes in `rows` by key in one commit.
     async fn mirror(&self, rows: RecordBatch, props: CommitProperties) -> Result<DeltaTable, SinkError> {
+        self.check(&rows.schema())?;
         let collapsed = change::collapse(&rows, &self.options.key).map_err(|source| SinkError::Changes {
             table: self.name.clone(),
             source,
@@ -357,7 +364,7 @@ impl DeltaSink {
             let batch = schema::conform(&batch, &shaped).map_err(|e| self.delta_err()(e.into()))?;
             return self.append(batch, props).await;
         }
-        let next = self.check(&collapsed.batch.schema())?;
+        let next = self.evolved(&collapsed.batch.schema())?;
         let evolve = self.schema().is_some_and(|cur| schema::adds_columns(&cur, &next));
         let spec = mirror::MergeSpec {
             key: &self.options.key,

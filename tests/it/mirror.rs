@@ -212,3 +212,48 @@ fn mirror_equals_the_model_after_every_commit_on_s3() {
     stack_env("AWS_ENDPOINT_URL");
     mirror_follows_the_model(Some(format!("s3://tributary-test/{}", unique("mirror"))), 5);
 }
+
+#[test]
+fn records_a_table_refuses_go_to_dead_letters_when_it_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let changes = dir.path().join("changes");
+    std::fs::create_dir(&changes).unwrap();
+    write_file(
+        &changes,
+        "0001.jsonl",
+        "{\"_op\": \"c\", \"id\": 1, \"name\": \"a\"}\n{\"_op\": \"c\", \"id\": 2, \"name\": \"b\"}\n",
+    );
+    let lake = dir.path().join("lake");
+    let text = std::fs::read_to_string(pipeline(dir.path(), lake.to_str().unwrap())).unwrap();
+    // The mirror's key is not in the records: with on_incompatible = "dead_letter"
+    // they are set aside and the changelog still gets them.
+    let text = text.replace(
+        "key = [\"id\"]",
+        "key = [\"account_id\"]\non_incompatible = \"dead_letter\"",
+    );
+    let p = write_file(dir.path(), "routed.toml", &text);
+    run_once(dir.path(), &p);
+    let dead = duck(&format!(
+        "SELECT error_kind, \"table\", decode(payload), message FROM {} ORDER BY position",
+        scan(lake.join("dead_letters").to_str().unwrap())
+    ));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0][0], "schema");
+    assert_eq!(dead[0][1], "accounts");
+    let payload: Value = serde_json::from_str(dead[1][2].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (payload["id"].as_i64(), payload["name"].as_str()),
+        (Some(2), Some("b"))
+    );
+    assert!(dead[0][3].as_str().unwrap().contains("account_id"), "{dead:?}");
+    assert_eq!(
+        duck_i64(&format!(
+            "SELECT count(*) FROM {}",
+            scan(lake.join("accounts_log").to_str().unwrap())
+        )),
+        2
+    );
+    // The refused table still records that it has seen these positions.
+    let out = run_once(dir.path(), &p);
+    assert!(out.contains("+0 rows in 0 commits"), "{out}");
+}
