@@ -92,6 +92,14 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Loads a pipeline file, or says why not (exit status 2).
+fn load(pipeline: &std::path::Path) -> Result<config::Pipeline, ExitCode> {
+    config::load(pipeline).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
 /// Prints an error with its chain of causes on one line.
 fn report_error(e: &dyn std::error::Error) {
     let mut msg = e.to_string();
@@ -173,12 +181,9 @@ async fn main() -> ExitCode {
             }
         },
         Command::Run { pipeline, once } => {
-            let p = match config::load(&pipeline) {
+            let p = match load(&pipeline) {
                 Ok(p) => p,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let mode = if once { RunMode::Once } else { RunMode::Continuous };
             let started = Instant::now();
@@ -194,12 +199,9 @@ async fn main() -> ExitCode {
             }
         }
         Command::Maintain { pipeline, retention } => {
-            let p = match config::load(&pipeline) {
+            let p = match load(&pipeline) {
                 Ok(p) => p,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             match runtime::maintain(&p, retention.0).await {
                 Ok(reports) => {

@@ -233,27 +233,13 @@ impl DeadLetterTarget {
         retry: &RetryPolicy,
     ) -> Result<(), RunError> {
         let committed = self.sink.committed().clone();
+        let candidates = pending
+            .iter()
+            .filter_map(|b| b.rejected.clone())
+            .chain((!routed.is_empty()).then(|| routed.finish()));
         let mut batches: Vec<RecordBatch> = Vec::new();
-        for b in pending {
-            if let Some(r) = &b.rejected {
-                batches.push(new_since(r, committed.get(&b.shard)));
-            }
-        }
-        if !routed.is_empty() {
-            let routed = routed.finish();
-            // Routed rows may span shards: filter each row by its own shard.
-            let sources = routed.column(1).as_string::<i32>();
-            let positions = routed.column(2).as_primitive::<Int64Type>();
-            let keep: BooleanArray = (0..routed.num_rows())
-                .map(|i| {
-                    Some(
-                        committed
-                            .get(sources.value(i))
-                            .is_none_or(|c| positions.value(i) >= c),
-                    )
-                })
-                .collect();
-            let fresh = filter_record_batch(&routed, &keep).map_err(|e| SinkError::Delta {
+        for rows in candidates {
+            let fresh = not_yet_held(&rows, &committed).map_err(|e| SinkError::Delta {
                 table: self.summary.name.clone(),
                 source: e.into(),
             })?;
@@ -276,11 +262,24 @@ impl DeadLetterTarget {
     }
 }
 
-/// The dead-letter rows of `rejected` at or after `from`.
-fn new_since(rejected: &RecordBatch, from: Option<i64>) -> RecordBatch {
-    let Some(from) = from else { return rejected.clone() };
-    let skip = crate::sink::dead_letter::split_at_position(rejected, from);
-    rejected.slice(skip, rejected.num_rows() - skip)
+/// The dead-letter rows the table does not hold yet. Rows are filtered one by one
+/// against their own shard's progress, since routed rows may span shards.
+fn not_yet_held(
+    rows: &RecordBatch,
+    committed: &Progress,
+) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    let sources = rows.column(1).as_string::<i32>();
+    let positions = rows.column(2).as_primitive::<Int64Type>();
+    let keep: BooleanArray = (0..rows.num_rows())
+        .map(|i| {
+            Some(
+                committed
+                    .get(sources.value(i))
+                    .is_none_or(|c| positions.value(i) >= c),
+            )
+        })
+        .collect();
+    filter_record_batch(rows, &keep)
 }
 
 impl AggregateTarget {
