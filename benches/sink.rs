@@ -74,6 +74,7 @@ fn commit(batch: RecordBatch, next: i64) -> Commit {
         batches: vec![batch],
         progress: vec![("s".into(), next)],
         info: BTreeMap::new(),
+        replace: false,
     }
 }
 

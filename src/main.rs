@@ -156,7 +156,10 @@ async fn main() -> ExitCode {
         Command::Validate { pipeline } => match config::load(&pipeline) {
             Ok(p) => {
                 println!("{}: ok", pipeline.display());
-                println!("  pipeline {} reading stream \"{}\"", p.name, p.source.stream());
+                match p.source.streams() {
+                    Some(s) => println!("  pipeline {} reading {}", p.name, s.join(", ")),
+                    None => println!("  pipeline {} reading every table of its publication", p.name),
+                }
                 for t in &p.tables {
                     println!(
                         "  table     {} ← {} ({:?})",

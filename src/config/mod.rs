@@ -3,6 +3,7 @@
 //! expected, e.g. `pipelines/x.toml: aggregates[0].window.size: "5 minutes" is not a
 //! duration (try "5m")`.
 
+mod postgres;
 pub mod spec;
 pub mod values;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use url::Url;
 
 pub use spec::{EmitMode, FileFormat, LatePolicy, OnIncompatible, TableMode};
+pub use postgres::{PostgresConfig, PostgresDsn, parse_dsn, qualify};
 pub use values::{ByteSize, Secret, Span};
 
 use spec::{PipelineSpec, SourceSpec, WindowSpec};
@@ -63,15 +65,23 @@ impl Pipeline {
 pub enum SourceConfig {
     Generator(GeneratorConfig),
     File(FileConfig),
+    Postgres(PostgresConfig),
 }
 
 impl SourceConfig {
-    /// The one stream each current source kind produces.
-    pub fn stream(&self) -> &str {
+    /// The streams the source produces; `None` when only the running source knows
+    /// (a Postgres publication without a table list).
+    pub fn streams(&self) -> Option<Vec<&str>> {
         match self {
-            SourceConfig::Generator(g) => &g.stream,
-            SourceConfig::File(f) => &f.stream,
+            SourceConfig::Generator(g) => Some(vec![&g.stream]),
+            SourceConfig::File(f) => Some(vec![&f.stream]),
+            SourceConfig::Postgres(p) => p.tables.as_ref().map(|t| t.iter().map(String::as_str).collect()),
         }
+    }
+
+    /// Whether records carry their key (a mirror table may then omit `key`).
+    pub fn supplies_keys(&self) -> bool {
+        matches!(self, SourceConfig::Postgres(_))
     }
 }
 
@@ -273,7 +283,7 @@ impl Resolver<'_> {
             }
         };
 
-        let streams = [source.stream()];
+        let streams = source.streams().map(|s| s.into_iter().map(str::to_string).collect::<Vec<_>>());
         let mut names: BTreeSet<String> = dead_letters.iter().cloned().collect();
         let mut tables = Vec::with_capacity(spec.tables.len());
         for (i, t) in spec.tables.into_iter().enumerate() {
@@ -282,20 +292,11 @@ impl Resolver<'_> {
             if !names.insert(t.name.clone()) {
                 return Err(self.err(format!("{key}.name"), format!("\"{}\" is used twice", t.name)));
             }
-            if !streams.contains(&t.from.as_str()) {
-                return Err(self.err(
-                    format!("{key}.from"),
-                    format!(
-                        "no stream \"{}\" (the source produces: {})",
-                        t.from,
-                        streams.join(", ")
-                    ),
-                ));
-            }
+            self.stream(&format!("{key}.from"), &streams, &t.from)?;
             self.columns(&format!("{key}.partition_by"), &t.partition_by)?;
             self.columns(&format!("{key}.key"), &t.key)?;
             match t.mode {
-                TableMode::Mirror if t.key.is_empty() => {
+                TableMode::Mirror if t.key.is_empty() && !source.supplies_keys() => {
                     return Err(self.err(
                         format!("{key}.key"),
                         "a mirror table needs its key columns, e.g. key = [\"id\"]",
@@ -329,16 +330,7 @@ impl Resolver<'_> {
             if !names.insert(a.name.clone()) {
                 return Err(self.err(format!("{key}.name"), format!("\"{}\" is used twice", a.name)));
             }
-            if !streams.contains(&a.from.as_str()) {
-                return Err(self.err(
-                    format!("{key}.from"),
-                    format!(
-                        "no stream \"{}\" (the source produces: {})",
-                        a.from,
-                        streams.join(", ")
-                    ),
-                ));
-            }
+            self.stream(&format!("{key}.from"), &streams, &a.from)?;
             let window = match a.window {
                 WindowSpec::Tumbling { size } if size.0.is_zero() => {
                     return Err(self.err(format!("{key}.window.size"), "must be longer than 0"));
@@ -409,8 +401,71 @@ impl Resolver<'_> {
         Ok(())
     }
 
+    /// `from` must name a stream of the source (when the source's streams are known).
+    fn stream(&self, key: &str, streams: &Option<Vec<String>>, from: &str) -> Result<(), ConfigError> {
+        match streams {
+            Some(streams) if !streams.iter().any(|s| s == from) => Err(self.err(
+                key,
+                format!("no stream \"{from}\" (the source produces: {})", streams.join(", ")),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn postgres(&self, p: spec::PostgresSpec) -> Result<PostgresConfig, ConfigError> {
+        let dsn = self.expand("source.dsn", &p.dsn)?;
+        let dsn = parse_dsn(&dsn).map_err(|m| self.err("source.dsn", m))?;
+        // Slot names: what Postgres accepts (lower-case letters, digits, underscores).
+        if p.slot.is_empty()
+            || p.slot.len() > 63
+            || !p.slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(self.err(
+                "source.slot",
+                "a slot name is 1-63 lower-case letters, digits and underscores",
+            ));
+        }
+        if p.publication.is_empty() || p.publication.len() > 63 {
+            return Err(self.err("source.publication", "must be 1-63 characters"));
+        }
+        let tables = match p.tables {
+            None => None,
+            Some(t) if t.is_empty() => {
+                return Err(self.err("source.tables", "list at least one table, or leave it out"));
+            }
+            Some(t) => {
+                let mut seen = BTreeSet::new();
+                let mut out = Vec::with_capacity(t.len());
+                for name in t {
+                    let q = qualify(&name);
+                    if q.split('.').count() != 2 || q.split('.').any(str::is_empty) {
+                        return Err(self.err("source.tables", format!("\"{name}\" is not schema.table")));
+                    }
+                    if !seen.insert(q.clone()) {
+                        return Err(self.err("source.tables", format!("\"{name}\" is listed twice")));
+                    }
+                    out.push(q);
+                }
+                Some(out)
+            }
+        };
+        let status_interval = p.status_interval.unwrap_or(spec::DEFAULT_PG_STATUS_INTERVAL).0;
+        if status_interval.is_zero() {
+            return Err(self.err("source.status_interval", "must be longer than 0"));
+        }
+        Ok(PostgresConfig {
+            dsn,
+            publication: p.publication,
+            slot: p.slot,
+            tables,
+            snapshot: p.snapshot.unwrap_or(true),
+            status_interval,
+        })
+    }
+
     fn source(&self, spec: SourceSpec) -> Result<SourceConfig, ConfigError> {
         Ok(match spec {
+            SourceSpec::Postgres(p) => SourceConfig::Postgres(self.postgres(p)?),
             SourceSpec::Generator(g) => {
                 let start = g.start.as_deref().unwrap_or(spec::DEFAULT_GENERATOR_START);
                 let start_micros = chrono::DateTime::parse_from_rfc3339(start)

@@ -20,6 +20,7 @@ pub const DEFAULT_FILE_POLL: Span = Span::from_secs(1);
 pub const DEFAULT_CHECKPOINT_EVERY: u32 = 10;
 pub const DEFAULT_MAX_BYTES: ByteSize = ByteSize::mib(64);
 pub const DEFAULT_TARGET_FILE_SIZE: ByteSize = ByteSize::mib(128);
+pub const DEFAULT_PG_STATUS_INTERVAL: Span = Span::from_secs(10);
 pub const DEFAULT_DEAD_LETTER_TABLE: &str = "dead_letters";
 
 /// A whole pipeline file.
@@ -61,6 +62,26 @@ pub enum SourceSpec {
     Generator(GeneratorSpec),
     /// A folder of JSON-lines or Avro container files, read in name order.
     File(FileSpec),
+    /// PostgreSQL logical replication (`pgoutput`), with an optional initial snapshot.
+    Postgres(PostgresSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSpec {
+    /// libpq connection string (`key=value …` or `postgres://…`); `${ENV}` is expanded.
+    pub dsn: String,
+    /// Publication to stream; created `FOR TABLE` the listed tables when missing.
+    pub publication: String,
+    /// Permanent replication slot; created when missing, never dropped.
+    pub slot: String,
+    /// Tables to capture (`schema.table`, or `table` in `public`); absent = every table
+    /// of the publication.
+    pub tables: Option<Vec<String>>,
+    /// Copy the tables' rows before streaming (default true).
+    pub snapshot: Option<bool>,
+    /// Largest interval between standby status updates (default 10s).
+    pub status_interval: Option<Span>,
 }
 
 #[derive(Debug, Deserialize)]

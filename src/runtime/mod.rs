@@ -142,13 +142,25 @@ pub async fn run(
             sink,
             op: None,
             batches_since_commit: 0,
+            input: None,
         });
     }
 
     let resume = held_by_all(&tables, &aggregates, &shards);
     tracing::info!(?resume, ?mode, "opening source");
     let chunk_rows = pipeline.batch.max_rows.min(MAX_CHUNK_ROWS);
-    let source = source::open(&pipeline.source, &resume, mode, chunk_rows, dead.is_some())?;
+    let held = source::Resume {
+        min: resume.clone(),
+        tables: tables
+            .iter()
+            .map(|t| t.sink.committed().clone())
+            .chain(aggregates.iter().map(|a| a.sink.committed().clone()))
+            .collect(),
+    };
+    let source = source::open(&pipeline.source, &held, mode, chunk_rows, dead.is_some()).await?;
+    for t in &mut tables {
+        t.adopt_key(source.as_ref()).await?;
+    }
     if let Some(schema) = source.schema() {
         for a in &mut aggregates {
             a.start(&schema).await?;
@@ -175,13 +187,16 @@ pub async fn run(
         let mut rows = 0usize;
         let mut bytes = 0usize;
         let mut deadline: Option<tokio::time::Instant> = None;
+        // A control marker is committed alone (see `source::Control`).
+        let mut alone = false;
         if let Some(b) = carry.take() {
             rows = b.records.num_rows();
             bytes = b.bytes();
             deadline = Some(tokio::time::Instant::now() + max_latency);
+            alone = b.control.is_some();
             pending.push(b);
         }
-        while rows < max_rows && bytes < max_bytes {
+        while !alone && rows < max_rows && bytes < max_bytes {
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -197,15 +212,27 @@ pub async fn run(
                     break;
                 }
                 msg = rx.recv() => match msg {
+                    Some(Ok(Polled::Batch(b))) if b.control.is_some() => {
+                        if pending.is_empty() {
+                            pending.push(b);
+                        } else {
+                            carry = Some(b);
+                        }
+                        break;
+                    }
                     Some(Ok(Polled::Batch(b))) => {
                         let n = b.records.num_rows();
                         summary.records_read += n as u64;
                         bytes += b.bytes();
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_latency);
                         if rows + n > max_rows {
-                            let (head, tail) = split(b, max_rows - rows);
-                            carry = Some(tail);
-                            pending.push(head);
+                            match split(b, max_rows - rows) {
+                                (head, Some(tail)) => {
+                                    carry = Some(tail);
+                                    pending.push(head);
+                                }
+                                (whole, None) => pending.push(whole),
+                            }
                             rows = max_rows;
                         } else {
                             rows += n;
@@ -325,10 +352,21 @@ fn held_by_all(tables: &[TableTarget], aggregates: &[AggregateTarget], shards: &
     Progress::min_over(committed, shards)
 }
 
-/// Splits `b` after `k` rows; the head resumes at the tail's first position.
-/// Rejected records go with the side their position falls in.
-fn split(b: SourceBatch, k: usize) -> (SourceBatch, SourceBatch) {
+/// Splits `b` after `k` rows, or after the rest of the records sharing the `k`-th
+/// record's position (one source transaction is never split); the head resumes at the
+/// tail's first position. Rejected records go with the side their position falls in.
+/// No tail when nothing is left after the cut.
+fn split(b: SourceBatch, k: usize) -> (SourceBatch, Option<SourceBatch>) {
     let n = b.records.num_rows();
+    let positions = b.positions.values();
+    let k = match k.checked_sub(1) {
+        // Cut after the last record sharing the (k-1)-th record's position.
+        Some(last) => last + positions[last..].partition_point(|p| *p == positions[last]),
+        None => 0,
+    };
+    if k == 0 || k >= n {
+        return (b, None);
+    }
     let next = b.positions.value(k);
     let (rejected_head, rejected_tail) = match &b.rejected {
         None => (None, None),
@@ -350,6 +388,7 @@ fn split(b: SourceBatch, k: usize) -> (SourceBatch, SourceBatch) {
         next,
         end_of_input: false,
         rejected: rejected_head,
+        control: None,
     };
     let tail = SourceBatch {
         records: b.records.slice(k, n - k),
@@ -357,7 +396,7 @@ fn split(b: SourceBatch, k: usize) -> (SourceBatch, SourceBatch) {
         rejected: rejected_tail,
         ..b
     };
-    (head, tail)
+    (head, Some(tail))
 }
 
 /// Polls the source into the channel and forwards acknowledgements to it.

@@ -13,7 +13,7 @@ use crate::config::{AggregateConfig, OnIncompatible, TableConfig, TableMode};
 use crate::progress::Progress;
 use crate::sink::dead_letter::{DeadLetters, ErrorKind};
 use crate::sink::{Commit, Committed, DeltaSink, Sink, SinkError, change, state_key};
-use crate::source::SourceBatch;
+use crate::source::{Control, Source, SourceBatch};
 use crate::window::{self, Operator};
 
 /// An aggregate with nothing to emit still commits its progress (and state) after this
@@ -31,6 +31,8 @@ pub(super) struct Prepared {
     progress: Vec<(String, i64)>,
     batches: Vec<RecordBatch>,
     rows: usize,
+    /// Drop the table's rows first (a snapshot taken again).
+    replace: bool,
 }
 
 pub(super) struct DeadLetterTarget {
@@ -46,6 +48,8 @@ pub(super) struct AggregateTarget {
     pub processed: Progress,
     pub batches_since_commit: u32,
     pub summary: TableSummary,
+    /// Schema of the records the operator was built for.
+    pub input: Option<SchemaRef>,
 }
 
 pub(super) fn summary(name: &str) -> TableSummary {
@@ -86,7 +90,7 @@ async fn commit_with_retry(
 /// stream when `stream` is `None`).
 fn batch_progress(pending: &[SourceBatch], stream: Option<&str>) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
-    for b in pending.iter().filter(|b| stream.is_none_or(|s| *b.stream == *s)) {
+    for b in pending.iter().filter(|b| stream.is_none_or(|s| b.feeds(s))) {
         let e = out.entry(b.shard.to_string()).or_insert(b.next);
         *e = (*e).max(b.next);
     }
@@ -120,6 +124,23 @@ impl TableTarget {
             .into_iter()
             .filter(|(shard, next)| self.sink.committed().get(shard).is_none_or(|c| c < *next))
             .collect();
+        if let Some(control) = pending.iter().find_map(|b| b.control) {
+            // A marker is alone in its micro-batch. A table that does not exist yet has
+            // nothing to drop and no schema to commit progress with: it starts with its
+            // first rows.
+            let Some(schema) = self.sink.schema().filter(|_| !progress.is_empty()) else {
+                return Ok(None);
+            };
+            if control == Control::Reset {
+                tracing::warn!(table = %self.cfg.name, "dropping the rows of an interrupted snapshot");
+            }
+            return Ok(Some(Prepared {
+                progress,
+                batches: vec![RecordBatch::new_empty(schema)],
+                rows: 0,
+                replace: control == Control::Reset,
+            }));
+        }
         if progress.is_empty() {
             let replayed: usize = pending
                 .iter()
@@ -181,6 +202,7 @@ impl TableTarget {
             progress,
             batches,
             rows,
+            replace: false,
         }))
     }
 
@@ -208,9 +230,29 @@ impl TableTarget {
             batches: prepared.batches,
             progress: prepared.progress,
             info: BTreeMap::new(),
+            replace: prepared.replace,
         };
         let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
         count(&mut self.summary, outcome, prepared.rows);
+        Ok(())
+    }
+
+    /// A mirror table that names no key takes the source's key for its stream (a
+    /// Postgres table's primary key or replica-identity index).
+    pub(super) async fn adopt_key(&mut self, source: &dyn Source) -> Result<(), RunError> {
+        if self.cfg.mode != TableMode::Mirror || !self.cfg.key.is_empty() {
+            return Ok(());
+        }
+        let Some(key) = source.key(&self.cfg.from) else {
+            return Err(RunError::Source(crate::source::SourceError::Setup(format!(
+                "table {}: a mirror needs a key, and {} has no primary key: add one, set REPLICA \
+                 IDENTITY USING INDEX on a unique index, name `key` columns, or use mode = \"changelog\"",
+                self.cfg.name, self.cfg.from
+            ))));
+        };
+        tracing::info!(table = %self.cfg.name, ?key, "mirror key from the source");
+        self.sink.adopt_key(key.clone()).await?;
+        self.cfg.key = key;
         Ok(())
     }
 
@@ -255,6 +297,7 @@ impl DeadLetterTarget {
             batches,
             progress,
             info: BTreeMap::new(),
+            replace: false,
         };
         let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
         count(&mut self.summary, outcome, rows);
@@ -285,6 +328,7 @@ fn not_yet_held(
 impl AggregateTarget {
     /// Builds the operator and restores the state that matches the table's progress.
     pub(super) async fn start(&mut self, schema: &SchemaRef) -> Result<(), RunError> {
+        self.input = Some(schema.clone());
         let mut op = window::build(&self.cfg, schema)?;
         let committed = self.sink.committed();
         let snapshot = if committed.is_empty() {
@@ -316,9 +360,20 @@ impl AggregateTarget {
         flush: bool,
         retry: &RetryPolicy,
     ) -> Result<(), RunError> {
-        let mine: Vec<&SourceBatch> = pending.iter().filter(|b| *b.stream == *self.cfg.from).collect();
+        let mine: Vec<&SourceBatch> = pending.iter().filter(|b| b.feeds(&self.cfg.from)).collect();
+        let reset = mine.iter().any(|b| {
+            b.control == Some(Control::Reset) && self.processed.get(&b.shard).is_none_or(|p| p < b.next)
+        });
+        if reset && let Some(schema) = self.input.clone() {
+            // An interrupted snapshot is taken again: its rows were folded in, so the
+            // operator starts over and the table drops what it emitted.
+            tracing::warn!(aggregate = %self.cfg.name, "dropping the state and rows of an interrupted snapshot");
+            let mut op = window::build(&self.cfg, &schema)?;
+            op.on_start(None)?;
+            self.op = Some(op);
+        }
         if self.op.is_none() {
-            match mine.first() {
+            match mine.iter().find(|b| b.control.is_none()) {
                 Some(b) => self.start(&b.records.schema()).await?,
                 None => return Ok(()),
             }
@@ -343,7 +398,11 @@ impl AggregateTarget {
             .processed
             .iter()
             .any(|(s, v)| self.sink.committed().get(s).is_none_or(|c| c < v));
-        let due = !out.is_empty() || closing || flush || self.batches_since_commit >= AGGREGATE_COMMIT_EVERY;
+        let due = !out.is_empty()
+            || closing
+            || flush
+            || reset
+            || self.batches_since_commit >= AGGREGATE_COMMIT_EVERY;
         if !advanced || !due {
             return Ok(());
         }
@@ -364,6 +423,7 @@ impl AggregateTarget {
             batches: out,
             progress: self.processed.iter().map(|(s, v)| (s.to_string(), v)).collect(),
             info: BTreeMap::from([(STATE_INFO_KEY.to_string(), serde_json::Value::String(key))]),
+            replace: reset,
         };
         let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
         count(&mut self.summary, outcome, rows);

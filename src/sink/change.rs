@@ -17,7 +17,8 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::row::{RowConverter, SortField};
 use hashbrown::HashMap;
 
-/// `c`reate, `u`pdate, `d`elete or `r`ead (a snapshot row), as Debezium spells them.
+/// `c`reate, `u`pdate, `d`elete, `r`ead (a snapshot row) or `t`runcate (the whole
+/// table emptied; no row image), as Debezium spells them.
 pub const OP: &str = "_op";
 /// The source position of the change: LSN or offset, increasing in source order.
 pub const POSITION: &str = "_position";
@@ -47,6 +48,9 @@ pub struct Collapsed {
     pub unchanged: Vec<String>,
     /// Rows with `_op = 'd'`.
     pub deletes: usize,
+    /// A truncate (`_op = 't'`) came before these changes: every row of the table they
+    /// do not touch is gone.
+    pub truncated: bool,
 }
 
 /// Why changes cannot be folded.
@@ -84,6 +88,13 @@ fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArr
 /// keep the table's current value.
 pub fn collapse(batch: &RecordBatch, key: &[String]) -> Result<Collapsed, ChangeError> {
     let ops = string_column(batch, OP)?;
+    // Only what follows the last truncate matters, on top of an empty table.
+    if let Some(t) = (0..ops.len()).rev().find(|&i| ops.is_valid(i) && ops.value(i) == "t") {
+        let rest = batch.slice(t + 1, batch.num_rows() - t - 1);
+        let mut c = collapse(&rest, key)?;
+        c.truncated = true;
+        return Ok(c);
+    }
     let positions = batch
         .column_by_name(POSITION)
         .ok_or_else(|| ChangeError::Missing(POSITION.to_string()))?;
@@ -174,6 +185,7 @@ pub fn collapse(batch: &RecordBatch, key: &[String]) -> Result<Collapsed, Change
             batch,
             unchanged: Vec::new(),
             deletes,
+            truncated: false,
         });
     };
     fill_unchanged(batch, &indices, &prev, ops, unchanged.as_ref(), deletes)
@@ -278,6 +290,7 @@ fn fill_unchanged(
         batch,
         unchanged: flagged,
         deletes,
+        truncated: false,
     })
 }
 

@@ -141,10 +141,18 @@ impl DeltaSink {
         }
     }
 
+    /// Sets the key of a mirror table opened without one (the source supplies it);
+    /// checked against the key the table was created with.
+    pub async fn adopt_key(&mut self, key: Vec<String>) -> Result<(), SinkError> {
+        self.options.key = key;
+        self.check_key().await
+    }
+
     /// A mirror table's key is fixed when it is created: merging by another key would
     /// silently duplicate rows. The key is recorded on first open and checked after.
     async fn check_key(&self) -> Result<(), SinkError> {
-        if self.options.mode != TableMode::Mirror {
+        // A key the source supplies is checked when adopted.
+        if self.options.mode != TableMode::Mirror || self.options.key.is_empty() {
             return Ok(());
         }
         let ours = self.options.key.join(",");
@@ -308,8 +316,9 @@ impl DeltaSink {
             .map_err(|e| self.delta_err()(e.into()))
     }
 
-    /// Appends `rows` (already in this table's shape) in one commit.
-    async fn append(&self, rows: RecordBatch, props: CommitProperties) -> Result<DeltaTable, SinkError> {
+    /// Appends `rows` (already in this table's shape) in one commit; `replace` drops
+    /// every row the table held in the same commit.
+    async fn append(&self, rows: RecordBatch, props: CommitProperties, replace: bool) -> Result<DeltaTable, SinkError> {
         let next = self.evolved(&rows.schema())?;
         let evolves = self.schema().is_some_and(|cur| schema::adds_columns(&cur, &next));
         let rows = schema::conform(&rows, &next).map_err(|e| self.delta_err()(e.into()))?;
@@ -317,7 +326,7 @@ impl DeltaSink {
             .table
             .clone()
             .write(vec![rows])
-            .with_save_mode(SaveMode::Append)
+            .with_save_mode(if replace { SaveMode::Overwrite } else { SaveMode::Append })
             .with_writer_properties(Self::writer_properties())
             .with_target_file_size(NonZeroU64::new(self.options.target_file_size))
             .with_commit_properties(props);
@@ -362,7 +371,11 @@ impl DeltaSink {
             }
             let shaped = std::sync::Arc::new(self.table_shape(&batch.schema()));
             let batch = schema::conform(&batch, &shaped).map_err(|e| self.delta_err()(e.into()))?;
-            return self.append(batch, props).await;
+            return self.append(batch, props, false).await;
+        }
+        if collapsed.truncated && collapsed.batch.num_rows() == 0 {
+            let shaped = std::sync::Arc::new(self.table_shape(&collapsed.batch.schema()));
+            return self.append(RecordBatch::new_empty(shaped), props, true).await;
         }
         let next = self.evolved(&collapsed.batch.schema())?;
         let evolve = self.schema().is_some_and(|cur| schema::adds_columns(&cur, &next));
@@ -422,13 +435,14 @@ impl Sink for DeltaSink {
             });
         };
         let written = match self.options.mode {
-            TableMode::Mirror if rows.num_rows() > 0 => self.mirror(rows, props).await,
+            TableMode::Mirror if rows.num_rows() > 0 && !commit.replace => self.mirror(rows, props).await,
             TableMode::Mirror => {
+                // Progress only, or a replace: a mirror's replace only ever empties it.
                 let shaped = std::sync::Arc::new(self.table_shape(&rows.schema()));
                 let empty = RecordBatch::new_empty(shaped);
-                self.append(empty, props).await
+                self.append(empty, props, commit.replace).await
             }
-            TableMode::Append | TableMode::Changelog => self.append(rows, props).await,
+            TableMode::Append | TableMode::Changelog => self.append(rows, props, commit.replace).await,
         };
         match written {
             Ok(table) => {

@@ -47,7 +47,12 @@ pub async fn merge(
     changes: Collapsed,
     spec: MergeSpec<'_>,
 ) -> deltalake::DeltaResult<(DeltaTable, MergeMetrics)> {
-    let Collapsed { batch, unchanged, .. } = changes;
+    let Collapsed {
+        batch,
+        unchanged,
+        truncated,
+        ..
+    } = changes;
     let source_batch = merge_source(&batch, spec.schema, &unchanged)?;
     let ctx = SessionContext::new();
     let df = ctx.read_batch(source_batch)?;
@@ -70,7 +75,7 @@ pub async fn merge(
             source(c)
         }
     };
-    table
+    let mut merge = table
         .merge(df, on)
         .with_source_alias(SOURCE)
         .with_target_alias(TARGET)
@@ -93,8 +98,12 @@ pub async fn merge(
                 i = i.set(Column::new_unqualified(c), source(c));
             }
             i
-        })?
-        .await
+        })?;
+    if truncated {
+        // The table was emptied before these changes: what they do not touch is gone.
+        merge = merge.when_not_matched_by_source_delete(|d| d)?;
+    }
+    merge.await
 }
 
 /// The MERGE source: the table's columns (conformed to its schema), `_op`, and the

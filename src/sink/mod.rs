@@ -35,6 +35,8 @@ pub struct Commit {
     pub progress: Vec<(String, i64)>,
     /// Extra `commitInfo` entries (e.g. the operator-state snapshot it depends on).
     pub info: BTreeMap<String, serde_json::Value>,
+    /// Replace every row the table holds with these (an overwrite, in any mode).
+    pub replace: bool,
 }
 
 /// What became of a commit.

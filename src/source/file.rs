@@ -169,6 +169,7 @@ impl FileSource {
             next: self.pos_next,
             end_of_input: true,
             rejected: None,
+            control: None,
         }))
     }
 
@@ -277,6 +278,7 @@ impl Source for FileSource {
                 next: self.pos_next,
                 end_of_input: false,
                 rejected: (!rejected.is_empty()).then(|| rejected.finish()),
+                control: None,
             }));
         }
     }

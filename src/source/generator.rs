@@ -195,6 +195,7 @@ impl Source for Generator {
                     next: self.next as i64,
                     end_of_input: true,
                     rejected: None,
+                    control: None,
                 }));
             }
             return Ok(Polled::End);
@@ -219,6 +220,7 @@ impl Source for Generator {
             next: self.next as i64,
             end_of_input: false,
             rejected: None,
+            control: None,
         }))
     }
 }

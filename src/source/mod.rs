@@ -3,6 +3,7 @@
 
 mod file;
 mod generator;
+pub mod postgres;
 
 use std::sync::Arc;
 
@@ -44,9 +45,29 @@ pub struct SourceBatch {
     /// Records of this range that could not be decoded, as dead-letter rows
     /// ([`crate::sink::dead_letter`]); their positions are not in `positions`.
     pub rejected: Option<RecordBatch>,
+    /// A control marker (no records) for every stream of the shard; see [`Control`].
+    pub control: Option<Control>,
+}
+
+/// What a control marker asks of every table fed by the shard. A marker is committed
+/// in a micro-batch of its own, after every record the source yielded before it, so a
+/// crash leaves each table either before it or past it, never half-way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Everything before `next` has been yielded: tables that got nothing in between
+    /// move their progress up (so an idle table does not hold the source back).
+    Progress,
+    /// The rows tables hold from this shard are void (an interrupted snapshot that is
+    /// being taken again): drop them, then continue from `next`.
+    Reset,
 }
 
 impl SourceBatch {
+    /// Whether the batch concerns `stream` (its own records, or a control marker).
+    pub fn feeds(&self, stream: &str) -> bool {
+        self.control.is_some() || *self.stream == *stream
+    }
+
     /// The records at or after `from`: what a consumer that has committed up to `from`
     /// still needs. Zero-copy.
     pub fn since(&self, from: Option<i64>) -> Option<RecordBatch> {
@@ -95,6 +116,16 @@ pub enum SourceError {
     /// The source cannot continue from where the tables say it stopped.
     #[error("{0}")]
     Position(String),
+    #[error("postgres: {context}: {source}")]
+    Postgres {
+        context: String,
+        #[source]
+        source: postgres::PgError,
+    },
+    /// The source is set up in a way it cannot work with (a missing publication, a
+    /// table without a key).
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// A source of records.
@@ -122,25 +153,51 @@ pub trait Source: Send {
     async fn acknowledge(&mut self, _committed: &Progress) -> Result<(), SourceError> {
         Ok(())
     }
+
+    /// The key columns of `stream`'s records, when the source knows them (a Postgres
+    /// table's primary key or replica identity), for mirror tables that name none.
+    fn key(&self, _stream: &str) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// Where the tables stand: what a source is opened at.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Per shard, the smallest progress over every table: where to resume.
+    pub min: Progress,
+    /// Each table's own progress (a source with phases, like a snapshot followed by a
+    /// stream, needs to know how far the furthest table got).
+    pub tables: Vec<Progress>,
 }
 
 /// Opens the configured source at `resume`.
 /// `dead_letters`: whether undecodable records may be handed over as
 /// [`SourceBatch::rejected`] (a dead-letter table is configured) or stop the run.
-pub fn open(
+pub async fn open(
     config: &SourceConfig,
-    resume: &Progress,
+    resume: &Resume,
     mode: RunMode,
     chunk_rows: usize,
     dead_letters: bool,
 ) -> Result<Box<dyn Source>, SourceError> {
     Ok(match config {
-        SourceConfig::Generator(g) => Box::new(generator::Generator::open(g, resume, mode, chunk_rows)),
-        SourceConfig::File(f) => Box::new(file::FileSource::open(f, resume, mode, chunk_rows, dead_letters)?),
+        SourceConfig::Generator(g) => Box::new(generator::Generator::open(g, &resume.min, mode, chunk_rows)),
+        SourceConfig::File(f) => {
+            Box::new(file::FileSource::open(f, &resume.min, mode, chunk_rows, dead_letters)?)
+        }
+        SourceConfig::Postgres(p) => {
+            Box::new(postgres::PostgresSource::open(p, resume, mode, chunk_rows, dead_letters).await?)
+        }
     })
 }
 
 /// The shard names a configured source will use, known without opening it.
 pub fn shards_of(config: &SourceConfig) -> Vec<String> {
-    vec![config.stream().to_string()]
+    match config {
+        SourceConfig::Generator(g) => vec![g.stream.clone()],
+        SourceConfig::File(f) => vec![f.stream.clone()],
+        // One slot, one ordered stream of transactions: one shard.
+        SourceConfig::Postgres(p) => vec![p.slot.clone()],
+    }
 }

@@ -34,6 +34,7 @@ fn commit(batches: Vec<RecordBatch>, next: i64) -> Commit {
         batches,
         progress: vec![("s".to_string(), next)],
         info: BTreeMap::new(),
+        replace: false,
     }
 }
 

@@ -1,0 +1,260 @@
+//! What the source asks the database: publications, slots, table layouts and keys,
+//! types, positions. Every statement runs on a plain (non-replication) connection.
+
+use std::collections::HashMap;
+
+use super::types::TypeRow;
+use super::wire::{Conn, PgError, parse_lsn, quote_ident, quote_literal};
+use crate::source::SourceError;
+
+/// A captured table, as the catalog describes it now.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// `schema.table`: the stream name.
+    pub stream: String,
+    pub oid: u32,
+    /// Published columns in table order: name, type, type modifier.
+    pub columns: Vec<(String, u32, i32)>,
+    /// Primary key (or replica-identity index) columns, in index order; empty when
+    /// the table has neither.
+    pub key: Vec<String>,
+    /// The publication's row filter for the table, if any (Postgres 15).
+    pub row_filter: Option<String>,
+}
+
+/// The replication slot, as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub confirmed_flush: Option<u64>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (an invalidated slot).
+    pub wal_status: Option<String>,
+}
+
+fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
+    let context = context.into();
+    move |source| SourceError::Postgres { context, source }
+}
+
+/// `"schema"."table"` for a `schema.table` stream name.
+pub fn quote_table(stream: &str) -> String {
+    match stream.split_once('.') {
+        Some((s, t)) => format!("{}.{}", quote_ident(s), quote_ident(t)),
+        None => quote_ident(stream),
+    }
+}
+
+fn literal_list(items: &[String]) -> String {
+    items.iter().map(|s| quote_literal(s)).collect::<Vec<_>>().join(",")
+}
+
+pub async fn server_version(conn: &mut Conn) -> Result<u32, SourceError> {
+    let rows = conn.query("SHOW server_version_num").await.map_err(pg("reading the server version"))?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Makes sure the publication exists and covers `tables`; returns the captured
+/// streams. A missing publication is created for the listed tables; an existing one
+/// is never altered.
+pub async fn ensure_publication(
+    conn: &mut Conn,
+    publication: &str,
+    tables: Option<&[String]>,
+) -> Result<Vec<String>, SourceError> {
+    let exists = !conn
+        .query(&format!("SELECT 1 FROM pg_publication WHERE pubname = {}", quote_literal(publication)))
+        .await
+        .map_err(pg("looking up the publication"))?
+        .is_empty();
+    if !exists {
+        let Some(tables) = tables else {
+            return Err(SourceError::Setup(format!(
+                "publication \"{publication}\" does not exist: create it, or list source.tables \
+                 so that Tributary creates it for them"
+            )));
+        };
+        let list: Vec<String> = tables.iter().map(|t| quote_table(t)).collect();
+        conn.query(&format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(publication),
+            list.join(", ")
+        ))
+        .await
+        .map_err(pg(format!("creating publication {publication}")))?;
+        tracing::info!(publication, tables = ?tables, "created publication");
+    }
+    let published: Vec<String> = conn
+        .query(&format!(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = {} ORDER BY 1",
+            quote_literal(publication)
+        ))
+        .await
+        .map_err(pg("listing the publication's tables"))?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    match tables {
+        Some(tables) => {
+            for t in tables {
+                if !published.contains(t) {
+                    return Err(SourceError::Setup(format!(
+                        "source.tables: {t} is not in publication \"{publication}\" \
+                         (ALTER PUBLICATION {} ADD TABLE {})",
+                        quote_ident(publication),
+                        quote_table(t)
+                    )));
+                }
+            }
+            Ok(tables.to_vec())
+        }
+        None if published.is_empty() => Err(SourceError::Setup(format!(
+            "publication \"{publication}\" has no tables"
+        ))),
+        None => Ok(published),
+    }
+}
+
+pub async fn slot(conn: &mut Conn, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
+    let rows = conn
+        .query(&format!(
+            "SELECT plugin, database, confirmed_flush_lsn::text, wal_status \
+             FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ))
+        .await
+        .map_err(pg("looking up the replication slot"))?;
+    Ok(rows.into_iter().next().map(|mut r| {
+        r.resize(4, None);
+        SlotInfo {
+            plugin: r[0].take(),
+            database: r[1].take(),
+            confirmed_flush: r[2].as_deref().and_then(parse_lsn),
+            wal_status: r[3].take(),
+        }
+    }))
+}
+
+/// Creates the permanent `pgoutput` slot.
+pub async fn create_slot(conn: &mut Conn, slot: &str) -> Result<u64, SourceError> {
+    let rows = conn
+        .query(&format!(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot({}, 'pgoutput')",
+            quote_literal(slot)
+        ))
+        .await
+        .map_err(pg(format!("creating replication slot {slot}")))?;
+    rows.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|l| parse_lsn(&l))
+        .ok_or_else(|| SourceError::Setup("pg_create_logical_replication_slot returned no LSN".into()))
+}
+
+/// Layout, key and row filter of each stream.
+pub async fn tables(conn: &mut Conn, publication: &str, streams: &[String]) -> Result<Vec<TableInfo>, SourceError> {
+    let sql = format!(
+        "SELECT pt.schemaname || '.' || pt.tablename, c.oid::text, c.relreplident::text, pt.rowfilter, \
+           (SELECT json_agg(json_build_array(a.attname, a.atttypid, a.atttypmod) ORDER BY a.attnum)::text \
+              FROM pg_attribute a \
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+               AND a.attname = ANY(pt.attnames)), \
+           (SELECT json_agg(a.attname ORDER BY k.ord)::text \
+              FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a \
+             WHERE i.indrelid = c.oid AND a.attrelid = c.oid AND a.attnum = k.attnum \
+               AND CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END) \
+         FROM pg_publication_tables pt \
+         JOIN pg_namespace n ON n.nspname = pt.schemaname \
+         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+         WHERE pt.pubname = {} AND pt.schemaname || '.' || pt.tablename IN ({})",
+        quote_literal(publication),
+        literal_list(streams)
+    );
+    let rows = conn.query(&sql).await.map_err(pg("reading table layouts"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for mut r in rows {
+        r.resize(6, None);
+        let stream = r[0].take().unwrap_or_default();
+        let columns: Vec<(String, u32, i32)> = r[4]
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
+        let key: Vec<String> = r[5]
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
+        out.push(TableInfo {
+            oid: r[1].as_deref().and_then(|o| o.parse().ok()).unwrap_or(0),
+            row_filter: r[3].take(),
+            columns,
+            key,
+            stream,
+        });
+    }
+    out.sort_by(|a, b| a.stream.cmp(&b.stream));
+    Ok(out)
+}
+
+/// Catalog rows of the given types (for arrays of user types and domains).
+pub async fn type_rows(conn: &mut Conn, oids: &[u32]) -> Result<HashMap<u32, TypeRow>, SourceError> {
+    if oids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let list = oids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let rows = conn
+        .query(&format!(
+            "SELECT oid::text, typcategory::text, typtype::text, typelem::text, typbasetype::text, typtypmod::text \
+             FROM pg_type WHERE oid IN ({list})"
+        ))
+        .await
+        .map_err(pg("reading column types"))?;
+    let byte = |v: &Option<String>| v.as_deref().and_then(|s| s.bytes().next()).unwrap_or(0);
+    let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.len() == 6)
+        .map(|r| {
+            (
+                num(&r[0]) as u32,
+                TypeRow {
+                    category: byte(&r[1]),
+                    kind: byte(&r[2]),
+                    element: num(&r[3]) as u32,
+                    base: num(&r[4]) as u32,
+                    base_modifier: num(&r[5]) as i32,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The server's current WAL insert position.
+pub async fn current_lsn(conn: &mut Conn) -> Result<u64, SourceError> {
+    let rows = conn
+        .query("SELECT pg_current_wal_lsn()::text")
+        .await
+        .map_err(pg("reading the current WAL position"))?;
+    rows.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|l| parse_lsn(&l))
+        .ok_or_else(|| SourceError::Setup("pg_current_wal_lsn() returned nothing".into()))
+}
+
+/// WAL the slot holds back from recycling, in bytes.
+pub async fn slot_lag(conn: &mut Conn, slot: &str) -> Result<Option<i64>, SourceError> {
+    let rows = conn
+        .query(&format!(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text \
+             FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ))
+        .await
+        .map_err(pg("reading the slot's lag"))?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok()))
+}

@@ -1,0 +1,428 @@
+//! PostgreSQL logical replication (`pgoutput`): an optional consistent snapshot, then
+//! every committed change in commit order.
+//!
+//! # Positions
+//!
+//! The slot is the one shard. A change's position is its transaction's commit LSN,
+//! shared by every row of the transaction; a chunk ends on a transaction boundary and
+//! its `next` is the end LSN of its last transaction, which is where
+//! `START_REPLICATION` resumes (Postgres skips transactions that committed before
+//! it). Rows sharing a position are never split across micro-batches, so a
+//! transaction is never split across Delta versions of a table.
+//!
+//! Snapshot rows use positions below [`SNAPSHOT_SPACE`] (no WAL position is that
+//! small): one per chunk, so a table's progress says how far an interrupted snapshot
+//! got, and the snapshot ends with a marker that moves every table to the consistent
+//! point where the stream starts.
+//!
+//! # Acknowledgement
+//!
+//! The slot's `confirmed_flush_lsn` is moved only to progress every table has
+//! committed (the standby status update's flush position), so a restart can always
+//! re-read what the tables lack. A slot that is missing, invalidated or confirmed
+//! past the tables is an error, never a silent restart from "now".
+
+mod catalog;
+mod changes;
+pub mod pgoutput;
+mod snapshot;
+mod stream;
+pub mod types;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deltalake::arrow::array::{Int64Array, RecordBatch};
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
+
+use crate::config::PostgresConfig;
+use crate::progress::Progress;
+use crate::sink::dead_letter::{DeadLetters, ErrorKind};
+use crate::source::{Control, Polled, Resume, RunMode, Source, SourceBatch, SourceError};
+use changes::{BadValue, Layout};
+use snapshot::Snapshot;
+use stream::{Step, Stream};
+use types::{PgType, TypeRow};
+pub use wire::{PgError, format_lsn, parse_lsn};
+
+/// Positions below this are snapshot chunks; WAL positions start at `0/1000000`.
+pub const SNAPSHOT_SPACE: i64 = 0x100_0000;
+/// How often the slot's retained WAL is reported.
+const LAG_EVERY: Duration = Duration::from_secs(60);
+
+/// Values that could not be converted (stored as NULL), on their way to the
+/// dead-letter table, or an error when there is none.
+#[derive(Debug, Default)]
+pub(crate) struct BadValues {
+    values: Vec<BadValue>,
+    dead_letters: bool,
+}
+
+impl BadValues {
+    fn take(&mut self, shard: &str) -> Result<Option<RecordBatch>, SourceError> {
+        if self.values.is_empty() {
+            return Ok(None);
+        }
+        if !self.dead_letters {
+            let b = &self.values[0];
+            return Err(SourceError::Setup(format!(
+                "{} at {}: column {}: {} (configure [dead_letters] to keep going, with NULL stored)",
+                b.stream,
+                format_position(b.position),
+                b.column,
+                b.reason
+            )));
+        }
+        let mut dl = DeadLetters::default();
+        for b in self.values.drain(..) {
+            tracing::warn!(table = %b.stream, column = %b.column, reason = %b.reason, "value stored as NULL");
+            dl.push(
+                shard,
+                b.position,
+                ErrorKind::Decode,
+                &format!("column {}: {} (stored as NULL)", b.column, b.reason),
+                Some(&b.stream),
+                Some(&b.text),
+            );
+        }
+        Ok(Some(dl.finish()))
+    }
+}
+
+/// A position as users know it: an LSN, or a snapshot chunk.
+pub fn format_position(p: i64) -> String {
+    if p < SNAPSHOT_SPACE { format!("snapshot chunk {p}") } else { format!("LSN {}", format_lsn(p as u64)) }
+}
+
+/// A control marker for every stream of `shard`.
+pub(crate) fn marker(shard: &Arc<str>, next: i64, control: Control) -> SourceBatch {
+    SourceBatch {
+        stream: Arc::from(""),
+        shard: shard.clone(),
+        records: RecordBatch::new_empty(SchemaRef::new(Schema::empty())),
+        positions: Int64Array::from(Vec::<i64>::new()),
+        next,
+        end_of_input: false,
+        rejected: None,
+        control: Some(control),
+    }
+}
+
+/// Turns column lists into layouts, looking types up in the catalog when needed.
+pub(crate) struct Describe {
+    sql: wire::Conn,
+    types: HashMap<u32, TypeRow>,
+    /// The captured streams; relations outside them are ignored.
+    captured: std::collections::HashSet<String>,
+}
+
+impl Describe {
+    /// The layout of `stream` with `columns` (name, type, modifier, key).
+    async fn layout(&mut self, stream: &str, columns: Vec<(String, u32, i32, bool)>) -> Result<Arc<Layout>, SourceError> {
+        let mut unknown: Vec<u32> = columns
+            .iter()
+            .map(|c| c.1)
+            .filter(|oid| *oid >= 10_000 && !self.types.contains_key(oid))
+            .collect();
+        // Element and base types may be user types too: a few rounds at most.
+        for _ in 0..3 {
+            if unknown.is_empty() {
+                break;
+            }
+            let rows = catalog::type_rows(&mut self.sql, &unknown).await?;
+            unknown = rows
+                .values()
+                .flat_map(|r| [r.element, r.base])
+                .filter(|o| *o >= 10_000 && !self.types.contains_key(o) && !rows.contains_key(o))
+                .collect();
+            self.types.extend(rows);
+        }
+        let lookup = |oid: u32| self.types.get(&oid).cloned();
+        let cols = columns
+            .into_iter()
+            .map(|(n, oid, m, k)| (n, PgType::resolve(oid, m, &lookup), k))
+            .collect();
+        Ok(Arc::new(Layout::new(stream, cols)))
+    }
+
+    /// The layout of a relation the stream describes; `None` when it is not captured.
+    pub(crate) async fn relation(
+        &mut self,
+        stream: &str,
+        columns: Vec<(String, u32, i32, bool)>,
+    ) -> Result<Option<Arc<Layout>>, SourceError> {
+        if !self.captured.contains(stream) {
+            return Ok(None);
+        }
+        self.layout(stream, columns).await.map(Some)
+    }
+}
+
+enum Phase {
+    Snapshot(Box<Snapshot>),
+    Stream(Box<Stream>),
+    Done,
+}
+
+/// The Postgres source: see the module docs.
+pub struct PostgresSource {
+    cfg: PostgresConfig,
+    shard: Arc<str>,
+    /// A plain connection for the catalog and lag queries, and the type cache.
+    describe: Describe,
+    phase: Phase,
+    /// Batches of one stream step waiting to be handed over.
+    ready: std::collections::VecDeque<SourceBatch>,
+    /// Captured streams and their keys.
+    keys: HashMap<String, Vec<String>>,
+    chunk_rows: usize,
+    /// The WAL position noted at start by a `--once` run.
+    end: Option<u64>,
+    bad: BadValues,
+    last_lag: Instant,
+}
+
+impl std::fmt::Debug for PostgresSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSource").field("slot", &self.shard).finish()
+    }
+}
+
+fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
+    let context = context.into();
+    move |source| SourceError::Postgres { context, source }
+}
+
+impl PostgresSource {
+    pub async fn open(
+        cfg: &PostgresConfig,
+        resume: &Resume,
+        mode: RunMode,
+        chunk_rows: usize,
+        dead_letters: bool,
+    ) -> Result<PostgresSource, SourceError> {
+        let mut sql = wire::Conn::connect(&cfg.dsn, false).await.map_err(pg("connecting"))?;
+        let version = catalog::server_version(&mut sql).await?;
+        if version < 150_000 {
+            return Err(SourceError::Setup(format!(
+                "PostgreSQL {version} is too old: logical replication with column lists and row \
+                 filters needs 15 or later"
+            )));
+        }
+        let streams = catalog::ensure_publication(&mut sql, &cfg.publication, cfg.tables.as_deref()).await?;
+        let infos = catalog::tables(&mut sql, &cfg.publication, &streams).await?;
+        let keys = infos.iter().map(|t| (t.stream.clone(), t.key.clone())).collect();
+
+        let shard: Arc<str> = Arc::from(cfg.slot.as_str());
+        let held: Vec<Option<i64>> = resume.tables.iter().map(|p| p.get(&shard)).collect();
+        let furthest = held.iter().flatten().copied().max();
+        let streaming = furthest.is_some_and(|p| p >= SNAPSHOT_SPACE);
+        // Where the stream starts: the least progress among tables already streaming.
+        let stream_start = held.iter().flatten().copied().filter(|p| *p >= SNAPSHOT_SPACE).min();
+
+        match catalog::slot(&mut sql, &cfg.slot).await? {
+            None if streaming => {
+                return Err(SourceError::Position(format!(
+                    "replication slot \"{}\" does not exist, but the tables hold changes up to {}: \
+                     the changes since then are gone. Re-create the tables (they will be snapshotted \
+                     again) or restore the slot",
+                    cfg.slot,
+                    format_position(furthest.unwrap_or_default())
+                )));
+            }
+            None => {
+                let lsn = catalog::create_slot(&mut sql, &cfg.slot).await?;
+                tracing::info!(slot = %cfg.slot, at = %format_lsn(lsn), "created replication slot");
+            }
+            Some(slot) => {
+                if slot.plugin.as_deref() != Some("pgoutput") {
+                    return Err(SourceError::Setup(format!(
+                        "replication slot \"{}\" is not a pgoutput logical slot (plugin {:?})",
+                        cfg.slot, slot.plugin
+                    )));
+                }
+                if slot.database.as_deref() != Some(cfg.dsn.dbname.as_str()) {
+                    return Err(SourceError::Setup(format!(
+                        "replication slot \"{}\" belongs to database {:?}, not \"{}\"",
+                        cfg.slot, slot.database, cfg.dsn.dbname
+                    )));
+                }
+                if slot.wal_status.as_deref() == Some("lost") {
+                    return Err(SourceError::Position(format!(
+                        "replication slot \"{}\" was invalidated (the WAL it needed was removed, see \
+                         max_slot_wal_keep_size): changes are lost. Drop the slot and re-create the tables",
+                        cfg.slot
+                    )));
+                }
+                if let (Some(confirmed), Some(start)) = (slot.confirmed_flush, stream_start)
+                    && confirmed as i64 > start
+                {
+                    return Err(SourceError::Position(format!(
+                        "replication slot \"{}\" confirmed {} but the tables only hold changes up to {}: \
+                         someone else advanced the slot and the changes in between cannot be read again",
+                        cfg.slot,
+                        format_lsn(confirmed),
+                        format_position(start)
+                    )));
+                }
+            }
+        }
+        let end = match mode {
+            RunMode::Once => Some(catalog::current_lsn(&mut sql).await?),
+            RunMode::Continuous => None,
+        };
+        let mut source = PostgresSource {
+            cfg: cfg.clone(),
+            shard: shard.clone(),
+            describe: Describe {
+                sql,
+                types: HashMap::new(),
+                captured: streams.iter().cloned().collect(),
+            },
+            phase: Phase::Done,
+            ready: Default::default(),
+            keys,
+            chunk_rows,
+            end,
+            bad: BadValues {
+                values: Vec::new(),
+                dead_letters,
+            },
+            last_lag: Instant::now(),
+        };
+        source.report_lag().await;
+        source.phase = if cfg.snapshot && !streaming {
+            let mut tables = Vec::with_capacity(infos.len());
+            for info in infos {
+                let columns = info
+                    .columns
+                    .iter()
+                    .map(|(n, t, m)| (n.clone(), *t, *m, info.key.contains(n)))
+                    .collect();
+                let layout = source.describe.layout(&info.stream, columns).await?;
+                tables.push((info, layout));
+            }
+            let start = furthest.unwrap_or(1).max(1);
+            Phase::Snapshot(Box::new(Snapshot::begin(&cfg.dsn, tables, start, shard).await?))
+        } else {
+            let start = stream_start.unwrap_or(0) as u64;
+            Phase::Stream(Box::new(source.start_stream(start).await?))
+        };
+        Ok(source)
+    }
+
+    async fn start_stream(&self, start: u64) -> Result<Stream, SourceError> {
+        let conn = wire::Conn::connect(&self.cfg.dsn, true)
+            .await
+            .map_err(pg("opening the replication connection"))?;
+        let (reader, writer) = conn
+            .start_replication(&self.cfg.slot, start, &self.cfg.publication)
+            .await
+            .map_err(pg(format!("starting replication from slot {}", self.cfg.slot)))?;
+        tracing::info!(slot = %self.cfg.slot, from = %format_lsn(start), "streaming changes");
+        Ok(Stream::new(reader, writer, self.shard.clone(), start, self.cfg.status_interval))
+    }
+
+    async fn report_lag(&mut self) {
+        self.last_lag = Instant::now();
+        match catalog::slot_lag(&mut self.describe.sql, &self.cfg.slot).await {
+            Ok(Some(bytes)) => tracing::info!(slot = %self.cfg.slot, retained_wal_bytes = bytes, "slot lag"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the slot's lag"),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for PostgresSource {
+    fn shards(&self) -> Vec<String> {
+        vec![self.shard.to_string()]
+    }
+
+    fn schema(&self) -> Option<SchemaRef> {
+        None
+    }
+
+    fn key(&self, stream: &str) -> Option<Vec<String>> {
+        self.keys.get(stream).filter(|k| !k.is_empty()).cloned()
+    }
+
+    async fn poll(&mut self) -> Result<Polled, SourceError> {
+        loop {
+            match &mut self.phase {
+                Phase::Done => {
+                    return Ok(match self.ready.pop_front() {
+                        Some(b) => Polled::Batch(b),
+                        None => Polled::End,
+                    });
+                }
+                Phase::Snapshot(s) => {
+                    if let Some(b) = s.next(self.chunk_rows, &mut self.bad).await? {
+                        let mut b = b;
+                        b.rejected = self.bad.take(&self.shard)?;
+                        return Ok(Polled::Batch(b));
+                    }
+                    let Phase::Snapshot(s) = std::mem::replace(&mut self.phase, Phase::Done) else {
+                        continue;
+                    };
+                    let point = s.consistent_point;
+                    s.finish().await;
+                    tracing::info!(consistent_point = %format_lsn(point), "snapshot complete");
+                    let stream = self.start_stream(point).await?;
+                    self.phase = Phase::Stream(Box::new(stream));
+                    // Every table moves to the consistent point, in a micro-batch of its own.
+                    return Ok(Polled::Batch(marker(&self.shard, point as i64, Control::Progress)));
+                }
+                Phase::Stream(_) => return self.step_stream().await,
+            }
+        }
+    }
+
+    async fn acknowledge(&mut self, committed: &Progress) -> Result<(), SourceError> {
+        if let (Phase::Stream(s), Some(p)) = (&self.phase, committed.get(&self.shard))
+            && p >= SNAPSHOT_SPACE
+        {
+            let before = s.feedback.flushed.fetch_max(p as u64, Ordering::AcqRel);
+            if (p as u64) > before {
+                s.feedback.wake.notify_one();
+            }
+        }
+        if self.last_lag.elapsed() >= LAG_EVERY {
+            self.report_lag().await;
+        }
+        Ok(())
+    }
+}
+
+impl PostgresSource {
+    async fn step_stream(&mut self) -> Result<Polled, SourceError> {
+        if let Some(b) = self.ready.pop_front() {
+            return Ok(Polled::Batch(b));
+        }
+        let Phase::Stream(stream) = &mut self.phase else {
+            return Ok(Polled::Idle);
+        };
+        let max_bytes = self.chunk_rows.saturating_mul(1024).max(1 << 20);
+        let step = stream
+            .step(self.chunk_rows, max_bytes, self.end, &mut self.bad, &mut self.describe)
+            .await?;
+        match step {
+            Step::Idle => return Ok(Polled::Idle),
+            Step::Batches(b) => self.ready.extend(b),
+            Step::End(b) => {
+                tracing::info!(end = %format_lsn(self.end.unwrap_or_default()), "reached the position noted at start");
+                self.ready.extend(b);
+                self.phase = Phase::Done;
+            }
+        }
+        Ok(match self.ready.pop_front() {
+            Some(b) => Polled::Batch(b),
+            None if matches!(self.phase, Phase::Done) => Polled::End,
+            None => Polled::Idle,
+        })
+    }
+}
