@@ -8,6 +8,8 @@ mod crash;
 mod files;
 mod maintain;
 mod mirror;
+mod pg;
+mod postgres;
 mod quickstart;
 mod sink;
 mod support;

@@ -158,7 +158,7 @@ pub async fn create_slot(conn: &mut Conn, slot: &str) -> Result<u64, SourceError
 pub async fn tables(conn: &mut Conn, publication: &str, streams: &[String]) -> Result<Vec<TableInfo>, SourceError> {
     let sql = format!(
         "SELECT pt.schemaname || '.' || pt.tablename, c.oid::text, c.relreplident::text, pt.rowfilter, \
-           (SELECT json_agg(json_build_array(a.attname, a.atttypid, a.atttypmod) ORDER BY a.attnum)::text \
+           (SELECT json_agg(json_build_array(a.attname, a.atttypid::int8, a.atttypmod) ORDER BY a.attnum)::text \
               FROM pg_attribute a \
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
                AND a.attname = ANY(pt.attnames)), \
@@ -178,14 +178,19 @@ pub async fn tables(conn: &mut Conn, publication: &str, streams: &[String]) -> R
     for mut r in rows {
         r.resize(6, None);
         let stream = r[0].take().unwrap_or_default();
-        let columns: Vec<(String, u32, i32)> = r[4]
-            .as_deref()
-            .and_then(|j| serde_json::from_str(j).ok())
-            .unwrap_or_default();
-        let key: Vec<String> = r[5]
-            .as_deref()
-            .and_then(|j| serde_json::from_str(j).ok())
-            .unwrap_or_default();
+        let parse = |j: Option<&str>, what: &str| -> Result<serde_json::Value, SourceError> {
+            j.map_or(Ok(serde_json::Value::Array(Vec::new())), |j| {
+                serde_json::from_str(j)
+                    .map_err(|e| SourceError::Setup(format!("{stream}: unexpected {what} from the catalog: {e}")))
+            })
+        };
+        let columns: Vec<(String, u32, i32)> = serde_json::from_value(parse(r[4].as_deref(), "columns")?)
+            .map_err(|e| SourceError::Setup(format!("{stream}: unexpected columns from the catalog: {e}")))?;
+        let key: Vec<String> = serde_json::from_value(parse(r[5].as_deref(), "key")?)
+            .map_err(|e| SourceError::Setup(format!("{stream}: unexpected key from the catalog: {e}")))?;
+        if columns.is_empty() {
+            return Err(SourceError::Setup(format!("{stream}: the publication publishes no columns of it")));
+        }
         out.push(TableInfo {
             oid: r[1].as_deref().and_then(|o| o.parse().ok()).unwrap_or(0),
             row_filter: r[3].take(),

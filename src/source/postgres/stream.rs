@@ -72,6 +72,8 @@ pub(super) struct Stream {
     pub emitted: i64,
     first_buffered: Option<Instant>,
     rows: usize,
+    /// Rows of the open transaction.
+    open_rows: usize,
     bytes: usize,
     last_marker: Instant,
     marker_every: Duration,
@@ -115,6 +117,7 @@ impl Stream {
             emitted: start as i64,
             first_buffered: None,
             rows: 0,
+            open_rows: 0,
             bytes: 0,
             last_marker: Instant::now(),
             marker_every: status_interval.max(Duration::from_secs(1)) * 3,
@@ -188,7 +191,10 @@ impl Stream {
                     match parsed {
                         Message::Begin {
                             final_lsn, commit_ts, ..
-                        } => self.open = Some((final_lsn as i64, commit_ts)),
+                        } => {
+                            self.open = Some((final_lsn as i64, commit_ts));
+                            self.open_rows = 0;
+                        }
                         Message::Commit { end_lsn, .. } => {
                             self.open = None;
                             self.complete = self.complete.max(end_lsn as i64);
@@ -216,9 +222,17 @@ impl Stream {
                                 .map(|c| (c.name.to_string(), c.type_oid, c.type_modifier, c.key))
                                 .collect();
                             let new = describe.relation(&stream, cols).await?;
+                            let mut early = Vec::new();
                             if let Some(new) = &new {
+                                let changed = self.buffers.get(&new.stream).is_some_and(|b| !b.layout.same_as(new));
+                                if changed && self.open_rows == 0 && self.rows > 0 {
+                                    // Rows of finished transactions go out in the old
+                                    // layout, so that each chunk has one layout and the
+                                    // sink alone judges the change.
+                                    early = self.flush(bad)?;
+                                }
                                 match self.buffers.get_mut(&new.stream) {
-                                    Some(buf) if !buf.layout.same_as(new) => {
+                                    Some(buf) if changed => {
                                         tracing::info!(table = %new.stream, columns = ?new.names, "table layout changed");
                                         buf.relayout(new.clone()).map_err(SourceError::Setup)?;
                                     }
@@ -229,6 +243,9 @@ impl Stream {
                                 }
                             }
                             self.relations.insert(oid, new);
+                            if !early.is_empty() {
+                                return Ok(Step::Batches(early));
+                            }
                         }
                         Message::Insert { oid, new } => self.change(oid, "c", &new, bad)?,
                         Message::Update { oid, old, new } => {
@@ -272,6 +289,7 @@ impl Stream {
 
     fn note_row(&mut self) {
         self.rows += 1;
+        self.open_rows += 1;
         self.first_buffered.get_or_insert_with(Instant::now);
     }
 
