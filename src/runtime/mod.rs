@@ -196,7 +196,7 @@ pub async fn run(
             alone = b.control.is_some();
             pending.push(b);
         }
-        while !alone && rows < max_rows && bytes < max_bytes {
+        while rows < max_rows && bytes < max_bytes {
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -212,13 +212,18 @@ pub async fn run(
                     break;
                 }
                 msg = rx.recv() => match msg {
-                    Some(Ok(Polled::Batch(b))) if b.control.is_some() => {
-                        if pending.is_empty() {
+                    Some(Ok(Polled::Batch(b))) if b.control.is_some() || alone => {
+                        // Markers at one position travel together (one per table);
+                        // anything else waits for the next micro-batch.
+                        let joins = pending.iter().all(|p| p.control.is_some() && b.control.is_some() && p.next == b.next);
+                        if joins {
+                            deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_latency);
+                            alone = true;
                             pending.push(b);
                         } else {
                             carry = Some(b);
+                            break;
                         }
-                        break;
                     }
                     Some(Ok(Polled::Batch(b))) => {
                         let n = b.records.num_rows();

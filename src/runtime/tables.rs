@@ -125,10 +125,14 @@ impl TableTarget {
             .filter(|(shard, next)| self.sink.committed().get(shard).is_none_or(|c| c < *next))
             .collect();
         if let Some(control) = pending.iter().find_map(|b| b.control) {
-            // A marker is alone in its micro-batch. A table that does not exist yet has
-            // nothing to drop and no schema to commit progress with: it starts with its
-            // first rows.
-            let Some(schema) = self.sink.schema().filter(|_| !progress.is_empty()) else {
+            // Markers are alone in their micro-batch. A table that does not exist yet is
+            // created by the marker that carries its stream's layout; without one it has
+            // no schema to commit progress with and starts with its first rows.
+            let own = pending
+                .iter()
+                .find(|b| *b.stream == *self.cfg.from && b.records.num_columns() > 0);
+            let schema = self.sink.schema().or_else(|| own.map(|b| self.empty_shape(b)));
+            let Some(schema) = schema.filter(|_| !progress.is_empty()) else {
                 return Ok(None);
             };
             if control == Control::Reset {

@@ -100,10 +100,16 @@ pub fn format_position(p: i64) -> String {
 
 /// A control marker for every stream of `shard`.
 pub(crate) fn marker(shard: &Arc<str>, next: i64, control: Control) -> SourceBatch {
+    shaped_marker(shard, Arc::from(""), SchemaRef::new(Schema::empty()), next, control)
+}
+
+/// A control marker that also carries the layout of `stream`, so that a table that
+/// does not exist yet is created by it (and holds progress from then on).
+fn shaped_marker(shard: &Arc<str>, stream: Arc<str>, schema: SchemaRef, next: i64, control: Control) -> SourceBatch {
     SourceBatch {
-        stream: Arc::from(""),
+        stream,
         shard: shard.clone(),
-        records: RecordBatch::new_empty(SchemaRef::new(Schema::empty())),
+        records: RecordBatch::new_empty(schema),
         positions: Int64Array::from(Vec::<i64>::new()),
         next,
         end_of_input: false,
@@ -179,6 +185,8 @@ pub struct PostgresSource {
     ready: std::collections::VecDeque<SourceBatch>,
     /// Captured streams and their keys.
     keys: HashMap<String, Vec<String>>,
+    /// Layouts of the captured tables at start, for markers that create tables.
+    layouts: Vec<Arc<Layout>>,
     chunk_rows: usize,
     /// The WAL position noted at start by a `--once` run.
     end: Option<u64>,
@@ -286,6 +294,7 @@ impl PostgresSource {
             phase: Phase::Done,
             ready: Default::default(),
             keys,
+            layouts: Vec::new(),
             chunk_rows,
             end,
             bad: BadValues {
@@ -295,24 +304,51 @@ impl PostgresSource {
             last_lag: Instant::now(),
         };
         source.report_lag().await;
+        let mut tables = Vec::with_capacity(infos.len());
+        for info in infos {
+            let columns = info
+                .columns
+                .iter()
+                .map(|(n, t, m)| (n.clone(), *t, *m, info.key.contains(n)))
+                .collect();
+            let layout = source.describe.layout(&info.stream, columns).await?;
+            source.layouts.push(layout.clone());
+            tables.push((info, layout));
+        }
         source.phase = if cfg.snapshot && !streaming {
-            let mut tables = Vec::with_capacity(infos.len());
-            for info in infos {
-                let columns = info
-                    .columns
-                    .iter()
-                    .map(|(n, t, m)| (n.clone(), *t, *m, info.key.contains(n)))
-                    .collect();
-                let layout = source.describe.layout(&info.stream, columns).await?;
-                tables.push((info, layout));
-            }
             let start = furthest.unwrap_or(1).max(1);
-            Phase::Snapshot(Box::new(Snapshot::begin(&cfg.dsn, tables, start, shard).await?))
+            // Rows of an interrupted attempt are void: the tables drop them first (and
+            // every table exists, with progress, from here on).
+            source.ready.extend(source.markers(start + 1, Control::Reset));
+            Phase::Snapshot(Box::new(Snapshot::begin(&cfg.dsn, tables, start + 1, shard).await?))
         } else {
-            let start = stream_start.unwrap_or(0) as u64;
+            let start = match stream_start {
+                Some(s) => s as u64,
+                None => {
+                    // A first start without a snapshot: every table starts at the
+                    // slot's position, so none can be left behind by a crash.
+                    let at = catalog::slot(&mut source.describe.sql, &cfg.slot)
+                        .await?
+                        .and_then(|s| s.confirmed_flush)
+                        .ok_or_else(|| SourceError::Setup(format!("slot {} has no position", cfg.slot)))?;
+                    source.ready.extend(source.markers(at as i64, Control::Progress));
+                    at
+                }
+            };
             Phase::Stream(Box::new(source.start_stream(start).await?))
         };
         Ok(source)
+    }
+
+    /// One marker per captured table (each carrying its layout), all at `next`.
+    fn markers(&self, next: i64, control: Control) -> Vec<SourceBatch> {
+        if self.layouts.is_empty() {
+            return vec![marker(&self.shard, next, control)];
+        }
+        self.layouts
+            .iter()
+            .map(|l| shaped_marker(&self.shard, l.stream.clone(), l.schema.clone(), next, control))
+            .collect()
     }
 
     async fn start_stream(&self, start: u64) -> Result<Stream, SourceError> {
@@ -360,6 +396,9 @@ impl Source for PostgresSource {
                         None => Polled::End,
                     });
                 }
+                Phase::Snapshot(_) if !self.ready.is_empty() => {
+                    return Ok(self.ready.pop_front().map_or(Polled::Idle, Polled::Batch));
+                }
                 Phase::Snapshot(s) => {
                     if let Some(b) = s.next(self.chunk_rows, &mut self.bad).await? {
                         let mut b = b;
@@ -375,7 +414,8 @@ impl Source for PostgresSource {
                     let stream = self.start_stream(point).await?;
                     self.phase = Phase::Stream(Box::new(stream));
                     // Every table moves to the consistent point, in a micro-batch of its own.
-                    return Ok(Polled::Batch(marker(&self.shard, point as i64, Control::Progress)));
+                    self.ready.extend(self.markers(point as i64, Control::Progress));
+                    continue;
                 }
                 Phase::Stream(_) => return self.step_stream().await,
             }

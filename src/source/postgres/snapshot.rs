@@ -6,7 +6,8 @@
 //! A snapshot cannot survive the process (an exported snapshot lives only as long as
 //! the session that exported it). An interrupted snapshot is therefore taken again
 //! from the start: a [`Control::Reset`] marker first makes every table drop the rows
-//! the interrupted attempt committed.
+//! the interrupted attempt committed (the source sends it before [`Snapshot::begin`]'s
+//! first chunk).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,9 +17,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::catalog::{TableInfo, quote_table};
 use super::changes::{Layout, TableBuffer};
 use super::wire::{Conn, PgError, parse_lsn, quote_ident, quote_literal};
-use super::{BadValues, SNAPSHOT_SPACE, marker};
+use super::{BadValues, SNAPSHOT_SPACE};
 use crate::config::PostgresDsn;
-use crate::source::{Control, SourceBatch, SourceError};
+use crate::source::{SourceBatch, SourceError};
 
 pub(super) struct Snapshot {
     /// The replication session whose temporary slot exported the snapshot; it must
@@ -32,7 +33,6 @@ pub(super) struct Snapshot {
     /// Position of the next chunk (snapshot positions count chunks).
     next: i64,
     shard: Arc<str>,
-    reset_sent: bool,
 }
 
 fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
@@ -42,7 +42,7 @@ fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
 
 impl Snapshot {
     /// Exports a snapshot and opens the transaction that reads it. `start` is the
-    /// first snapshot position: past everything an interrupted attempt committed.
+    /// first chunk's position: past everything an interrupted attempt committed.
     pub async fn begin(
         dsn: &PostgresDsn,
         tables: Vec<(TableInfo, Arc<Layout>)>,
@@ -97,20 +97,12 @@ impl Snapshot {
             current: None,
             next: start,
             shard,
-            reset_sent: false,
         })
     }
 
-    /// The next chunk, marker or `None` when the copy is complete (the caller then
-    /// hands over the end-of-snapshot marker).
+    /// The next chunk, or `None` when the copy is complete (the caller then hands
+    /// over the end-of-snapshot markers).
     pub async fn next(&mut self, chunk_rows: usize, bad: &mut BadValues) -> Result<Option<SourceBatch>, SourceError> {
-        if !self.reset_sent {
-            // Rows of an interrupted attempt are void: the tables drop them first.
-            self.reset_sent = true;
-            let at = self.next;
-            self.next += 1;
-            return Ok(Some(marker(&self.shard, at + 1, Control::Reset)));
-        }
         loop {
             if self.current.is_none() {
                 let Some((info, layout)) = self.tables.pop_front() else {
