@@ -31,6 +31,8 @@ pub struct PostgresDsn {
     pub dbname: String,
     pub application_name: String,
     pub connect_timeout: Duration,
+    /// Server settings for the session (`-c name=value …`), as libpq's `options`.
+    pub options: Option<String>,
 }
 
 /// Parses a libpq connection string, either `key=value …` or
@@ -72,6 +74,7 @@ pub fn parse_dsn(text: &str) -> Result<PostgresDsn, String> {
         dbname: String::new(),
         application_name: "tributary".into(),
         connect_timeout: Duration::from_secs(10),
+        options: None,
     };
     for (k, v) in pairs {
         match k.as_str() {
@@ -81,6 +84,7 @@ pub fn parse_dsn(text: &str) -> Result<PostgresDsn, String> {
             "password" => dsn.password = Some(Secret::new(v)),
             "dbname" => dsn.dbname = v,
             "application_name" => dsn.application_name = v,
+            "options" => dsn.options = Some(v),
             "connect_timeout" => {
                 let secs: u64 = v.parse().map_err(|_| format!("connect_timeout \"{v}\" is not seconds"))?;
                 dsn.connect_timeout = Duration::from_secs(secs.max(1));

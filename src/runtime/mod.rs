@@ -425,7 +425,7 @@ async fn drive_source(
         match source.poll().await {
             Ok(Polled::Idle) => {
                 if tx.is_closed() {
-                    return;
+                    break;
                 }
             }
             Ok(Polled::End) => {
@@ -434,16 +434,18 @@ async fn drive_source(
             }
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
-                return;
+                break;
             }
             Ok(polled) => {
                 if tx.send(Ok(polled)).await.is_err() {
-                    return;
+                    break;
                 }
             }
         }
     }
+    // Acknowledgements until the run ends, including the last one it sent.
     while acks.changed().await.is_ok() {
         ack(&mut source, &mut acks).await;
     }
+    source.close().await;
 }

@@ -3,8 +3,10 @@
 //! `TRIBUTARY_FAILPOINT=before_commit:N` aborts the process right before the N-th Delta
 //! commit entry it would write (counting every table), i.e. after that commit's data
 //! files are in storage and before the log names them: the worst moment for an
-//! exactly-once writer. It wraps the table's [`LogStore`] so that every write path
-//! (append, MERGE, maintenance) crosses it. Unset, nothing is wrapped.
+//! exactly-once writer. `TRIBUTARY_FAILPOINT=delay_commit:MS` instead holds every
+//! commit entry back for MS milliseconds (a slow object store). It wraps the table's
+//! [`LogStore`] so that every write path (append, MERGE, maintenance) crosses it.
+//! Unset, nothing is wrapped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,10 +23,21 @@ pub const ENV: &str = "TRIBUTARY_FAILPOINT";
 
 static COMMITS: AtomicU64 = AtomicU64::new(0);
 
-/// The commit number (1-based, per process) to abort before, if armed.
-fn armed() -> Option<u64> {
+#[derive(Debug, Clone, Copy)]
+enum Armed {
+    /// Abort before this commit number (1-based, per process).
+    Abort(u64),
+    /// Sleep this long before every commit entry.
+    Delay(std::time::Duration),
+}
+
+fn armed() -> Option<Armed> {
     let v = std::env::var(ENV).ok()?;
-    v.strip_prefix("before_commit:")?.parse().ok()
+    if let Some(n) = v.strip_prefix("before_commit:") {
+        return n.parse().ok().map(Armed::Abort);
+    }
+    let ms = v.strip_prefix("delay_commit:")?.parse().ok()?;
+    Some(Armed::Delay(std::time::Duration::from_millis(ms)))
 }
 
 /// `store`, wrapped when a failpoint is armed.
@@ -37,7 +50,7 @@ pub fn wrap(store: LogStoreRef) -> LogStoreRef {
 
 struct Failpoint {
     inner: LogStoreRef,
-    at: u64,
+    at: Armed,
 }
 
 #[async_trait]
@@ -60,12 +73,13 @@ impl LogStore for Failpoint {
         commit_or_bytes: CommitOrBytes,
         operation_id: Uuid,
     ) -> Result<(), TransactionError> {
-        if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
-            eprintln!(
-                "{ENV}: aborting before commit {} (table version {version})",
-                self.at
-            );
-            std::process::abort();
+        match self.at {
+            Armed::Abort(at) if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 == at => {
+                eprintln!("{ENV}: aborting before commit {at} (table version {version})");
+                std::process::abort();
+            }
+            Armed::Delay(d) => tokio::time::sleep(d).await,
+            Armed::Abort(_) => {}
         }
         self.inner
             .write_commit_entry(version, commit_or_bytes, operation_id)

@@ -154,6 +154,10 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// Called once after the last acknowledgement, before the source is dropped: a
+    /// chance to hand that acknowledgement over before the process exits.
+    async fn close(&mut self) {}
+
     /// The key columns of `stream`'s records, when the source knows them (a Postgres
     /// table's primary key or replica identity), for mirror tables that name none.
     fn key(&self, _stream: &str) -> Option<Vec<String>> {

@@ -373,3 +373,69 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
     let transactions: i64 = truth[0].split('|').next().unwrap().parse().unwrap();
     assert!(transactions > 1000, "the load ran: {transactions} transactions");
 }
+
+/// Commits far slower than `wal_sender_timeout`: the status task keeps the
+/// replication connection alive while the micro-batch is being written.
+#[test]
+fn slow_commits_do_not_trip_wal_sender_timeout() {
+    let mut db = Db::create("slow");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let dir = tempfile::tempdir().unwrap();
+    let slot = db.slot();
+    let p = pipeline(
+        dir.path(),
+        &db,
+        &slot,
+        &["t"],
+        "[[tables]]\nname = \"t\"\nfrom = \"public.t\"\nmode = \"mirror\"\n",
+    );
+    // The server drops a replication connection that is silent for 2s; each commit
+    // takes 5s.
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace(
+            &format!("dsn = \"{}\"", db.dsn()),
+            &format!("dsn = \"{} options='-c wal_sender_timeout=2s'\"", db.dsn()),
+        )
+        .replace("slot = ", "snapshot = false\nstatus_interval = \"500ms\"\nslot = ");
+    std::fs::write(&p, text).unwrap();
+    run_once(dir.path(), &p);
+    let mut run = std::process::Command::new(bin())
+        .args(["run", p.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("TRIBUTARY_FAILPOINT", "delay_commit:5000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A steady trickle of transactions fills the source's channel while a commit is
+    // slow, so the source stops reading the connection: only the status task answers.
+    for batch in 0..20 {
+        db.sql(&format!(
+            "INSERT INTO t SELECT g, 'v' || g FROM generate_series({0} * 25 + 1, {0} * 25 + 25) g",
+            batch
+        ));
+        std::thread::sleep(std::time::Duration::from_millis(400));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut alive = |run: &mut std::process::Child| {
+        // A connection the server dropped ends the run.
+        if let Some(status) = run.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the run stopped ({status}): {err}");
+        }
+    };
+    while duck_lines(&format!("SELECT count(*) FROM {}", lake(dir.path(), "t"))) != vec!["500"] {
+        alive(&mut run);
+        assert!(std::time::Instant::now() < deadline, "rows did not arrive");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    alive(&mut run);
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let confirmed = db.sql(&format!(
+        "SELECT confirmed_flush_lsn > '0/0' FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ));
+    assert_eq!(confirmed, vec!["t"]);
+}

@@ -171,7 +171,9 @@ impl Describe {
 enum Phase {
     Snapshot(Box<Snapshot>),
     Stream(Box<Stream>),
-    Done,
+    /// The `--once` end is reached; the stream stays open to acknowledge the last
+    /// commit.
+    Done(Option<Box<Stream>>),
 }
 
 /// The Postgres source: see the module docs.
@@ -291,7 +293,7 @@ impl PostgresSource {
                 types: HashMap::new(),
                 captured: streams.iter().cloned().collect(),
             },
-            phase: Phase::Done,
+            phase: Phase::Done(None),
             ready: Default::default(),
             keys,
             layouts: Vec::new(),
@@ -390,7 +392,7 @@ impl Source for PostgresSource {
     async fn poll(&mut self) -> Result<Polled, SourceError> {
         loop {
             match &mut self.phase {
-                Phase::Done => {
+                Phase::Done(_) => {
                     return Ok(match self.ready.pop_front() {
                         Some(b) => Polled::Batch(b),
                         None => Polled::End,
@@ -405,7 +407,7 @@ impl Source for PostgresSource {
                         b.rejected = self.bad.take(&self.shard)?;
                         return Ok(Polled::Batch(b));
                     }
-                    let Phase::Snapshot(s) = std::mem::replace(&mut self.phase, Phase::Done) else {
+                    let Phase::Snapshot(s) = std::mem::replace(&mut self.phase, Phase::Done(None)) else {
                         continue;
                     };
                     let point = s.consistent_point;
@@ -423,7 +425,11 @@ impl Source for PostgresSource {
     }
 
     async fn acknowledge(&mut self, committed: &Progress) -> Result<(), SourceError> {
-        if let (Phase::Stream(s), Some(p)) = (&self.phase, committed.get(&self.shard))
+        let stream = match &self.phase {
+            Phase::Stream(s) | Phase::Done(Some(s)) => Some(s),
+            _ => None,
+        };
+        if let (Some(s), Some(p)) = (stream, committed.get(&self.shard))
             && p >= SNAPSHOT_SPACE
         {
             let before = s.feedback.flushed.fetch_max(p as u64, Ordering::AcqRel);
@@ -435,6 +441,13 @@ impl Source for PostgresSource {
             self.report_lag().await;
         }
         Ok(())
+    }
+
+    async fn close(&mut self) {
+        if let Phase::Stream(s) | Phase::Done(Some(s)) = &mut self.phase {
+            s.close().await;
+        }
+        self.report_lag().await;
     }
 }
 
@@ -456,12 +469,14 @@ impl PostgresSource {
             Step::End(b) => {
                 tracing::info!(end = %format_lsn(self.end.unwrap_or_default()), "reached the position noted at start");
                 self.ready.extend(b);
-                self.phase = Phase::Done;
+                if let Phase::Stream(s) = std::mem::replace(&mut self.phase, Phase::Done(None)) {
+                    self.phase = Phase::Done(Some(s));
+                }
             }
         }
         Ok(match self.ready.pop_front() {
             Some(b) => Polled::Batch(b),
-            None if matches!(self.phase, Phase::Done) => Polled::End,
+            None if matches!(self.phase, Phase::Done(_)) => Polled::End,
             None => Polled::Idle,
         })
     }

@@ -32,6 +32,8 @@ pub(super) struct Feedback {
     pub flushed: AtomicU64,
     /// Ask the server to answer with a keepalive now.
     pub ask: AtomicBool,
+    /// Send one last update, then stop.
+    pub closing: AtomicBool,
     pub wake: Notify,
 }
 
@@ -50,6 +52,9 @@ pub(super) fn spawn_status(mut writer: StatusWriter, feedback: Arc<Feedback>, in
             let flushed = feedback.flushed.load(Ordering::Acquire);
             if let Err(e) = writer.send(received.max(flushed), flushed, ask).await {
                 tracing::warn!(error = %e, "standby status update failed; the stream will report the broken connection");
+                return;
+            }
+            if feedback.closing.load(Ordering::Acquire) {
                 return;
             }
         }
@@ -85,6 +90,15 @@ pub(super) enum Step {
     Idle,
     /// The end noted for a `--once` run is reached (after these batches).
     End(Vec<SourceBatch>),
+}
+
+impl Stream {
+    /// Sends a last status update (what every table committed) and stops.
+    pub async fn close(&mut self) {
+        self.feedback.closing.store(true, Ordering::Release);
+        self.feedback.wake.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.status).await;
+    }
 }
 
 impl Drop for Stream {

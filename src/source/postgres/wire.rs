@@ -127,6 +127,9 @@ impl Conn {
         if replication {
             params.push(("replication", "database"));
         }
+        if let Some(o) = &dsn.options {
+            params.push(("options", o.as_str()));
+        }
         frontend::startup_message(params.iter().copied(), &mut conn.out).map_err(PgError::io("startup"))?;
         conn.flush().await?;
         conn.authenticate(dsn).await?;
