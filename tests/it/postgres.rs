@@ -418,7 +418,7 @@ fn slow_commits_do_not_trip_wal_sender_timeout() {
         std::thread::sleep(std::time::Duration::from_millis(400));
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut alive = |run: &mut std::process::Child| {
+    let alive = |run: &mut std::process::Child| {
         // A connection the server dropped ends the run.
         if let Some(status) = run.try_wait().unwrap() {
             let mut err = String::new();
@@ -438,4 +438,43 @@ fn slow_commits_do_not_trip_wal_sender_timeout() {
         "SELECT confirmed_flush_lsn > '0/0' FROM pg_replication_slots WHERE slot_name = '{slot}'"
     ));
     assert_eq!(confirmed, vec!["t"]);
+}
+
+/// Setups that cannot work fail with the cause named, never silently.
+#[test]
+fn keyless_mirrors_and_lost_slots_are_clear_errors() {
+    let mut db = Db::create("errors");
+    db.sql("CREATE TABLE nokey (a int, b text); INSERT INTO nokey VALUES (1, 'x'), (1, 'x');");
+    let dir = tempfile::tempdir().unwrap();
+    let slot = db.slot();
+    let mirror = "[[tables]]\nname = \"m\"\nfrom = \"public.nokey\"\nmode = \"mirror\"\n";
+    let p = pipeline(dir.path(), &db, &slot, &["nokey"], mirror);
+    let out = tributary(dir.path(), &["run", p.to_str().unwrap(), "--once"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("table m: a mirror needs a key, and public.nokey has no primary key") && err.contains("REPLICA IDENTITY"),
+        "{err}"
+    );
+
+    // A changelog of the same table works, duplicates and all.
+    let log = "[[tables]]\nname = \"log\"\nfrom = \"public.nokey\"\nmode = \"changelog\"\n";
+    let p = pipeline(dir.path(), &db, &slot, &["nokey"], log);
+    run_once(dir.path(), &p);
+    db.sql("INSERT INTO nokey VALUES (2, 'y')");
+    run_once(dir.path(), &p);
+    assert_eq!(
+        duck_lines(&format!("SELECT _op, a, b FROM {} ORDER BY _op, a", lake(dir.path(), "log"))),
+        vec!["c|2|y", "r|1|x", "r|1|x"]
+    );
+
+    // The slot disappears: the changes since the tables' position are gone.
+    db.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+    let out = tributary(dir.path(), &["run", p.to_str().unwrap(), "--once"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("replication slot \"{slot}\" does not exist, but the tables hold changes up to LSN")),
+        "{err}"
+    );
 }
