@@ -1,7 +1,7 @@
 //! Tributary: change data and event streams into Delta Lake tables, exactly once.
 //!
 //! ```text
-//!  source/ (generator, file; postgres, kafka)      one task, bounded channel
+//!  source/ (postgres, generator, file; kafka)      one task, bounded channel
 //!     │  Arrow RecordBatch + shard + positions
 //!     ▼
 //!  runtime/  micro-batches by rows, bytes and latency

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
-pub use spec::{EmitMode, FileFormat, LatePolicy, OnIncompatible, TableMode};
 pub use postgres::{PostgresConfig, PostgresDsn, parse_dsn, qualify};
+pub use spec::{EmitMode, FileFormat, LatePolicy, OnIncompatible, TableMode};
 pub use values::{ByteSize, Secret, Span};
 
 use spec::{PipelineSpec, SourceSpec, WindowSpec};
@@ -283,7 +283,9 @@ impl Resolver<'_> {
             }
         };
 
-        let streams = source.streams().map(|s| s.into_iter().map(str::to_string).collect::<Vec<_>>());
+        let streams = source
+            .streams()
+            .map(|s| s.into_iter().map(str::to_string).collect::<Vec<_>>());
         let mut names: BTreeSet<String> = dead_letters.iter().cloned().collect();
         let mut tables = Vec::with_capacity(spec.tables.len());
         for (i, t) in spec.tables.into_iter().enumerate() {
@@ -406,7 +408,10 @@ impl Resolver<'_> {
         match streams {
             Some(streams) if !streams.iter().any(|s| s == from) => Err(self.err(
                 key,
-                format!("no stream \"{from}\" (the source produces: {})", streams.join(", ")),
+                format!(
+                    "no stream \"{from}\" (the source produces: {})",
+                    streams.join(", ")
+                ),
             )),
             _ => Ok(()),
         }
@@ -418,7 +423,10 @@ impl Resolver<'_> {
         // Slot names: what Postgres accepts (lower-case letters, digits, underscores).
         if p.slot.is_empty()
             || p.slot.len() > 63
-            || !p.slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || !p
+                .slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
             return Err(self.err(
                 "source.slot",

@@ -41,8 +41,12 @@ pub struct PostgresDsn {
 pub fn parse_dsn(text: &str) -> Result<PostgresDsn, String> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     let text = text.trim();
-    if let Some(rest) = text.strip_prefix("postgres://").or_else(|| text.strip_prefix("postgresql://")) {
-        let url = url::Url::parse(&format!("postgres://{rest}")).map_err(|e| format!("not a valid URL ({e})"))?;
+    if let Some(rest) = text
+        .strip_prefix("postgres://")
+        .or_else(|| text.strip_prefix("postgresql://"))
+    {
+        let url =
+            url::Url::parse(&format!("postgres://{rest}")).map_err(|e| format!("not a valid URL ({e})"))?;
         let decode = |s: &str| {
             percent_decode(s).ok_or_else(|| "a percent-escape in the URL is not valid UTF-8".to_string())
         };
@@ -79,14 +83,20 @@ pub fn parse_dsn(text: &str) -> Result<PostgresDsn, String> {
     for (k, v) in pairs {
         match k.as_str() {
             "host" | "hostaddr" => dsn.host = v,
-            "port" => dsn.port = v.parse().map_err(|_| format!("port \"{v}\" is not a port number"))?,
+            "port" => {
+                dsn.port = v
+                    .parse()
+                    .map_err(|_| format!("port \"{v}\" is not a port number"))?
+            }
             "user" => dsn.user = v,
             "password" => dsn.password = Some(Secret::new(v)),
             "dbname" => dsn.dbname = v,
             "application_name" => dsn.application_name = v,
             "options" => dsn.options = Some(v),
             "connect_timeout" => {
-                let secs: u64 = v.parse().map_err(|_| format!("connect_timeout \"{v}\" is not seconds"))?;
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("connect_timeout \"{v}\" is not seconds"))?;
                 dsn.connect_timeout = Duration::from_secs(secs.max(1));
             }
             "sslmode" => match v.as_str() {
@@ -187,7 +197,11 @@ fn parse_key_values(text: &str) -> Result<Vec<(String, String)>, String> {
 
 /// `schema.table` for a configured table name; an unqualified name is in `public`.
 pub fn qualify(table: &str) -> String {
-    if table.contains('.') { table.to_string() } else { format!("public.{table}") }
+    if table.contains('.') {
+        table.to_string()
+    } else {
+        format!("public.{table}")
+    }
 }
 
 #[cfg(test)]

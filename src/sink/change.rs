@@ -89,7 +89,10 @@ fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArr
 pub fn collapse(batch: &RecordBatch, key: &[String]) -> Result<Collapsed, ChangeError> {
     let ops = string_column(batch, OP)?;
     // Only what follows the last truncate matters, on top of an empty table.
-    if let Some(t) = (0..ops.len()).rev().find(|&i| ops.is_valid(i) && ops.value(i) == "t") {
+    if let Some(t) = (0..ops.len())
+        .rev()
+        .find(|&i| ops.is_valid(i) && ops.value(i) == "t")
+    {
         let rest = batch.slice(t + 1, batch.num_rows() - t - 1);
         let mut c = collapse(&rest, key)?;
         c.truncated = true;

@@ -318,7 +318,12 @@ impl DeltaSink {
 
     /// Appends `rows` (already in this table's shape) in one commit; `replace` drops
     /// every row the table held in the same commit.
-    async fn append(&self, rows: RecordBatch, props: CommitProperties, replace: bool) -> Result<DeltaTable, SinkError> {
+    async fn append(
+        &self,
+        rows: RecordBatch,
+        props: CommitProperties,
+        replace: bool,
+    ) -> Result<DeltaTable, SinkError> {
         let next = self.evolved(&rows.schema())?;
         let evolves = self.schema().is_some_and(|cur| schema::adds_columns(&cur, &next));
         let rows = schema::conform(&rows, &next).map_err(|e| self.delta_err()(e.into()))?;
@@ -326,7 +331,11 @@ impl DeltaSink {
             .table
             .clone()
             .write(vec![rows])
-            .with_save_mode(if replace { SaveMode::Overwrite } else { SaveMode::Append })
+            .with_save_mode(if replace {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            })
             .with_writer_properties(Self::writer_properties())
             .with_target_file_size(NonZeroU64::new(self.options.target_file_size))
             .with_commit_properties(props);

@@ -120,7 +120,7 @@ pub enum SourceError {
     Postgres {
         context: String,
         #[source]
-        source: postgres::PgError,
+        source: Box<postgres::PgError>,
     },
     /// The source is set up in a way it cannot work with (a missing publication, a
     /// table without a key).
@@ -187,9 +187,13 @@ pub async fn open(
 ) -> Result<Box<dyn Source>, SourceError> {
     Ok(match config {
         SourceConfig::Generator(g) => Box::new(generator::Generator::open(g, &resume.min, mode, chunk_rows)),
-        SourceConfig::File(f) => {
-            Box::new(file::FileSource::open(f, &resume.min, mode, chunk_rows, dead_letters)?)
-        }
+        SourceConfig::File(f) => Box::new(file::FileSource::open(
+            f,
+            &resume.min,
+            mode,
+            chunk_rows,
+            dead_letters,
+        )?),
         SourceConfig::Postgres(p) => {
             Box::new(postgres::PostgresSource::open(p, resume, mode, chunk_rows, dead_letters).await?)
         }

@@ -35,14 +35,17 @@ impl Db {
 
     /// The DSN of this database.
     pub fn dsn(&self) -> String {
-        format!("{} dbname={}", self.base.replace("dbname=postgres", ""), self.name)
+        format!(
+            "{} dbname={}",
+            self.base.replace("dbname=postgres", ""),
+            self.name
+        )
     }
 
     /// Runs `sql`; returns each result row as its columns joined by `|`.
     pub fn sql(&self, sql: &str) -> Vec<String> {
         psql_at(&self.dsn(), sql)
     }
-
 
     /// A slot name for this test, dropped at the end.
     pub fn slot(&mut self) -> String {
@@ -61,16 +64,33 @@ impl Drop for Db {
         for s in &self.slots {
             let _ = try_psql(
                 &self.base,
-                &format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{s}'"),
+                &format!(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{s}'"
+                ),
             );
         }
-        let _ = try_psql(&self.base, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        let _ = try_psql(
+            &self.base,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 
 fn try_psql(dsn: &str, sql: &str) -> Result<Vec<String>, String> {
     let out = Command::new(Db::bin("psql"))
-        .args(["-X", "-q", "-At", "-F", "|", "-v", "ON_ERROR_STOP=1", "-c", "SET intervalstyle = iso_8601", "-c", sql])
+        .args([
+            "-X",
+            "-q",
+            "-At",
+            "-F",
+            "|",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "SET intervalstyle = iso_8601",
+            "-c",
+            sql,
+        ])
         .arg(dsn)
         .stdin(Stdio::null())
         .output()
@@ -90,7 +110,11 @@ fn psql_at(dsn: &str, sql: &str) -> Vec<String> {
 
 /// A pipeline file reading `tables` of `db` through `slot`, with `extra` appended.
 pub fn pipeline(dir: &Path, db: &Db, slot: &str, tables: &[&str], extra: &str) -> PathBuf {
-    let list = tables.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+    let list = tables
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let text = format!(
         "name = \"{slot}\"\n\
          [source]\nkind = \"postgres\"\ndsn = \"{}\"\npublication = \"pub_{slot}\"\nslot = \"{slot}\"\ntables = [{list}]\n\

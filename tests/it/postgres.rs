@@ -73,7 +73,12 @@ fn duck_view(table: &str) -> String {
 fn every_type_round_trips_through_snapshot_and_stream() {
     let mut db = Db::create("types");
     db.sql(TYPES_DDL);
-    db.sql(&TYPES_ROWS.replace("{0}", "1").replace("{1}", "2").replace("{2}", "3"));
+    db.sql(
+        &TYPES_ROWS
+            .replace("{0}", "1")
+            .replace("{1}", "2")
+            .replace("{2}", "3"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let slot = db.slot();
     let p = pipeline(
@@ -85,7 +90,12 @@ fn every_type_round_trips_through_snapshot_and_stream() {
     );
     run_once(dir.path(), &p);
     // Streamed rows take the other path (pgoutput text instead of COPY).
-    db.sql(&TYPES_ROWS.replace("{0}", "11").replace("{1}", "12").replace("{2}", "13"));
+    db.sql(
+        &TYPES_ROWS
+            .replace("{0}", "11")
+            .replace("{1}", "12")
+            .replace("{2}", "13"),
+    );
     db.sql("UPDATE every_type SET c_text = 'changed', c_ints = '{7}' WHERE id = 1");
     run_once(dir.path(), &p);
 
@@ -101,7 +111,10 @@ fn every_type_round_trips_through_snapshot_and_stream() {
         "SELECT typeof(c_num), typeof(c_tstz), typeof(c_ints), typeof(c_bytea) FROM {} LIMIT 1",
         lake(dir.path(), "types")
     ));
-    assert_eq!(types, vec!["DECIMAL(12,3)|TIMESTAMP WITH TIME ZONE|INTEGER[]|BLOB"]);
+    assert_eq!(
+        types,
+        vec!["DECIMAL(12,3)|TIMESTAMP WITH TIME ZONE|INTEGER[]|BLOB"]
+    );
 }
 
 #[test]
@@ -122,15 +135,25 @@ fn unconvertible_values_go_to_dead_letters_as_null() {
     db.sql("INSERT INTO t VALUES (1, 1.25), (2, 'NaN'), (3, 3.5)");
     run_once(dir.path(), &p);
     assert_eq!(
-        duck_lines(&format!("SELECT id, amount FROM {} ORDER BY id", lake(dir.path(), "t"))),
-        vec!["1|1.25", "2|", "3|3.50"].into_iter().map(String::from).collect::<Vec<_>>()
+        duck_lines(&format!(
+            "SELECT id, amount FROM {} ORDER BY id",
+            lake(dir.path(), "t")
+        )),
+        vec!["1|1.25", "2|", "3|3.50"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
     );
     let dl = duck_lines(&format!(
         "SELECT error_kind, message, \"table\", decode(payload) FROM {}",
         lake(dir.path(), "dead_letters")
     ));
     assert_eq!(dl.len(), 1, "{dl:?}");
-    assert!(dl[0].starts_with("decode|column amount: \"NaN\" is not a numeric(6,2)"), "{}", dl[0]);
+    assert!(
+        dl[0].starts_with("decode|column amount: \"NaN\" is not a numeric(6,2)"),
+        "{}",
+        dl[0]
+    );
     assert!(dl[0].ends_with("|public.t|NaN"), "{}", dl[0]);
 }
 
@@ -175,7 +198,9 @@ fn toast_alter_and_truncate_mid_stream() {
     // Columns added, narrowed (stored widened, as the table has them) and dropped
     // while streaming, one change per transaction and two within one.
     db.sql("ALTER TABLE doc ADD COLUMN tag text; UPDATE doc SET tag = 't' || id WHERE id = 2;");
-    db.sql("ALTER TABLE doc ALTER COLUMN n TYPE int; INSERT INTO doc VALUES (4, 2000000000, 'four', 'b4', 'x');");
+    db.sql(
+        "ALTER TABLE doc ALTER COLUMN n TYPE int; INSERT INTO doc VALUES (4, 2000000000, 'four', 'b4', 'x');",
+    );
     db.sql(
         "BEGIN; INSERT INTO doc (id, n, body) VALUES (6, 6, 'b6'); ALTER TABLE doc DROP COLUMN note; \
          INSERT INTO doc (id, n, body) VALUES (5, 5, 'b5'); COMMIT;",
@@ -204,12 +229,17 @@ fn toast_alter_and_truncate_mid_stream() {
         vec!["9|9|b9"]
     );
     assert_eq!(
-        duck_lines(&format!("SELECT count(*) FROM {} WHERE _op = 't'", lake(dir.path(), "doc_log"))),
+        duck_lines(&format!(
+            "SELECT count(*) FROM {} WHERE _op = 't'",
+            lake(dir.path(), "doc_log")
+        )),
         vec!["1"]
     );
 
     // A change the table cannot take stops the run with the column named.
-    db.sql("ALTER TABLE doc ALTER COLUMN n TYPE text; INSERT INTO doc (id, n, body) VALUES (10, 'ten', 'b10');");
+    db.sql(
+        "ALTER TABLE doc ALTER COLUMN n TYPE text; INSERT INTO doc (id, n, body) VALUES (10, 'ten', 'b10');",
+    );
     let out = tributary(dir.path(), &["run", p.to_str().unwrap(), "--once"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -243,7 +273,10 @@ fn an_interrupted_snapshot_is_taken_again_without_duplicates() {
         .unwrap();
     assert!(!out.status.success(), "the failpoint stops the run");
     let partial = duck_i64(&format!("SELECT count(*) FROM {}", lake(dir.path(), "big_log")));
-    assert!(partial > 0 && partial < 20000, "a partial snapshot was committed: {partial}");
+    assert!(
+        partial > 0 && partial < 20000,
+        "a partial snapshot was committed: {partial}"
+    );
     // The database moves on before the restart: the new snapshot sees it.
     db.sql("DELETE FROM big WHERE id <= 100; UPDATE big SET v = -v WHERE id % 10 = 0; INSERT INTO big VALUES (30000, 1);");
     let summary = run_once(dir.path(), &p);
@@ -282,12 +315,18 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let dir = tempfile::tempdir().unwrap();
     let slot = db.slot();
-    let tables = ["pgbench_accounts", "pgbench_tellers", "pgbench_branches", "pgbench_history"];
+    let tables = [
+        "pgbench_accounts",
+        "pgbench_tellers",
+        "pgbench_branches",
+        "pgbench_history",
+    ];
     let mut spec = String::new();
     for t in &tables[..3] {
         spec += &format!("[[tables]]\nname = \"{t}\"\nfrom = \"public.{t}\"\nmode = \"mirror\"\n");
     }
-    spec += "[[tables]]\nname = \"pgbench_history\"\nfrom = \"public.pgbench_history\"\nmode = \"changelog\"\n";
+    spec +=
+        "[[tables]]\nname = \"pgbench_history\"\nfrom = \"public.pgbench_history\"\nmode = \"changelog\"\n";
     let p = pipeline(dir.path(), &db, &slot, &tables, &spec);
 
     let spawn = || {
@@ -326,7 +365,10 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
         if load.is_finished() {
             break;
         }
-        assert!(pipeline_run.try_wait().unwrap().is_none(), "the pipeline died by itself");
+        assert!(
+            pipeline_run.try_wait().unwrap().is_none(),
+            "the pipeline died by itself"
+        );
         pipeline_run.kill().unwrap();
         pipeline_run.wait().unwrap();
         kills += 1;
@@ -336,7 +378,11 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
     pipeline_run.kill().unwrap();
     pipeline_run.wait().unwrap();
     let bench = load.join().unwrap();
-    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
     assert!(kills >= 5, "only {kills} kills during the load");
     run_once(dir.path(), &p);
 
@@ -346,7 +392,7 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
         ("pgbench_branches", "bid", "bbalance"),
     ] {
         let row = if table == "pgbench_accounts" {
-            format!("aid || ':' || bid || ':' || abalance || ':' || rtrim(filler)")
+            "aid || ':' || bid || ':' || abalance || ':' || rtrim(filler)".to_string()
         } else {
             format!("{key} || ':' || {balance}")
         };
@@ -355,7 +401,10 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
         };
         let truth = db.sql(&q(table));
         let delta = duck_lines(&q(&lake(dir.path(), table)));
-        assert_eq!(delta, truth, "{table}: Delta (left) vs Postgres (right) after {kills} kills");
+        assert_eq!(
+            delta, truth,
+            "{table}: Delta (left) vs Postgres (right) after {kills} kills"
+        );
     }
     let history = |mtime: &str, from: &str| {
         format!(
@@ -363,7 +412,10 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
              (SELECT tid || ':' || bid || ':' || aid || ':' || delta || ':' || {mtime} AS r FROM {from}) AS rows"
         )
     };
-    let truth = db.sql(&history("(extract(epoch from mtime) * 1000000)::bigint", "pgbench_history AS h"));
+    let truth = db.sql(&history(
+        "(extract(epoch from mtime) * 1000000)::bigint",
+        "pgbench_history AS h",
+    ));
     let delta = duck_lines(&history(
         "epoch_us(mtime)",
         // Rows inserted before the (repeated) snapshot arrive as snapshot reads.
@@ -397,7 +449,10 @@ fn slow_commits_do_not_trip_wal_sender_timeout() {
             &format!("dsn = \"{}\"", db.dsn()),
             &format!("dsn = \"{} options='-c wal_sender_timeout=2s'\"", db.dsn()),
         )
-        .replace("slot = ", "snapshot = false\nstatus_interval = \"500ms\"\nslot = ");
+        .replace(
+            "slot = ",
+            "snapshot = false\nstatus_interval = \"500ms\"\nslot = ",
+        );
     std::fs::write(&p, text).unwrap();
     run_once(dir.path(), &p);
     let mut run = std::process::Command::new(bin())
@@ -453,7 +508,8 @@ fn keyless_mirrors_and_lost_slots_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("table m: a mirror needs a key, and public.nokey has no primary key") && err.contains("REPLICA IDENTITY"),
+        err.contains("table m: a mirror needs a key, and public.nokey has no primary key")
+            && err.contains("REPLICA IDENTITY"),
         "{err}"
     );
 
@@ -464,7 +520,10 @@ fn keyless_mirrors_and_lost_slots_are_clear_errors() {
     db.sql("INSERT INTO nokey VALUES (2, 'y')");
     run_once(dir.path(), &p);
     assert_eq!(
-        duck_lines(&format!("SELECT _op, a, b FROM {} ORDER BY _op, a", lake(dir.path(), "log"))),
+        duck_lines(&format!(
+            "SELECT _op, a, b FROM {} ORDER BY _op, a",
+            lake(dir.path(), "log")
+        )),
         vec!["c|2|y", "r|1|x", "r|1|x"]
     );
 
@@ -474,7 +533,9 @@ fn keyless_mirrors_and_lost_slots_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains(&format!("replication slot \"{slot}\" does not exist, but the tables hold changes up to LSN")),
+        err.contains(&format!(
+            "replication slot \"{slot}\" does not exist, but the tables hold changes up to LSN"
+        )),
         "{err}"
     );
 }

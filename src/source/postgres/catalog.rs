@@ -34,7 +34,10 @@ pub struct SlotInfo {
 
 fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
     let context = context.into();
-    move |source| SourceError::Postgres { context, source }
+    move |source| SourceError::Postgres {
+        context,
+        source: Box::new(source),
+    }
 }
 
 /// `"schema"."table"` for a `schema.table` stream name.
@@ -46,11 +49,18 @@ pub fn quote_table(stream: &str) -> String {
 }
 
 fn literal_list(items: &[String]) -> String {
-    items.iter().map(|s| quote_literal(s)).collect::<Vec<_>>().join(",")
+    items
+        .iter()
+        .map(|s| quote_literal(s))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub async fn server_version(conn: &mut Conn) -> Result<u32, SourceError> {
-    let rows = conn.query("SHOW server_version_num").await.map_err(pg("reading the server version"))?;
+    let rows = conn
+        .query("SHOW server_version_num")
+        .await
+        .map_err(pg("reading the server version"))?;
     Ok(rows
         .first()
         .and_then(|r| r.first().cloned().flatten())
@@ -67,7 +77,10 @@ pub async fn ensure_publication(
     tables: Option<&[String]>,
 ) -> Result<Vec<String>, SourceError> {
     let exists = !conn
-        .query(&format!("SELECT 1 FROM pg_publication WHERE pubname = {}", quote_literal(publication)))
+        .query(&format!(
+            "SELECT 1 FROM pg_publication WHERE pubname = {}",
+            quote_literal(publication)
+        ))
         .await
         .map_err(pg("looking up the publication"))?
         .is_empty();
@@ -155,7 +168,11 @@ pub async fn create_slot(conn: &mut Conn, slot: &str) -> Result<u64, SourceError
 }
 
 /// Layout, key and row filter of each stream.
-pub async fn tables(conn: &mut Conn, publication: &str, streams: &[String]) -> Result<Vec<TableInfo>, SourceError> {
+pub async fn tables(
+    conn: &mut Conn,
+    publication: &str,
+    streams: &[String],
+) -> Result<Vec<TableInfo>, SourceError> {
     let sql = format!(
         "SELECT pt.schemaname || '.' || pt.tablename, c.oid::text, c.relreplident::text, pt.rowfilter, \
            (SELECT json_agg(json_build_array(a.attname, a.atttypid::int8, a.atttypmod) ORDER BY a.attnum)::text \
@@ -180,8 +197,9 @@ pub async fn tables(conn: &mut Conn, publication: &str, streams: &[String]) -> R
         let stream = r[0].take().unwrap_or_default();
         let parse = |j: Option<&str>, what: &str| -> Result<serde_json::Value, SourceError> {
             j.map_or(Ok(serde_json::Value::Array(Vec::new())), |j| {
-                serde_json::from_str(j)
-                    .map_err(|e| SourceError::Setup(format!("{stream}: unexpected {what} from the catalog: {e}")))
+                serde_json::from_str(j).map_err(|e| {
+                    SourceError::Setup(format!("{stream}: unexpected {what} from the catalog: {e}"))
+                })
             })
         };
         let columns: Vec<(String, u32, i32)> = serde_json::from_value(parse(r[4].as_deref(), "columns")?)
@@ -189,7 +207,9 @@ pub async fn tables(conn: &mut Conn, publication: &str, streams: &[String]) -> R
         let key: Vec<String> = serde_json::from_value(parse(r[5].as_deref(), "key")?)
             .map_err(|e| SourceError::Setup(format!("{stream}: unexpected key from the catalog: {e}")))?;
         if columns.is_empty() {
-            return Err(SourceError::Setup(format!("{stream}: the publication publishes no columns of it")));
+            return Err(SourceError::Setup(format!(
+                "{stream}: the publication publishes no columns of it"
+            )));
         }
         out.push(TableInfo {
             oid: r[1].as_deref().and_then(|o| o.parse().ok()).unwrap_or(0),

@@ -100,8 +100,11 @@ impl TableBuffer {
             op: StringBuilder::new(),
             position: Int64Builder::new(),
             commit_ts: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
-            unchanged: ListBuilder::new(StringBuilder::new())
-                .with_field(Arc::new(Field::new("element", DataType::Utf8, true))),
+            unchanged: ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
+                "element",
+                DataType::Utf8,
+                true,
+            ))),
             rows: 0,
             parts: Vec::new(),
             part_rows: 0,
@@ -182,7 +185,12 @@ impl TableBuffer {
     }
 
     /// Appends a snapshot row (`_op = 'r'`) from one `COPY` text line.
-    pub fn push_copy_line(&mut self, position: i64, line: &[u8], bad: &mut Vec<BadValue>) -> Result<(), String> {
+    pub fn push_copy_line(
+        &mut self,
+        position: i64,
+        line: &[u8],
+        bad: &mut Vec<BadValue>,
+    ) -> Result<(), String> {
         self.meta("r", position, None);
         self.unchanged.append_null();
         self.bytes += line.len();
@@ -190,7 +198,10 @@ impl TableBuffer {
         let layout = &self.layout;
         let n = copy_fields(line, &mut self.scratch, |i, v| {
             let Some(b) = builders.get_mut(i) else {
-                return Err(format!("COPY sent more than the {} columns expected", layout.names.len()));
+                return Err(format!(
+                    "COPY sent more than the {} columns expected",
+                    layout.names.len()
+                ));
             };
             match v {
                 None => b.append_null(),
@@ -217,7 +228,10 @@ impl TableBuffer {
     fn finish_part(&mut self) -> Result<RecordBatch, String> {
         let n = self.rows;
         self.rows = 0;
-        let source: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(&*self.layout.stream, n)));
+        let source: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            &*self.layout.stream,
+            n,
+        )));
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.op.finish()),
             Arc::new(self.position.finish()),
@@ -245,7 +259,9 @@ impl TableBuffer {
         }
         self.bytes = 0;
         let batch = if parts.len() == 1 {
-            parts.pop().unwrap_or_else(|| RecordBatch::new_empty(self.layout.schema.clone()))
+            parts
+                .pop()
+                .unwrap_or_else(|| RecordBatch::new_empty(self.layout.schema.clone()))
         } else {
             let mut union = parts[0].schema();
             for p in &parts[1..] {

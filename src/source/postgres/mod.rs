@@ -95,17 +95,33 @@ impl BadValues {
 
 /// A position as users know it: an LSN, or a snapshot chunk.
 pub fn format_position(p: i64) -> String {
-    if p < SNAPSHOT_SPACE { format!("snapshot chunk {p}") } else { format!("LSN {}", format_lsn(p as u64)) }
+    if p < SNAPSHOT_SPACE {
+        format!("snapshot chunk {p}")
+    } else {
+        format!("LSN {}", format_lsn(p as u64))
+    }
 }
 
 /// A control marker for every stream of `shard`.
 pub(crate) fn marker(shard: &Arc<str>, next: i64, control: Control) -> SourceBatch {
-    shaped_marker(shard, Arc::from(""), SchemaRef::new(Schema::empty()), next, control)
+    shaped_marker(
+        shard,
+        Arc::from(""),
+        SchemaRef::new(Schema::empty()),
+        next,
+        control,
+    )
 }
 
 /// A control marker that also carries the layout of `stream`, so that a table that
 /// does not exist yet is created by it (and holds progress from then on).
-fn shaped_marker(shard: &Arc<str>, stream: Arc<str>, schema: SchemaRef, next: i64, control: Control) -> SourceBatch {
+fn shaped_marker(
+    shard: &Arc<str>,
+    stream: Arc<str>,
+    schema: SchemaRef,
+    next: i64,
+    control: Control,
+) -> SourceBatch {
     SourceBatch {
         stream,
         shard: shard.clone(),
@@ -128,7 +144,11 @@ pub(crate) struct Describe {
 
 impl Describe {
     /// The layout of `stream` with `columns` (name, type, modifier, key).
-    async fn layout(&mut self, stream: &str, columns: Vec<(String, u32, i32, bool)>) -> Result<Arc<Layout>, SourceError> {
+    async fn layout(
+        &mut self,
+        stream: &str,
+        columns: Vec<(String, u32, i32, bool)>,
+    ) -> Result<Arc<Layout>, SourceError> {
         let mut unknown: Vec<u32> = columns
             .iter()
             .map(|c| c.1)
@@ -198,13 +218,18 @@ pub struct PostgresSource {
 
 impl std::fmt::Debug for PostgresSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresSource").field("slot", &self.shard).finish()
+        f.debug_struct("PostgresSource")
+            .field("slot", &self.shard)
+            .finish()
     }
 }
 
 fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
     let context = context.into();
-    move |source| SourceError::Postgres { context, source }
+    move |source| SourceError::Postgres {
+        context,
+        source: Box::new(source),
+    }
 }
 
 impl PostgresSource {
@@ -215,7 +240,9 @@ impl PostgresSource {
         chunk_rows: usize,
         dead_letters: bool,
     ) -> Result<PostgresSource, SourceError> {
-        let mut sql = wire::Conn::connect(&cfg.dsn, false).await.map_err(pg("connecting"))?;
+        let mut sql = wire::Conn::connect(&cfg.dsn, false)
+            .await
+            .map_err(pg("connecting"))?;
         let version = catalog::server_version(&mut sql).await?;
         if version < 150_000 {
             return Err(SourceError::Setup(format!(
@@ -232,7 +259,12 @@ impl PostgresSource {
         let furthest = held.iter().flatten().copied().max();
         let streaming = furthest.is_some_and(|p| p >= SNAPSHOT_SPACE);
         // Where the stream starts: the least progress among tables already streaming.
-        let stream_start = held.iter().flatten().copied().filter(|p| *p >= SNAPSHOT_SPACE).min();
+        let stream_start = held
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|p| *p >= SNAPSHOT_SPACE)
+            .min();
 
         match catalog::slot(&mut sql, &cfg.slot).await? {
             None if streaming => {
@@ -322,7 +354,9 @@ impl PostgresSource {
             // Rows of an interrupted attempt are void: the tables drop them first (and
             // every table exists, with progress, from here on).
             source.ready.extend(source.markers(start + 1, Control::Reset));
-            Phase::Snapshot(Box::new(Snapshot::begin(&cfg.dsn, tables, start + 1, shard).await?))
+            Phase::Snapshot(Box::new(
+                Snapshot::begin(&cfg.dsn, tables, start + 1, shard).await?,
+            ))
         } else {
             let start = match stream_start {
                 Some(s) => s as u64,
@@ -362,7 +396,13 @@ impl PostgresSource {
             .await
             .map_err(pg(format!("starting replication from slot {}", self.cfg.slot)))?;
         tracing::info!(slot = %self.cfg.slot, from = %format_lsn(start), "streaming changes");
-        Ok(Stream::new(reader, writer, self.shard.clone(), start, self.cfg.status_interval))
+        Ok(Stream::new(
+            reader,
+            writer,
+            self.shard.clone(),
+            start,
+            self.cfg.status_interval,
+        ))
     }
 
     async fn report_lag(&mut self) {
@@ -461,7 +501,13 @@ impl PostgresSource {
         };
         let max_bytes = self.chunk_rows.saturating_mul(1024).max(1 << 20);
         let step = stream
-            .step(self.chunk_rows, max_bytes, self.end, &mut self.bad, &mut self.describe)
+            .step(
+                self.chunk_rows,
+                max_bytes,
+                self.end,
+                &mut self.bad,
+                &mut self.describe,
+            )
             .await?;
         match step {
             Step::Idle => return Ok(Polled::Idle),

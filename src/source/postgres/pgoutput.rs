@@ -21,7 +21,12 @@ pub struct DecodeError {
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pgoutput message '{}': {}", self.tag.escape_ascii(), self.reason)
+        write!(
+            f,
+            "pgoutput message '{}': {}",
+            self.tag.escape_ascii(),
+            self.reason
+        )
     }
 }
 
@@ -82,10 +87,17 @@ impl<'a> Tuple<'a> {
             rest = tail;
             match kind {
                 b't' | b'b' => {
-                    let len = rest.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])) as usize;
+                    let len = rest
+                        .get(..4)
+                        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                        as usize;
                     let value = rest.get(4..4 + len).unwrap_or(&[]);
                     rest = rest.get(4 + len..).unwrap_or(&[]);
-                    if kind == b't' { Value::Text(value) } else { Value::Binary(value) }
+                    if kind == b't' {
+                        Value::Text(value)
+                    } else {
+                        Value::Binary(value)
+                    }
                 }
                 b'u' => Value::Unchanged,
                 _ => Value::Null,
@@ -198,7 +210,8 @@ impl<'a> Reader<'a> {
             .iter()
             .position(|&b| b == 0)
             .ok_or_else(|| self.err(format!("{what} is not NUL-terminated")))?;
-        let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| self.err(format!("{what} is not UTF-8")))?;
+        let s =
+            std::str::from_utf8(&self.buf[..end]).map_err(|_| self.err(format!("{what} is not UTF-8")))?;
         self.buf = &self.buf[end + 1..];
         Ok(s)
     }
@@ -215,7 +228,10 @@ impl<'a> Reader<'a> {
                     self.take(len, "a value")?;
                 }
                 other => {
-                    return Err(self.err(format!("column {i}: unknown value kind '{}'", other.escape_ascii())));
+                    return Err(self.err(format!(
+                        "column {i}: unknown value kind '{}'",
+                        other.escape_ascii()
+                    )));
                 }
             }
         }
@@ -229,7 +245,10 @@ impl<'a> Reader<'a> {
     fn expect_new(&mut self) -> Result<Tuple<'a>, DecodeError> {
         match self.u8("the new tuple")? {
             b'N' => self.tuple(),
-            other => Err(self.err(format!("expected a new tuple ('N'), found '{}'", other.escape_ascii()))),
+            other => Err(self.err(format!(
+                "expected a new tuple ('N'), found '{}'",
+                other.escape_ascii()
+            ))),
         }
     }
 

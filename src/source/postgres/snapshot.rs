@@ -37,7 +37,10 @@ pub(super) struct Snapshot {
 
 fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
     let context = context.into();
-    move |source| SourceError::Postgres { context, source }
+    move |source| SourceError::Postgres {
+        context,
+        source: Box::new(source),
+    }
 }
 
 impl Snapshot {
@@ -49,7 +52,9 @@ impl Snapshot {
         start: i64,
         shard: Arc<str>,
     ) -> Result<Snapshot, SourceError> {
-        let mut exporter = Conn::connect(dsn, true).await.map_err(pg("opening the snapshot session"))?;
+        let mut exporter = Conn::connect(dsn, true)
+            .await
+            .map_err(pg("opening the snapshot session"))?;
         let name = format!("tributary_snapshot_{}", std::process::id());
         let rows = exporter
             .query(&format!(
@@ -64,13 +69,17 @@ impl Snapshot {
             .cloned()
             .flatten()
             .and_then(|l| parse_lsn(&l))
-            .ok_or_else(|| SourceError::Setup("CREATE_REPLICATION_SLOT returned no consistent point".into()))?;
+            .ok_or_else(|| {
+                SourceError::Setup("CREATE_REPLICATION_SLOT returned no consistent point".into())
+            })?;
         let snapshot = row
             .get(2)
             .cloned()
             .flatten()
             .ok_or_else(|| SourceError::Setup("CREATE_REPLICATION_SLOT exported no snapshot".into()))?;
-        let mut copier = Conn::connect(dsn, false).await.map_err(pg("opening the snapshot copy session"))?;
+        let mut copier = Conn::connect(dsn, false)
+            .await
+            .map_err(pg("opening the snapshot copy session"))?;
         copier
             .query(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
@@ -102,14 +111,22 @@ impl Snapshot {
 
     /// The next chunk, or `None` when the copy is complete (the caller then hands
     /// over the end-of-snapshot markers).
-    pub async fn next(&mut self, chunk_rows: usize, bad: &mut BadValues) -> Result<Option<SourceBatch>, SourceError> {
+    pub async fn next(
+        &mut self,
+        chunk_rows: usize,
+        bad: &mut BadValues,
+    ) -> Result<Option<SourceBatch>, SourceError> {
         loop {
             if self.current.is_none() {
                 let Some((info, layout)) = self.tables.pop_front() else {
                     return Ok(None);
                 };
                 let columns: Vec<String> = info.columns.iter().map(|(n, _, _)| quote_ident(n)).collect();
-                let filter = info.row_filter.as_ref().map(|f| format!(" WHERE {f}")).unwrap_or_default();
+                let filter = info
+                    .row_filter
+                    .as_ref()
+                    .map(|f| format!(" WHERE {f}"))
+                    .unwrap_or_default();
                 let sql = format!(
                     "COPY (SELECT {} FROM ONLY {}{filter}) TO STDOUT",
                     columns.join(", "),
@@ -126,7 +143,10 @@ impl Snapshot {
                     .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
-                self.copier.copy_out(&sql).await.map_err(pg(format!("copying {}", info.stream)))?;
+                self.copier
+                    .copy_out(&sql)
+                    .await
+                    .map_err(pg(format!("copying {}", info.stream)))?;
                 let bar = ProgressBar::new(estimate);
                 bar.set_style(
                     ProgressStyle::with_template("{msg} {bar:30} {pos}/~{len} rows {per_sec} {elapsed}")
@@ -141,7 +161,12 @@ impl Snapshot {
             let position = self.next;
             let mut done = false;
             while buffer.len() < chunk_rows {
-                match self.copier.copy_row().await.map_err(pg(format!("copying {stream}")))? {
+                match self
+                    .copier
+                    .copy_row()
+                    .await
+                    .map_err(pg(format!("copying {stream}")))?
+                {
                     Some(line) => buffer
                         .push_copy_line(position, &line, &mut bad.values)
                         .map_err(|e| SourceError::Setup(format!("snapshot of {stream}: {e}")))?,
@@ -171,7 +196,9 @@ impl Snapshot {
                     self.current = None;
                 }
                 if self.next >= SNAPSHOT_SPACE {
-                    return Err(SourceError::Setup("the snapshot has more chunks than positions allow".into()));
+                    return Err(SourceError::Setup(
+                        "the snapshot has more chunks than positions allow".into(),
+                    ));
                 }
                 return Ok(Some(batch));
             }

@@ -40,7 +40,11 @@ pub(super) struct Feedback {
 /// Sends standby status updates every `interval` and whenever woken, independently of
 /// how fast the rest of the pipeline consumes: a slow Delta commit never lets
 /// `wal_sender_timeout` fire.
-pub(super) fn spawn_status(mut writer: StatusWriter, feedback: Arc<Feedback>, interval: Duration) -> JoinHandle<()> {
+pub(super) fn spawn_status(
+    mut writer: StatusWriter,
+    feedback: Arc<Feedback>,
+    interval: Duration,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -164,11 +168,13 @@ impl Stream {
                 }
                 Ok(r) => r.map_err(|source| SourceError::Postgres {
                     context: "reading the replication stream".into(),
-                    source,
+                    source: Box::new(source),
                 })?,
             };
             let Some(msg) = msg else {
-                return Err(SourceError::Setup("the server ended the replication stream".into()));
+                return Err(SourceError::Setup(
+                    "the server ended the replication stream".into(),
+                ));
             };
             match msg {
                 Replication::Keepalive { wal_end, reply } => {
@@ -181,7 +187,11 @@ impl Stream {
                     }
                     // Nothing is in flight: every transaction committed before
                     // `wal_end` has been received.
-                    let mut out = if self.rows > 0 { self.flush(bad)? } else { Vec::new() };
+                    let mut out = if self.rows > 0 {
+                        self.flush(bad)?
+                    } else {
+                        Vec::new()
+                    };
                     let wal_end = wal_end as i64;
                     if end.is_some_and(|e| wal_end >= e as i64) {
                         return Ok(Step::End(out));
@@ -238,7 +248,10 @@ impl Stream {
                             let new = describe.relation(&stream, cols).await?;
                             let mut early = Vec::new();
                             if let Some(new) = &new {
-                                let changed = self.buffers.get(&new.stream).is_some_and(|b| !b.layout.same_as(new));
+                                let changed = self
+                                    .buffers
+                                    .get(&new.stream)
+                                    .is_some_and(|b| !b.layout.same_as(new));
                                 if changed && self.open_rows == 0 && self.rows > 0 {
                                     // Rows of finished transactions go out in the old
                                     // layout, so that each chunk has one layout and the
@@ -252,7 +265,8 @@ impl Stream {
                                     }
                                     Some(_) => {}
                                     None => {
-                                        self.buffers.insert(new.stream.clone(), TableBuffer::new(new.clone()));
+                                        self.buffers
+                                            .insert(new.stream.clone(), TableBuffer::new(new.clone()));
                                     }
                                 }
                             }
@@ -307,7 +321,13 @@ impl Stream {
         self.first_buffered.get_or_insert_with(Instant::now);
     }
 
-    fn change(&mut self, oid: u32, op: &str, tuple: &Tuple<'_>, bad: &mut BadValues) -> Result<(), SourceError> {
+    fn change(
+        &mut self,
+        oid: u32,
+        op: &str,
+        tuple: &Tuple<'_>,
+        bad: &mut BadValues,
+    ) -> Result<(), SourceError> {
         let Some(layout) = self.layout_of(oid)? else {
             return Ok(());
         };

@@ -107,10 +107,18 @@ impl PgType {
                 let e = Self::resolve_depth(row.element, typmod, lookup, depth + 1);
                 // Arrays of arrays do not exist in Postgres; an array of a domain over
                 // an array type is stored as text.
-                if matches!(e, PgType::Array(_)) { PgType::Text } else { PgType::Array(Box::new(e)) }
+                if matches!(e, PgType::Array(_)) {
+                    PgType::Text
+                } else {
+                    PgType::Array(Box::new(e))
+                }
             }
             Some(row) if row.kind == b'd' && row.base != 0 => {
-                let m = if row.base_modifier >= 0 { row.base_modifier } else { typmod };
+                let m = if row.base_modifier >= 0 {
+                    row.base_modifier
+                } else {
+                    typmod
+                };
                 Self::resolve_depth(row.base, m, lookup, depth + 1)
             }
             _ => PgType::Text,
@@ -582,9 +590,16 @@ pub fn copy_fields(
                     b't' => scratch.push(b'\t'),
                     b'v' => scratch.push(11),
                     b'x' => {
-                        let hex: Vec<u8> = raw[i..].iter().take(2).take_while(|c| c.is_ascii_hexdigit()).copied().collect();
+                        let hex: Vec<u8> = raw[i..]
+                            .iter()
+                            .take(2)
+                            .take_while(|c| c.is_ascii_hexdigit())
+                            .copied()
+                            .collect();
                         i += hex.len();
-                        let v = std::str::from_utf8(&hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                        let v = std::str::from_utf8(&hex)
+                            .ok()
+                            .and_then(|h| u8::from_str_radix(h, 16).ok());
                         scratch.push(v.unwrap_or(b'x'));
                     }
                     b'0'..=b'7' => {

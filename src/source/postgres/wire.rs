@@ -138,7 +138,10 @@ impl Conn {
     }
 
     async fn flush(&mut self) -> Result<(), PgError> {
-        self.writer.write_all(&self.out).await.map_err(PgError::io("writing"))?;
+        self.writer
+            .write_all(&self.out)
+            .await
+            .map_err(PgError::io("writing"))?;
         self.out.clear();
         Ok(())
     }
@@ -146,7 +149,9 @@ impl Conn {
     /// Reads until one whole message is buffered; returns its tag.
     async fn fill(&mut self) -> Result<u8, PgError> {
         loop {
-            if let Some(h) = backend::Header::parse(&self.buf).map_err(|e| PgError::Protocol(e.to_string()))? {
+            if let Some(h) =
+                backend::Header::parse(&self.buf).map_err(|e| PgError::Protocol(e.to_string()))?
+            {
                 let total = h.len() as usize + 1;
                 if total > MAX_MESSAGE {
                     return Err(PgError::Protocol(format!("message of {total} bytes")));
@@ -156,7 +161,11 @@ impl Conn {
                 }
                 self.buf.reserve(total - self.buf.len());
             }
-            let n = self.reader.read_buf(&mut self.buf).await.map_err(PgError::io("reading"))?;
+            let n = self
+                .reader
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(PgError::io("reading"))?;
             if n == 0 {
                 return Err(PgError::Io {
                     context: "reading",
@@ -204,7 +213,8 @@ impl Conn {
                         &password()?,
                         body.salt(),
                     );
-                    frontend::password_message(hash.as_bytes(), &mut self.out).map_err(PgError::io("auth"))?;
+                    frontend::password_message(hash.as_bytes(), &mut self.out)
+                        .map_err(PgError::io("auth"))?;
                     self.flush().await?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
@@ -321,14 +331,7 @@ impl Conn {
                     return Ok(None);
                 }
                 b'E' => {
-                    let mut frame = BytesMut::with_capacity(body.len() + 5);
-                    frame.extend_from_slice(&[b'E']);
-                    frame.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-                    frame.extend_from_slice(&body);
-                    let err = match backend::Message::parse(&mut frame) {
-                        Ok(Some(backend::Message::ErrorResponse(e))) => server_error(&e),
-                        _ => PgError::Protocol("malformed error during COPY".into()),
-                    };
+                    let err = error_from_body(&body);
                     self.until_ready().await.ok();
                     return Err(err);
                 }
@@ -357,16 +360,7 @@ impl Conn {
             let (tag, body) = self.next_raw().await?;
             match tag {
                 b'W' => break,
-                b'E' => {
-                    let mut frame = BytesMut::new();
-                    frame.extend_from_slice(&[b'E']);
-                    frame.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-                    frame.extend_from_slice(&body);
-                    return Err(match backend::Message::parse(&mut frame) {
-                        Ok(Some(backend::Message::ErrorResponse(e))) => server_error(&e),
-                        _ => PgError::Protocol("malformed error".into()),
-                    });
-                }
+                b'E' => return Err(error_from_body(&body)),
                 _ => {}
             }
         }
@@ -429,16 +423,7 @@ impl ReplicationReader {
                     }
                 }
                 b'c' => return Ok(None),
-                b'E' => {
-                    let mut frame = BytesMut::new();
-                    frame.extend_from_slice(&[b'E']);
-                    frame.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-                    frame.extend_from_slice(&body);
-                    return Err(match backend::Message::parse(&mut frame) {
-                        Ok(Some(backend::Message::ErrorResponse(e))) => server_error(&e),
-                        _ => PgError::Protocol("malformed error".into()),
-                    });
-                }
+                b'E' => return Err(error_from_body(&body)),
                 // Notices and parameter changes are not part of the stream.
                 _ => {}
             }
@@ -447,7 +432,9 @@ impl ReplicationReader {
 
     async fn next_raw(&mut self) -> Result<(u8, Bytes), PgError> {
         loop {
-            if let Some(h) = backend::Header::parse(&self.buf).map_err(|e| PgError::Protocol(e.to_string()))? {
+            if let Some(h) =
+                backend::Header::parse(&self.buf).map_err(|e| PgError::Protocol(e.to_string()))?
+            {
                 let total = h.len() as usize + 1;
                 if total > MAX_MESSAGE {
                     return Err(PgError::Protocol(format!("message of {total} bytes")));
@@ -510,6 +497,18 @@ impl StatusWriter {
 
 fn fallible<T>(r: std::io::Result<Option<T>>) -> Result<Option<T>, PgError> {
     r.map_err(|e| PgError::Protocol(e.to_string()))
+}
+
+/// The error in an ErrorResponse whose body was read raw.
+fn error_from_body(body: &[u8]) -> PgError {
+    let mut frame = BytesMut::with_capacity(body.len() + 5);
+    frame.extend_from_slice(b"E");
+    frame.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    match backend::Message::parse(&mut frame) {
+        Ok(Some(backend::Message::ErrorResponse(e))) => server_error(&e),
+        _ => PgError::Protocol("malformed error response".into()),
+    }
 }
 
 fn server_error(body: &backend::ErrorResponseBody) -> PgError {

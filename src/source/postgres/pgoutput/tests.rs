@@ -79,18 +79,47 @@ fn decodes_every_message_kind() {
             xid: 742
         }
     );
-    assert!(matches!(parse(&c[1]).unwrap(), Message::Commit { end_lsn: 0x1_6B37_4D78, .. }));
-    let Message::Relation { namespace, name, columns, .. } = parse(&c[2]).unwrap() else { panic!() };
+    assert!(matches!(
+        parse(&c[1]).unwrap(),
+        Message::Commit {
+            end_lsn: 0x1_6B37_4D78,
+            ..
+        }
+    ));
+    let Message::Relation {
+        namespace,
+        name,
+        columns,
+        ..
+    } = parse(&c[2]).unwrap()
+    else {
+        panic!()
+    };
     assert_eq!((namespace, name), ("public", "accounts"));
     assert_eq!(columns.len(), 2);
     assert!(columns[0].key && !columns[1].key);
-    let Message::Insert { new, .. } = parse(&c[3]).unwrap() else { panic!() };
-    assert_eq!(new.columns().collect::<Vec<_>>(), vec![Value::Text(b"7"), Value::Null]);
-    let Message::Update { old: Some(old), new, .. } = parse(&c[4]).unwrap() else { panic!() };
+    let Message::Insert { new, .. } = parse(&c[3]).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        new.columns().collect::<Vec<_>>(),
+        vec![Value::Text(b"7"), Value::Null]
+    );
+    let Message::Update {
+        old: Some(old), new, ..
+    } = parse(&c[4]).unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(old.columns().next(), Some(Value::Text(b"6")));
     assert_eq!(new.columns().nth(1), Some(Value::Unchanged));
     assert!(matches!(parse(&c[5]).unwrap(), Message::Delete { .. }));
-    assert_eq!(parse(&c[6]).unwrap(), Message::Truncate { oids: vec![16_385, 16_390] });
+    assert_eq!(
+        parse(&c[6]).unwrap(),
+        Message::Truncate {
+            oids: vec![16_385, 16_390]
+        }
+    );
 }
 
 #[test]

@@ -12,11 +12,17 @@ fn numeric_modifiers_pick_decimal_or_text() {
     // numeric(12,2): typmod = (12 << 16 | 2) + 4
     assert_eq!(
         PgType::resolve(1700, (12 << 16 | 2) + 4, &none),
-        PgType::Decimal { precision: 12, scale: 2 }
+        PgType::Decimal {
+            precision: 12,
+            scale: 2
+        }
     );
     assert_eq!(PgType::resolve(1700, -1, &none), PgType::Text);
     assert_eq!(PgType::resolve(1700, (60 << 16) + 4, &none), PgType::Text);
-    assert_eq!(PgType::resolve(1007, -1, &none), PgType::Array(Box::new(PgType::Int4)));
+    assert_eq!(
+        PgType::resolve(1007, -1, &none),
+        PgType::Array(Box::new(PgType::Int4))
+    );
     let domain = |oid| {
         (oid == 90_000).then_some(TypeRow {
             category: b'N',
@@ -32,7 +38,13 @@ fn numeric_modifiers_pick_decimal_or_text() {
 
 #[test]
 fn text_values_become_arrow_values() {
-    let mut d = Builder::new(&PgType::Decimal { precision: 10, scale: 3 }, 4);
+    let mut d = Builder::new(
+        &PgType::Decimal {
+            precision: 10,
+            scale: 3,
+        },
+        4,
+    );
     d.append_text(b"-12.5").unwrap();
     d.append_text(b"0.001").unwrap();
     assert!(d.append_text(b"NaN").is_err());
