@@ -449,3 +449,54 @@ async fn drive_source(
     }
     source.close().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::{Int64Array, RecordBatch};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::split;
+    use crate::source::SourceBatch;
+
+    fn batch(positions: &[i64], next: i64) -> SourceBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("p", DataType::Int64, false)]));
+        let p = Int64Array::from(positions.to_vec());
+        SourceBatch {
+            stream: Arc::from("s"),
+            shard: Arc::from("s"),
+            records: RecordBatch::try_new(schema, vec![Arc::new(p.clone())]).unwrap(),
+            positions: p,
+            next,
+            end_of_input: false,
+            rejected: None,
+            control: None,
+        }
+    }
+
+    #[test]
+    fn a_split_never_cuts_records_that_share_a_position() {
+        // Three transactions: positions 10 (3 rows), 20 (2 rows), 30 (1 row).
+        let b = batch(&[10, 10, 10, 20, 20, 30], 31);
+        let (head, tail) = split(b.clone(), 2);
+        let tail = tail.unwrap();
+        assert_eq!(
+            head.records.num_rows(),
+            3,
+            "the cut moves to the end of transaction 10"
+        );
+        assert_eq!(head.next, 20);
+        assert_eq!(tail.positions.values(), &[20, 20, 30]);
+        assert_eq!(tail.next, 31);
+
+        let (head, tail) = split(b.clone(), 3);
+        assert_eq!((head.records.num_rows(), head.next), (3, 20));
+        assert_eq!(tail.unwrap().records.num_rows(), 3);
+
+        // A cut inside the last transaction takes the whole batch.
+        let (whole, none) = split(batch(&[10, 10, 10], 11), 1);
+        assert!(none.is_none());
+        assert_eq!((whole.records.num_rows(), whole.next), (3, 11));
+    }
+}

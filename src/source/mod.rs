@@ -34,7 +34,9 @@ pub struct SourceBatch {
     /// The shard they were read from.
     pub shard: Arc<str>,
     pub records: RecordBatch,
-    /// Position of each record; strictly increasing.
+    /// Position of each record; never decreasing. Records that share a position are
+    /// one unit of the source (a Postgres transaction): they are committed together or
+    /// not at all, never split across micro-batches.
     pub positions: Int64Array,
     /// Where to resume after the last record; greater than every position here.
     pub next: i64,

@@ -49,26 +49,6 @@ impl PgError {
     fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> PgError {
         move |source| PgError::Io { context, source }
     }
-
-    /// The SQLSTATE of a server error.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            PgError::Server { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-
-    /// Whether reconnecting may help (the connection broke, the server is starting or
-    /// shutting down, too many connections).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            PgError::Io { .. } => true,
-            PgError::Server { code, .. } => {
-                code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "55006"
-            }
-            PgError::Protocol(_) | PgError::Auth(_) => false,
-        }
-    }
 }
 
 /// A row of a simple query: every value in text format.
