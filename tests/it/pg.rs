@@ -123,3 +123,30 @@ pub fn pipeline(dir: &Path, db: &Db, slot: &str, tables: &[&str], extra: &str) -
     );
     write_file(dir, "pipeline.toml", &text)
 }
+
+/// The position a Delta table holds for `app_id` (its last `txn` action), read from
+/// the log files directly.
+pub fn txn_version(table: &Path, app_id: &str) -> Option<i64> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))
+        .ok()?
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    logs.sort();
+    let mut version = None;
+    for log in logs {
+        for line in std::fs::read_to_string(log).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if action["txn"]["appId"] == app_id {
+                version = action["txn"]["version"].as_i64();
+            }
+        }
+    }
+    version
+}
+
+/// `X/Y` as a number.
+pub fn lsn(text: &str) -> i64 {
+    let (hi, lo) = text.split_once('/').unwrap();
+    (i64::from_str_radix(hi, 16).unwrap() << 32) | i64::from_str_radix(lo, 16).unwrap()
+}

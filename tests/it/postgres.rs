@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::pg::{Db, pipeline};
+use crate::pg::{Db, lsn, pipeline, txn_version};
 use crate::support::*;
 
 fn lake(dir: &Path, table: &str) -> String {
@@ -106,6 +106,13 @@ fn every_type_round_trips_through_snapshot_and_stream() {
         assert_eq!(g, t, "\nDelta (left) and Postgres (right) differ");
     }
     assert_eq!(got.len(), truth.len());
+    // The slot was confirmed exactly as far as the table holds: not further (that would
+    // lose changes after a crash), not behind (that would retain WAL for nothing).
+    let confirmed = db.sql(&format!(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ));
+    let held = txn_version(&dir.path().join("lake/types"), &format!("{slot}/{slot}"));
+    assert_eq!(Some(lsn(&confirmed[0])), held, "slot confirmed vs table progress");
     // Decimal and timestamp columns are typed, not text.
     let types = duck_lines(&format!(
         "SELECT typeof(c_num), typeof(c_tstz), typeof(c_ints), typeof(c_bytea) FROM {} LIMIT 1",
