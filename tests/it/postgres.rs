@@ -545,4 +545,33 @@ fn keyless_mirrors_and_lost_slots_are_clear_errors() {
         )),
         "{err}"
     );
+
+    // Under REPLICA IDENTITY FULL an update stays an update; a key change is a delete
+    // and an insert.
+    db.sql(
+        "CREATE TABLE full_id (id int PRIMARY KEY, v text); ALTER TABLE full_id REPLICA IDENTITY FULL; \
+            INSERT INTO full_id VALUES (1, 'a'), (2, 'b');",
+    );
+    let slot2 = db.slot();
+    let both = "[[tables]]\nname = \"fm\"\nfrom = \"public.full_id\"\nmode = \"mirror\"\n\
+                [[tables]]\nname = \"fl\"\nfrom = \"public.full_id\"\nmode = \"changelog\"\n";
+    let other = tempfile::tempdir().unwrap();
+    let p2 = pipeline(other.path(), &db, &slot2, &["full_id"], both);
+    run_once(other.path(), &p2);
+    db.sql("UPDATE full_id SET v = 'a2' WHERE id = 1; UPDATE full_id SET id = 3 WHERE id = 2;");
+    run_once(other.path(), &p2);
+    assert_eq!(
+        duck_lines(&format!(
+            "SELECT _op, id, v FROM {} WHERE _op <> 'r' ORDER BY _op, id",
+            lake(other.path(), "fl")
+        )),
+        vec!["c|3|b", "d|2|b", "u|1|a2"]
+    );
+    assert_eq!(
+        duck_lines(&format!(
+            "SELECT id, v FROM {} ORDER BY id",
+            lake(other.path(), "fm")
+        )),
+        vec!["1|a2", "3|b"]
+    );
 }

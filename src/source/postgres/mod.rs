@@ -138,8 +138,9 @@ fn shaped_marker(
 pub(crate) struct Describe {
     sql: wire::Conn,
     types: HashMap<u32, TypeRow>,
-    /// The captured streams; relations outside them are ignored.
-    captured: std::collections::HashSet<String>,
+    /// The captured streams and their primary keys; relations outside them are
+    /// ignored.
+    captured: HashMap<String, Vec<String>>,
 }
 
 impl Describe {
@@ -181,9 +182,22 @@ impl Describe {
         stream: &str,
         columns: Vec<(String, u32, i32, bool)>,
     ) -> Result<Option<Arc<Layout>>, SourceError> {
-        if !self.captured.contains(stream) {
+        let Some(key) = self.captured.get(stream) else {
             return Ok(None);
-        }
+        };
+        // Under REPLICA IDENTITY FULL every column is flagged as identity; a key change
+        // is a change of the primary key.
+        let columns = if key.is_empty() {
+            columns
+        } else {
+            columns
+                .into_iter()
+                .map(|(n, t, m, _)| {
+                    let k = key.contains(&n);
+                    (n, t, m, k)
+                })
+                .collect()
+        };
         self.layout(stream, columns).await.map(Some)
     }
 }
@@ -252,7 +266,8 @@ impl PostgresSource {
         }
         let streams = catalog::ensure_publication(&mut sql, &cfg.publication, cfg.tables.as_deref()).await?;
         let infos = catalog::tables(&mut sql, &cfg.publication, &streams).await?;
-        let keys = infos.iter().map(|t| (t.stream.clone(), t.key.clone())).collect();
+        let keys: HashMap<String, Vec<String>> =
+            infos.iter().map(|t| (t.stream.clone(), t.key.clone())).collect();
 
         let shard: Arc<str> = Arc::from(cfg.slot.as_str());
         let held: Vec<Option<i64>> = resume.tables.iter().map(|p| p.get(&shard)).collect();
@@ -323,7 +338,10 @@ impl PostgresSource {
             describe: Describe {
                 sql,
                 types: HashMap::new(),
-                captured: streams.iter().cloned().collect(),
+                captured: streams
+                    .iter()
+                    .map(|s| (s.clone(), keys.get(s).cloned().unwrap_or_default()))
+                    .collect(),
             },
             phase: Phase::Done(None),
             ready: Default::default(),
