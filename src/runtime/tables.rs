@@ -368,6 +368,16 @@ impl AggregateTarget {
         let reset = mine.iter().any(|b| {
             b.control == Some(Control::Reset) && self.processed.get(&b.shard).is_none_or(|p| p < b.next)
         });
+        if self.op.is_none() {
+            // Records of the stream, or a marker that carries the stream's layout.
+            match mine
+                .iter()
+                .find(|b| *b.stream == *self.cfg.from && b.records.num_columns() > 0)
+            {
+                Some(b) => self.start(&b.records.schema()).await?,
+                None => return Ok(()),
+            }
+        }
         if reset && let Some(schema) = self.input.clone() {
             // An interrupted snapshot is taken again: its rows were folded in, so the
             // operator starts over and the table drops what it emitted.
@@ -375,12 +385,6 @@ impl AggregateTarget {
             let mut op = window::build(&self.cfg, &schema)?;
             op.on_start(None)?;
             self.op = Some(op);
-        }
-        if self.op.is_none() {
-            match mine.iter().find(|b| b.control.is_none()) {
-                Some(b) => self.start(&b.records.schema()).await?,
-                None => return Ok(()),
-            }
         }
         let Some(op) = self.op.as_mut() else { return Ok(()) };
         // An end-of-input marker not yet processed closes every window, once.
