@@ -18,7 +18,9 @@ if [ ! -x "$TANSU_BIN" ]; then
     >"$TRIBUTARY_STATE/tansu-install.log" 2>&1 \
     || { tail -n 40 "$TRIBUTARY_STATE/tansu-install.log" >&2; die "tansu install failed"; }
 fi
-[ -x "$PG_BIN/pg_ctl" ] || die "PostgreSQL 15 binaries not found in $PG_BIN (apt-get install postgresql-15)"
+for tool in pg_ctl initdb psql pgbench pg_recvlogical; do
+  [ -x "$PG_BIN/$tool" ] || die "PostgreSQL 15's $tool not found in $PG_BIN (apt-get install postgresql-15)"
+done
 
 # --- PostgreSQL -------------------------------------------------------------------------
 pgdata="$TRIBUTARY_STATE/pg"

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use super::pg;
 use super::types::TypeRow;
-use super::wire::{Conn, PgError, parse_lsn, quote_ident, quote_literal};
+use super::wire::{Conn, parse_lsn, quote_ident, quote_literal};
 use crate::source::SourceError;
 
 /// A captured table, as the catalog describes it now.
@@ -30,14 +31,6 @@ pub struct SlotInfo {
     pub confirmed_flush: Option<u64>,
     /// `reserved`, `extended`, `unreserved` or `lost` (an invalidated slot).
     pub wal_status: Option<String>,
-}
-
-fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
-    let context = context.into();
-    move |source| SourceError::Postgres {
-        context,
-        source: Box::new(source),
-    }
 }
 
 /// `"schema"."table"` for a `schema.table` stream name.

@@ -238,7 +238,8 @@ impl std::fmt::Debug for PostgresSource {
     }
 }
 
-fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
+/// Wraps a connection error with what was being done.
+pub(crate) fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
     let context = context.into();
     move |source| SourceError::Postgres {
         context,
@@ -281,7 +282,9 @@ impl PostgresSource {
             .filter(|p| *p >= SNAPSHOT_SPACE)
             .min();
 
-        match catalog::slot(&mut sql, &cfg.slot).await? {
+        // Where the slot stands (its confirmed position), for a first start without a
+        // snapshot.
+        let slot_position = match catalog::slot(&mut sql, &cfg.slot).await? {
             None if streaming => {
                 return Err(SourceError::Position(format!(
                     "replication slot \"{}\" does not exist, but the tables hold changes up to {}: \
@@ -294,6 +297,7 @@ impl PostgresSource {
             None => {
                 let lsn = catalog::create_slot(&mut sql, &cfg.slot).await?;
                 tracing::info!(slot = %cfg.slot, at = %format_lsn(lsn), "created replication slot");
+                Some(lsn)
             }
             Some(slot) => {
                 if slot.plugin.as_deref() != Some("pgoutput") {
@@ -326,8 +330,9 @@ impl PostgresSource {
                         format_position(start)
                     )));
                 }
+                slot.confirmed_flush
             }
-        }
+        };
         let end = match mode {
             RunMode::Once => Some(catalog::current_lsn(&mut sql).await?),
             RunMode::Continuous => None,
@@ -381,9 +386,7 @@ impl PostgresSource {
                 None => {
                     // A first start without a snapshot: every table starts at the
                     // slot's position, so none can be left behind by a crash.
-                    let at = catalog::slot(&mut source.describe.sql, &cfg.slot)
-                        .await?
-                        .and_then(|s| s.confirmed_flush)
+                    let at = slot_position
                         .ok_or_else(|| SourceError::Setup(format!("slot {} has no position", cfg.slot)))?;
                     source.ready.extend(source.markers(at as i64, Control::Progress));
                     at

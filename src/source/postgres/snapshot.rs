@@ -16,8 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::catalog::{TableInfo, quote_table};
 use super::changes::{Layout, TableBuffer};
-use super::wire::{Conn, PgError, parse_lsn, quote_ident, quote_literal};
-use super::{BadValues, SNAPSHOT_SPACE};
+use super::wire::{Conn, parse_lsn, quote_ident, quote_literal};
+use super::{BadValues, SNAPSHOT_SPACE, pg};
 use crate::config::PostgresDsn;
 use crate::source::{SourceBatch, SourceError};
 
@@ -33,14 +33,6 @@ pub(super) struct Snapshot {
     /// Position of the next chunk (snapshot positions count chunks).
     next: i64,
     shard: Arc<str>,
-}
-
-fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SourceError {
-    let context = context.into();
-    move |source| SourceError::Postgres {
-        context,
-        source: Box::new(source),
-    }
 }
 
 impl Snapshot {
@@ -177,10 +169,9 @@ impl Snapshot {
                 }
             }
             let rows = buffer.take().map_err(SourceError::Setup)?;
-            if let Some((records, positions)) = rows {
+            let batch = rows.map(|(records, positions)| {
                 bar.inc(records.num_rows() as u64);
-                self.next += 1;
-                let batch = SourceBatch {
+                SourceBatch {
                     stream: Arc::from(stream.as_str()),
                     shard: self.shard.clone(),
                     records,
@@ -189,23 +180,21 @@ impl Snapshot {
                     end_of_input: false,
                     rejected: None,
                     control: None,
-                };
-                if done {
-                    bar.finish_and_clear();
-                    tracing::info!(table = %stream, "snapshot copied");
-                    self.current = None;
                 }
+            });
+            if done {
+                bar.finish_and_clear();
+                tracing::info!(table = %stream, "snapshot copied");
+                self.current = None;
+            }
+            if let Some(batch) = batch {
+                self.next += 1;
                 if self.next >= SNAPSHOT_SPACE {
                     return Err(SourceError::Setup(
                         "the snapshot has more chunks than positions allow".into(),
                     ));
                 }
                 return Ok(Some(batch));
-            }
-            if done {
-                bar.finish_and_clear();
-                tracing::info!(table = %stream, "snapshot copied");
-                self.current = None;
             }
         }
     }

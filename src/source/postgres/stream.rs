@@ -15,7 +15,7 @@ use super::changes::{Layout, TableBuffer};
 
 use super::pgoutput::{self, Message, Tuple, Value};
 use super::wire::{Replication, ReplicationReader, StatusWriter, format_lsn};
-use super::{BadValues, Describe, marker};
+use super::{BadValues, Describe, marker, pg};
 use crate::source::{Control, SourceBatch, SourceError};
 
 /// Hand over buffered transactions at least this often, even under steady load.
@@ -166,10 +166,7 @@ impl Stream {
                     }
                     return Ok(Step::Idle);
                 }
-                Ok(r) => r.map_err(|source| SourceError::Postgres {
-                    context: "reading the replication stream".into(),
-                    source: Box::new(source),
-                })?,
+                Ok(r) => r.map_err(pg("reading the replication stream"))?,
             };
             let Some(msg) = msg else {
                 return Err(SourceError::Setup(

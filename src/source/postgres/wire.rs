@@ -66,10 +66,55 @@ pub enum Replication {
 /// A connection, before or outside streaming.
 #[derive(Debug)]
 pub struct Conn {
-    reader: OwnedReadHalf,
+    frames: Frames,
     writer: OwnedWriteHalf,
-    buf: BytesMut,
     out: BytesMut,
+}
+
+/// Backend messages read from a socket: one framing for plain and streaming sessions.
+#[derive(Debug)]
+struct Frames {
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl Frames {
+    /// Reads until one whole message is buffered; returns its tag and length.
+    async fn fill(&mut self, context: &'static str) -> Result<(u8, usize), PgError> {
+        loop {
+            if let Some(h) =
+                backend::Header::parse(&self.buf).map_err(|e| PgError::Protocol(e.to_string()))?
+            {
+                let total = h.len() as usize + 1;
+                if total > MAX_MESSAGE {
+                    return Err(PgError::Protocol(format!("message of {total} bytes")));
+                }
+                if self.buf.len() >= total {
+                    return Ok((h.tag(), total));
+                }
+                self.buf.reserve(total - self.buf.len());
+            }
+            let n = self
+                .reader
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(PgError::io(context))?;
+            if n == 0 {
+                return Err(PgError::Io {
+                    context,
+                    source: std::io::ErrorKind::UnexpectedEof.into(),
+                });
+            }
+        }
+    }
+
+    /// The tag and body of the next message, whatever its tag (for tags
+    /// `postgres-protocol` does not know, like CopyBothResponse).
+    async fn next_raw(&mut self, context: &'static str) -> Result<(u8, Bytes), PgError> {
+        let (tag, total) = self.fill(context).await?;
+        let frame = self.buf.split_to(total).freeze();
+        Ok((tag, frame.slice(5..)))
+    }
 }
 
 impl Conn {
@@ -87,9 +132,11 @@ impl Conn {
         stream.set_nodelay(true).map_err(PgError::io("connecting"))?;
         let (reader, writer) = stream.into_split();
         let mut conn = Conn {
-            reader,
+            frames: Frames {
+                reader,
+                buf: BytesMut::with_capacity(64 * 1024),
+            },
             writer,
-            buf: BytesMut::with_capacity(64 * 1024),
             out: BytesMut::with_capacity(1024),
         };
         // Output formats every value parser relies on, whatever the server's defaults.
@@ -126,51 +173,17 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads until one whole message is buffered; returns its tag.
-    async fn fill(&mut self) -> Result<u8, PgError> {
-        loop {
-            if let Some(h) =
-                backend::Header::parse(&self.buf).map_err(|e| PgError::Protocol(e.to_string()))?
-            {
-                let total = h.len() as usize + 1;
-                if total > MAX_MESSAGE {
-                    return Err(PgError::Protocol(format!("message of {total} bytes")));
-                }
-                if self.buf.len() >= total {
-                    return Ok(h.tag());
-                }
-                self.buf.reserve(total - self.buf.len());
-            }
-            let n = self
-                .reader
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(PgError::io("reading"))?;
-            if n == 0 {
-                return Err(PgError::Io {
-                    context: "reading",
-                    source: std::io::ErrorKind::UnexpectedEof.into(),
-                });
-            }
-        }
-    }
-
     /// The next message, parsed by `postgres-protocol`.
     async fn next(&mut self) -> Result<backend::Message, PgError> {
-        self.fill().await?;
-        match backend::Message::parse(&mut self.buf).map_err(|e| PgError::Protocol(e.to_string()))? {
+        self.frames.fill("reading").await?;
+        match backend::Message::parse(&mut self.frames.buf).map_err(|e| PgError::Protocol(e.to_string()))? {
             Some(m) => Ok(m),
             None => Err(PgError::Protocol("incomplete message".into())),
         }
     }
 
-    /// The body of the next message, whatever its tag (for tags `postgres-protocol`
-    /// does not know, like CopyBothResponse).
     async fn next_raw(&mut self) -> Result<(u8, Bytes), PgError> {
-        let tag = self.fill().await?;
-        let len = (&self.buf[1..5]).get_u32() as usize;
-        let frame = self.buf.split_to(len + 1).freeze();
-        Ok((tag, frame.slice(5..)))
+        self.frames.next_raw("reading").await
     }
 
     async fn authenticate(&mut self, dsn: &PostgresDsn) -> Result<(), PgError> {
@@ -345,10 +358,7 @@ impl Conn {
             }
         }
         Ok((
-            ReplicationReader {
-                reader: self.reader,
-                buf: self.buf,
-            },
+            ReplicationReader { frames: self.frames },
             StatusWriter {
                 writer: self.writer,
                 out: self.out,
@@ -366,15 +376,14 @@ impl Conn {
 /// The reading side of a streaming replication connection.
 #[derive(Debug)]
 pub struct ReplicationReader {
-    reader: OwnedReadHalf,
-    buf: BytesMut,
+    frames: Frames,
 }
 
 impl ReplicationReader {
     /// The next replication message; `None` when the server ended the stream.
     pub async fn recv(&mut self) -> Result<Option<Replication>, PgError> {
         loop {
-            let (tag, mut body) = self.next_raw().await?;
+            let (tag, mut body) = self.frames.next_raw("reading the replication stream").await?;
             match tag {
                 b'd' => {
                     if body.is_empty() {
@@ -406,35 +415,6 @@ impl ReplicationReader {
                 b'E' => return Err(error_from_body(&body)),
                 // Notices and parameter changes are not part of the stream.
                 _ => {}
-            }
-        }
-    }
-
-    async fn next_raw(&mut self) -> Result<(u8, Bytes), PgError> {
-        loop {
-            if let Some(h) =
-                backend::Header::parse(&self.buf).map_err(|e| PgError::Protocol(e.to_string()))?
-            {
-                let total = h.len() as usize + 1;
-                if total > MAX_MESSAGE {
-                    return Err(PgError::Protocol(format!("message of {total} bytes")));
-                }
-                if self.buf.len() >= total {
-                    let frame = self.buf.split_to(total).freeze();
-                    return Ok((h.tag(), frame.slice(5..)));
-                }
-                self.buf.reserve(total - self.buf.len());
-            }
-            let n = self
-                .reader
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(PgError::io("reading the replication stream"))?;
-            if n == 0 {
-                return Err(PgError::Io {
-                    context: "reading the replication stream",
-                    source: std::io::ErrorKind::UnexpectedEof.into(),
-                });
             }
         }
     }
