@@ -2,7 +2,7 @@
 # Installs what is missing (cached outside the clone) and starts the local stack, all
 # bound to 127.0.0.1:
 #   PostgreSQL 15 (wal_level=logical) :15432   tansu Kafka broker :19092
-#   moto S3 :19000 (buckets from localstack/)   schema registry URL :18081 (reserved)
+#   moto S3 :19000 (buckets from localstack/)   tributary registry (schema registry) :18081
 # then writes infra/env.sh. Running it again while the stack is up changes nothing.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -18,6 +18,8 @@ if [ ! -x "$TANSU_BIN" ]; then
     >"$TRIBUTARY_STATE/tansu-install.log" 2>&1 \
     || { tail -n 40 "$TRIBUTARY_STATE/tansu-install.log" >&2; die "tansu install failed"; }
 fi
+# librdkafka (built from source by the rdkafka crate) links the system OpenSSL.
+[ -f /usr/include/openssl/ssl.h ] || die "OpenSSL headers not found (apt-get install libssl-dev)"
 for tool in pg_ctl initdb psql pgbench pg_recvlogical; do
   [ -x "$PG_BIN/$tool" ] || die "PostgreSQL 15's $tool not found in $PG_BIN (apt-get install postgresql-15)"
 done
@@ -68,6 +70,22 @@ if ! pid_alive moto; then
   echo $! >"$PIDS/moto.pid"
   wait_port "$S3_PORT" moto "$TRIBUTARY_STATE/moto.log"
   log "moto S3 up on 127.0.0.1:$S3_PORT"
+fi
+
+# --- schema registry (Tributary's own) ---------------------------------------------------
+if ! pid_alive registry; then
+  port_open "$REGISTRY_PORT" && die "port $REGISTRY_PORT is taken by a process up.sh did not start"
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
+  log "building tributary for the schema registry"
+  # The test build's binary: building the bin alone would resolve features without the
+  # dev-dependencies and compile every dependency a second time.
+  (cd "$REPO_DIR" && cargo test --locked --quiet --no-run 2>/dev/null) || die "cargo build failed (run cargo test --no-run)"
+  cp "$CARGO_TARGET_DIR/debug/tributary" "$TRIBUTARY_STATE/tributary-registry"
+  nohup "$TRIBUTARY_STATE/tributary-registry" registry --listen "127.0.0.1:$REGISTRY_PORT" \
+    --store "$TRIBUTARY_STATE/registry" >"$TRIBUTARY_STATE/registry.log" 2>&1 &
+  echo $! >"$PIDS/registry.pid"
+  wait_port "$REGISTRY_PORT" registry "$TRIBUTARY_STATE/registry.log"
+  log "schema registry up on 127.0.0.1:$REGISTRY_PORT (store $TRIBUTARY_STATE/registry)"
 fi
 
 # --- environment for tests and users ----------------------------------------------------

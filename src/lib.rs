@@ -27,6 +27,9 @@
 //! point, a restart yields tables equal to those of a run that never crashed: no
 //! record lost, none duplicated, no batch torn.
 //!
+//! Kafka sources also need a schema registry; [`registry`] is one (Confluent's REST
+//! API, `tributary registry`), and its client validates writer schemas.
+//!
 //! Stages talk only through shared types ([`progress`], Arrow batches) and their own
 //! trait: [`source::Source`], [`decode::RecordDecoder`], [`window::Operator`],
 //! [`sink::Sink`].
@@ -34,6 +37,7 @@
 pub mod config;
 pub mod decode;
 pub mod progress;
+pub mod registry;
 pub mod runtime;
 pub mod sink;
 pub mod source;

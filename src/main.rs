@@ -47,6 +47,16 @@ enum Command {
         #[arg(long, default_value = "7d", value_parser = config::values::parse_span)]
         retention: config::Span,
     },
+    /// Serve a Confluent-compatible schema registry (Avro) over HTTP.
+    Registry {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:18081")]
+        listen: std::net::SocketAddr,
+        /// Where schemas are kept: a folder, file://… or s3://bucket/prefix (AWS_* variables
+        /// configure S3).
+        #[arg(long)]
+        store: String,
+    },
     /// Check a pipeline file and print what it resolves to.
     Validate {
         /// The pipeline file (TOML).
@@ -153,6 +163,15 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
+        Command::Registry { listen, store } => {
+            match tributary::registry::serve(listen, &store, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Validate { pipeline } => match config::load(&pipeline) {
             Ok(p) => {
                 println!("{}: ok", pipeline.display());

@@ -64,6 +64,34 @@ pub enum SourceSpec {
     File(FileSpec),
     /// PostgreSQL logical replication (`pgoutput`), with an optional initial snapshot.
     Postgres(PostgresSpec),
+    /// Kafka topics of Confluent-framed Avro, read as a consumer group.
+    Kafka(KafkaSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// Bootstrap brokers, `host:port[,host:port…]`; `${ENV}` is expanded.
+    pub brokers: String,
+    /// Topics to read; each is a stream named after the topic.
+    pub topics: Vec<String>,
+    /// Consumer group; several processes with one group share the partitions.
+    pub group_id: String,
+    /// `avro` (Confluent wire format) or `debezium-avro` (Debezium change events).
+    pub format: super::kafka::KafkaFormat,
+    /// Schema registry base URL; `${ENV}` is expanded.
+    pub schema_registry: String,
+    /// `topic` (default), `record` or `topic_record`: the subject writer schemas must be
+    /// registered under.
+    pub subject_strategy: Option<super::kafka::SubjectStrategy>,
+    /// Per topic, a reader schema file (`.avsc`); default: the subject's latest schema.
+    #[serde(default)]
+    pub reader_schemas: BTreeMap<String, PathBuf>,
+    /// `earliest` (default) or `latest`: where a partition no table holds starts.
+    pub auto_offset_reset: Option<super::kafka::StartAt>,
+    /// Extra librdkafka settings (security, SASL, TLS…); values may use `${ENV}`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -161,3 +161,83 @@ fn table_modes_sizes_and_dead_letters_are_checked() {
     let e = error_of(&format!("{GOOD}\n[batch]\nmax_bytes = 0\n"));
     assert_eq!(e, "p.toml: batch.max_bytes: must be at least 1");
 }
+
+const KAFKA: &str = r#"
+name = "k"
+[source]
+kind = "kafka"
+brokers = "127.0.0.1:19092"
+topics = ["clicks", "orders"]
+group_id = "g"
+format = "debezium-avro"
+schema_registry = "http://127.0.0.1:18081"
+[source.options]
+"sasl.password" = "${SECRET}"
+[sink]
+uri = "./lake"
+[[tables]]
+name = "orders"
+from = "orders"
+mode = "mirror"
+key = ["id"]
+"#;
+
+#[test]
+fn a_kafka_source_resolves_with_secret_options() {
+    let p = parse("p.toml", KAFKA, env).unwrap();
+    let SourceConfig::Kafka(k) = &p.source else {
+        panic!("not kafka")
+    };
+    assert_eq!(k.format, KafkaFormat::DebeziumAvro);
+    assert_eq!(k.subject_strategy.subject("orders", "x.Y"), "orders-value");
+    assert_eq!(k.options["sasl.password"].expose(), "s3cr3t");
+    assert!(!format!("{p:?}").contains("s3cr3t"), "secrets never print");
+    assert_eq!(p.source.streams(), Some(vec!["clicks", "orders"]));
+}
+
+#[test]
+fn kafka_mistakes_name_their_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "topics = [\"clicks\", \"orders\"]",
+            "topics = [\"a b\"]",
+            "source.topics[0]",
+        ),
+        (
+            "topics = [\"clicks\", \"orders\"]",
+            "topics = [\"x\", \"x\"]",
+            "listed twice",
+        ),
+        (
+            "schema_registry = \"http://127.0.0.1:18081\"",
+            "schema_registry = \"ftp://x\"",
+            "source.schema_registry",
+        ),
+        (
+            "\"sasl.password\"",
+            "\"group.id\"",
+            "source.options.\"group.id\": is set by Tributary",
+        ),
+        (
+            "format = \"debezium-avro\"",
+            "format = \"protobuf\"",
+            "unknown variant `protobuf`",
+        ),
+        (
+            "key = [\"id\"]",
+            "",
+            "tables[0].key: a mirror table needs its key",
+        ),
+        ("from = \"orders\"", "from = \"nope\"", "no stream \"nope\""),
+        (
+            "format = \"debezium-avro\"",
+            "format = \"avro\"\nsubject_strategy = \"record\"",
+            "source.reader_schemas.clicks",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        let text = KAFKA.replace(from, to);
+        let e = error_of(&text);
+        assert!(e.contains(expect), "{to}: {e}");
+    }
+}

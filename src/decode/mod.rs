@@ -1,6 +1,10 @@
 //! Decoders: bytes in a wire or file format → Arrow record batches, in one pass, with
 //! no per-row intermediate values.
 
+pub mod avro_check;
+pub mod confluent;
+pub mod debezium;
+
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;

@@ -12,6 +12,7 @@
 //! own; a restart resumes the source at the smallest of them and each table skips
 //! what it already holds.
 
+mod oracle;
 mod retry;
 mod tables;
 
@@ -79,7 +80,52 @@ pub struct TableSummary {
 
 /// Runs `pipeline` until its input ends (`--once`, bounded sources) or `shutdown`
 /// resolves; either way the last micro-batch is committed before returning.
+///
+/// Shards that move between processes (Kafka partitions in a consumer group) can be
+/// written by another process while this one still holds records of them; the table's
+/// optimistic concurrency refuses such a commit ([`SinkError::ForeignProgress`]), and
+/// the run then starts over from what the tables hold.
 pub async fn run(
+    pipeline: &Pipeline,
+    mode: RunMode,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RunSummary, RunError> {
+    let movable = matches!(pipeline.source, SourceConfig::Kafka(_));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let attempts = async {
+        let mut restarts = 0u32;
+        loop {
+            let mut stop = stop_rx.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            match run_once(pipeline, mode, stopped).await {
+                Err(RunError::Sink(e @ SinkError::ForeignProgress { .. }))
+                    if movable && !*stop_rx.borrow() =>
+                {
+                    restarts += 1;
+                    tracing::warn!(error = %e, restarts, "another consumer wrote these partitions: starting over from the tables");
+                }
+                other => return other,
+            }
+        }
+    };
+    tokio::pin!(signal);
+    tokio::pin!(attempts);
+    let mut signalled = false;
+    loop {
+        tokio::select! {
+            r = &mut attempts => return r,
+            () = &mut signal, if !signalled => signalled = true,
+        }
+    }
+}
+
+async fn run_once(
     pipeline: &Pipeline,
     mode: RunMode,
     shutdown: impl Future<Output = ()> + Send,
@@ -94,7 +140,8 @@ pub async fn run(
             message: "a --once run needs a bounded generator: set `events`".into(),
         });
     }
-    let shards = source::shards_of(&pipeline.source);
+    let shard_info = source::shards_of(&pipeline.source).await?;
+    let shards: Vec<String> = shard_info.iter().map(|s| s.name.clone()).collect();
     let storage = pipeline.sink.storage_options();
     let open = |name: String, options: TableOptions| {
         let url = pipeline.sink.table_url(&name);
@@ -146,7 +193,7 @@ pub async fn run(
         });
     }
 
-    let resume = held_by_all(&tables, &aggregates, &shards);
+    let resume = held_by_all(&tables, &aggregates, &shard_info);
     tracing::info!(?resume, ?mode, "opening source");
     let chunk_rows = pipeline.batch.max_rows.min(MAX_CHUNK_ROWS);
     let held = source::Resume {
@@ -156,6 +203,7 @@ pub async fn run(
             .map(|t| t.sink.committed().clone())
             .chain(aggregates.iter().map(|a| a.sink.committed().clone()))
             .collect(),
+        oracle: Some(std::sync::Arc::new(oracle::Oracle::new(pipeline, &shard_info))),
     };
     let source = source::open(&pipeline.source, &held, mode, chunk_rows, dead.is_some()).await?;
     for t in &mut tables {
@@ -187,6 +235,7 @@ pub async fn run(
         let mut rows = 0usize;
         let mut bytes = 0usize;
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut reassigned = false;
         // A control marker is committed alone (see `source::Control`).
         let mut alone = false;
         if let Some(b) = carry.take() {
@@ -245,6 +294,11 @@ pub async fn run(
                         }
                     }
                     Some(Ok(Polled::Idle)) => {}
+                    Some(Ok(Polled::Reassigned)) => {
+                        // Commit what came before, then read the tables again.
+                        reassigned = true;
+                        break;
+                    }
                     Some(Ok(Polled::End)) | None => {
                         ended = true;
                         break;
@@ -255,6 +309,9 @@ pub async fn run(
             }
         }
         if pending.is_empty() && !ended && !stopping {
+            if reassigned {
+                refresh(&mut dead, &mut tables).await?;
+            }
             continue;
         }
 
@@ -284,8 +341,12 @@ pub async fn run(
             "micro-batch committed"
         );
 
+        if reassigned {
+            refresh(&mut dead, &mut tables).await?;
+        }
+
         // --- acknowledge ----------------------------------------------------------------
-        let ack = held_by_all(&tables, &aggregates, &shards);
+        let ack = held_by_all(&tables, &aggregates, &shard_info);
         if ack != acked {
             acked = ack.clone();
             let _ = ack_tx.send(ack);
@@ -310,7 +371,15 @@ pub async fn maintain(
     pipeline: &Pipeline,
     retention: std::time::Duration,
 ) -> Result<Vec<crate::sink::maintain::MaintainReport>, SinkError> {
-    let shards = source::shards_of(&pipeline.source);
+    let shards: Vec<String> = source::shards_of(&pipeline.source)
+        .await
+        .map_err(|e| SinkError::Delta {
+            table: pipeline.name.clone(),
+            source: deltalake::DeltaTableError::Generic(e.to_string()),
+        })?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     let storage = pipeline.sink.storage_options();
     let mut reports = Vec::new();
     for name in pipeline.table_names() {
@@ -347,14 +416,35 @@ pub async fn maintain(
     Ok(reports)
 }
 
-/// Per shard, the progress every table holds: where the source resumes at start, and
-/// how far it may be acknowledged after each micro-batch.
-fn held_by_all(tables: &[TableTarget], aggregates: &[AggregateTarget], shards: &[String]) -> Progress {
-    let committed = tables
+/// Per shard, the progress every table fed by the shard holds: where the source
+/// resumes at start, and how far it may be acknowledged after each micro-batch.
+fn held_by_all(
+    tables: &[TableTarget],
+    aggregates: &[AggregateTarget],
+    shards: &[source::ShardInfo],
+) -> Progress {
+    let committed: Vec<(&str, &Progress)> = tables
         .iter()
-        .map(|t| t.sink.committed())
-        .chain(aggregates.iter().map(|a| a.sink.committed()));
-    Progress::min_over(committed, shards)
+        .map(|t| (t.cfg.from.as_str(), t.sink.committed()))
+        .chain(
+            aggregates
+                .iter()
+                .map(|a| (a.cfg.from.as_str(), a.sink.committed())),
+        )
+        .collect();
+    oracle::held(shards, &committed)
+}
+
+/// Reads every table's progress again (shards were reassigned: another process may
+/// have written them since).
+async fn refresh(dead: &mut Option<DeadLetterTarget>, tables: &mut [TableTarget]) -> Result<(), RunError> {
+    if let Some(d) = dead {
+        d.sink.refresh().await?;
+    }
+    for t in tables {
+        t.sink.refresh().await?;
+    }
+    Ok(())
 }
 
 /// Splits `b` after `k` rows, or after the rest of the records sharing the `k`-th

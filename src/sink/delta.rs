@@ -256,8 +256,9 @@ impl DeltaSink {
         Ok(progress)
     }
 
-    /// Reloads the table and its progress, e.g. after a commit whose outcome is unknown.
-    async fn refresh(&mut self) -> Result<(), SinkError> {
+    /// Reloads the table and its progress: after a commit whose outcome is unknown, or
+    /// when another process may have written shards this one is about to write.
+    pub async fn refresh(&mut self) -> Result<(), SinkError> {
         match self.table.update_state().await {
             Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
             Err(source) => {
@@ -453,11 +454,23 @@ impl Sink for DeltaSink {
             }
             TableMode::Append | TableMode::Changelog => self.append(rows, props, commit.replace).await,
         };
+        let read_version = self.table.version();
         match written {
             Ok(table) => {
                 self.table = table;
                 for (shard, next) in &commit.progress {
                     self.committed.advance(shard, *next);
+                }
+                // Other writers' commits landed between our read and ours (none touched
+                // our shards, or the commit would have conflicted): their progress is in
+                // the snapshot now, so it must be in `committed` too, or a later commit
+                // of those shards would start from a stale position unchallenged.
+                let landed =
+                    self.table.version().map_or(-1, |v| v as i128) - read_version.map_or(-1, |v| v as i128);
+                if landed > 1 {
+                    for (shard, v) in self.read_progress().await?.iter() {
+                        self.committed.advance(shard, v);
+                    }
                 }
                 Ok(Committed::Version(self.table.version().unwrap_or_default()))
             }

@@ -3,6 +3,7 @@
 
 mod file;
 mod generator;
+pub mod kafka;
 pub mod postgres;
 
 use std::sync::Arc;
@@ -102,6 +103,10 @@ pub enum Polled {
     /// The input is exhausted (a bounded source, or the end noted by a `--once` run).
     /// Bounded generator and file sources first yield an `end_of_input` batch.
     End,
+    /// The source now reads other shards (a consumer-group rebalance): another process
+    /// may have advanced the tables for them, so the tables must read their progress
+    /// again before the records that follow.
+    Reassigned,
 }
 
 /// Why a source failed.
@@ -128,6 +133,11 @@ pub enum SourceError {
     /// table without a key).
     #[error("{0}")]
     Setup(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// The schema registry cannot answer now.
+    #[error("{0}")]
+    Registry(String),
 }
 
 /// A source of records.
@@ -175,6 +185,25 @@ pub struct Resume {
     /// Each table's own progress (a source with phases, like a snapshot followed by a
     /// stream, needs to know how far the furthest table got).
     pub tables: Vec<Progress>,
+    /// Reads the tables' progress afresh, for sources whose shards move between
+    /// processes (Kafka consumer groups).
+    pub oracle: Option<Arc<dyn TableProgress>>,
+}
+
+/// Reads, from the tables themselves, where each shard resumes: the smallest progress
+/// over the tables fed by the shard's stream (`None` for a shard some table does not
+/// hold yet).
+#[async_trait]
+pub trait TableProgress: Send + Sync + std::fmt::Debug {
+    async fn held(&self, shards: &[String]) -> Result<Progress, String>;
+}
+
+/// A shard and the stream its records belong to (`None`: every stream, as a
+/// replication slot carries every table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub name: String,
+    pub stream: Option<String>,
 }
 
 /// Opens the configured source at `resume`.
@@ -199,15 +228,24 @@ pub async fn open(
         SourceConfig::Postgres(p) => {
             Box::new(postgres::PostgresSource::open(p, resume, mode, chunk_rows, dead_letters).await?)
         }
+        SourceConfig::Kafka(k) => {
+            Box::new(kafka::KafkaSource::open(k, resume, mode, chunk_rows, dead_letters).await?)
+        }
     })
 }
 
-/// The shard names a configured source will use, known without opening it.
-pub fn shards_of(config: &SourceConfig) -> Vec<String> {
-    match config {
-        SourceConfig::Generator(g) => vec![g.stream.clone()],
-        SourceConfig::File(f) => vec![f.stream.clone()],
+/// The shards a configured source reads, with their streams. Kafka asks the brokers
+/// for the topics' partitions; other sources know without connecting.
+pub async fn shards_of(config: &SourceConfig) -> Result<Vec<ShardInfo>, SourceError> {
+    let every = |name: &str| ShardInfo {
+        name: name.to_string(),
+        stream: None,
+    };
+    Ok(match config {
+        SourceConfig::Generator(g) => vec![every(&g.stream)],
+        SourceConfig::File(f) => vec![every(&f.stream)],
         // One slot, one ordered stream of transactions: one shard.
-        SourceConfig::Postgres(p) => vec![p.slot.clone()],
-    }
+        SourceConfig::Postgres(p) => vec![every(&p.slot)],
+        SourceConfig::Kafka(k) => kafka::shards(k).await?,
+    })
 }

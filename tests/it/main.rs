@@ -6,11 +6,14 @@
 
 mod crash;
 mod files;
+mod kafka;
+mod kafka_support;
 mod maintain;
 mod mirror;
 mod pg;
 mod postgres;
 mod quickstart;
+mod registry;
 mod sink;
 mod support;
 mod validate;

@@ -18,6 +18,8 @@ fn every_shipped_pipeline_validates() {
             .env("AWS_SECRET_ACCESS_KEY", "s")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ALLOW_HTTP", "true")
+            .env("KAFKA_BROKERS", "127.0.0.1:1")
+            .env("SCHEMA_REGISTRY_URL", "http://127.0.0.1:1")
             .output()
             .unwrap();
         assert!(

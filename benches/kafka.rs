@@ -1,0 +1,297 @@
+//! Kafka → Delta throughput for the clickstream schema, beside its limits:
+//! - decode only: Confluent frames → Arrow with the direct decoder Tributary uses,
+//!   and with apache-avro `Value`s appended to Arrow builders (the alternative);
+//! - drain: an rdkafka consumer reading the topic and doing nothing else;
+//! - end to end: `tributary run --once` from the topic into Delta on moto S3.
+//!
+//! Needs the local stack (`infra/up.sh`, `source infra/env.sh`) and the release binary.
+//! Run with `bench/kafka.sh`; results go to BENCHMARKS.md.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use deltalake::arrow::array::{ArrayRef, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use tributary::decode::confluent::{ConfluentDecoder, FixedSchemas, Frames};
+
+const PARTITIONS: i32 = 3;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: source infra/env.sh"))
+}
+
+fn click(i: u64) -> Value {
+    Value::Record(vec![
+        ("event_id".into(), Value::Uuid(uuid::Uuid::from_u64_pair(7, i))),
+        ("user_id".into(), Value::String(format!("u{}", i % 5000))),
+        ("page".into(), Value::String(format!("/p/{}", i % 100))),
+        (
+            "action".into(),
+            Value::String(["view", "click", "add_to_cart", "purchase"][(i % 4) as usize].into()),
+        ),
+        ("session_id".into(), Value::String(format!("s{}", i % 20_000))),
+        (
+            "device".into(),
+            Value::String(["mobile", "desktop", "tablet"][(i % 3) as usize].into()),
+        ),
+        (
+            "country".into(),
+            Value::String(["NL", "DE", "US", "FR"][(i % 4) as usize].into()),
+        ),
+        (
+            "event_timestamp".into(),
+            Value::TimestampMicros(1_767_225_600_000_000 + i as i64 * 1000),
+        ),
+    ])
+}
+
+fn frames(schema: &Schema, id: u32, n: u64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut f = vec![0u8];
+            f.extend_from_slice(&id.to_be_bytes());
+            f.extend(
+                apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+                    .build()
+                    .unwrap()
+                    .write_value_to_vec(click(i))
+                    .unwrap(),
+            );
+            f
+        })
+        .collect()
+}
+
+fn rate(n: u64, d: Duration) -> String {
+    let r = n as f64 / d.as_secs_f64();
+    let s = format!("{r:.0}");
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// apache-avro `Value`s appended to Arrow builders: the per-value alternative.
+fn decode_values(writer: &Schema, all: &[Vec<u8>]) -> usize {
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(writer)
+        .build()
+        .unwrap();
+    let mut rows = 0;
+    for chunk in all.chunks(32_768) {
+        let mut strings: Vec<StringBuilder> = (0..7).map(|_| StringBuilder::new()).collect();
+        let mut ts = TimestampMicrosecondBuilder::new();
+        for f in chunk {
+            let v = reader.read_value(&mut &f[5..]).unwrap();
+            let Value::Record(fields) = v else {
+                panic!("not a record")
+            };
+            for (i, (_, v)) in fields.into_iter().enumerate() {
+                match v {
+                    Value::String(s) => strings[i.min(6)].append_value(s),
+                    Value::Uuid(u) => strings[0].append_value(u.to_string()),
+                    Value::TimestampMicros(t) => ts.append_value(t),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        let mut cols: Vec<ArrayRef> = strings
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        cols.push(Arc::new(ts.finish()));
+        let batch =
+            RecordBatch::try_from_iter(cols.into_iter().enumerate().map(|(i, c)| (format!("c{i}"), c)))
+                .unwrap();
+        rows += batch.num_rows();
+    }
+    rows
+}
+
+fn decode_direct(reader: &str, id: u32, writer: &str, all: &[Vec<u8>]) -> usize {
+    let mut d = ConfluentDecoder::new(reader, 32_768).unwrap();
+    let mut schemas = FixedSchemas(HashMap::from([(id, writer.to_string())]));
+    let mut rows = 0;
+    for chunk in all.chunks(32_768) {
+        let mut fr = Frames::default();
+        for f in chunk {
+            fr.push(f);
+        }
+        let out = d.decode(&fr, 0..fr.len(), &mut schemas).unwrap();
+        assert!(out.rejected.is_empty());
+        rows += out.batch.num_rows();
+    }
+    rows
+}
+
+fn main() {
+    let events: u64 = std::env::var("EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let text = std::fs::read_to_string("schemas/clickstream.avsc").unwrap();
+    let schema = Schema::parse_str(&text).unwrap();
+
+    // --- decode only ------------------------------------------------------------------
+    let sample = frames(&schema, 1, 200_000);
+    let t = Instant::now();
+    assert_eq!(decode_direct(&text, 1, &text, &sample), sample.len());
+    let direct = t.elapsed();
+    let t = Instant::now();
+    assert_eq!(decode_values(&schema, &sample), sample.len());
+    let values = t.elapsed();
+
+    // --- produce the topic ------------------------------------------------------------
+    let brokers = env("KAFKA_BROKERS");
+    let registry = env("SCHEMA_REGISTRY_URL");
+    let topic = format!("bench-clicks-{}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for r in rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let id = rt
+        .block_on(
+            tributary::registry::client::Client::new(&registry).register(&format!("{topic}-value"), &text),
+        )
+        .unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let t = Instant::now();
+    for i in 0..events {
+        let f = {
+            let mut f = vec![0u8];
+            f.extend_from_slice(&id.to_be_bytes());
+            f.extend(
+                apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+                    .build()
+                    .unwrap()
+                    .write_value_to_vec(click(i))
+                    .unwrap(),
+            );
+            f
+        };
+        let mut rec = BaseRecord::<'_, [u8], [u8]>::to(&topic)
+            .partition((i % PARTITIONS as u64) as i32)
+            .payload(&f);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    let produce = t.elapsed();
+
+    // --- raw drain: the limit ---------------------------------------------------------
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{topic}-drain"))
+        .set("fetch.wait.max.ms", "10")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let t = Instant::now();
+    let (mut n, mut bytes) = (0u64, 0usize);
+    while n < events {
+        if let Some(m) = consumer.poll(Duration::from_secs(5)) {
+            bytes += rdkafka::Message::payload(&m.unwrap()).map_or(0, <[u8]>::len);
+            n += 1;
+        }
+    }
+    let drain = t.elapsed();
+    drop(consumer);
+
+    // --- end to end ---------------------------------------------------------------------
+    let dir = std::env::temp_dir().join(&topic);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"bench\"\n[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n\
+             group_id = \"{topic}\"\nformat = \"avro\"\nschema_registry = \"{registry}\"\n\
+             [sink]\nuri = \"s3://tributary/{topic}\"\n[sink.storage]\nAWS_ENDPOINT_URL = \"${{AWS_ENDPOINT_URL}}\"\n\
+             AWS_ACCESS_KEY_ID = \"${{AWS_ACCESS_KEY_ID}}\"\nAWS_SECRET_ACCESS_KEY = \"${{AWS_SECRET_ACCESS_KEY}}\"\n\
+             AWS_REGION = \"${{AWS_REGION}}\"\nAWS_ALLOW_HTTP = \"true\"\n[batch]\nmax_rows = 200000\n\
+             [[tables]]\nname = \"clicks\"\nfrom = \"{topic}\"\n"
+        ),
+    )
+    .unwrap();
+    let bin = std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| "target/release/tributary".into());
+    let t = Instant::now();
+    let out = std::process::Command::new(&bin)
+        .args(["run", pipeline.to_str().unwrap(), "--once"])
+        .output()
+        .unwrap();
+    let e2e = t.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "| Stage ({events} clickstream events, {PARTITIONS} partitions, {:.0} B/record) | Time | Events/s |",
+        bytes as f64 / events as f64
+    );
+    println!("|---|---:|---:|");
+    println!(
+        "| Decode only, direct Avro → Arrow (arrow-avro + frame check), 200k frames | {:.2} s | {} |",
+        direct.as_secs_f64(),
+        rate(sample.len() as u64, direct)
+    );
+    println!(
+        "| Decode only, apache-avro `Value`s → Arrow builders, 200k frames | {:.2} s | {} |",
+        values.as_secs_f64(),
+        rate(sample.len() as u64, values)
+    );
+    println!(
+        "| Produce (rdkafka, acks=1) | {:.2} s | {} |",
+        produce.as_secs_f64(),
+        rate(events, produce)
+    );
+    println!(
+        "| Raw drain: rdkafka consumer, no work (the limit) | {:.2} s | {} |",
+        drain.as_secs_f64(),
+        rate(events, drain)
+    );
+    println!(
+        "| Tributary `run --once`: Kafka → Delta on moto S3 (startup included) | {:.2} s | {} |",
+        e2e.as_secs_f64(),
+        rate(events, e2e)
+    );
+}

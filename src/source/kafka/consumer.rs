@@ -1,0 +1,628 @@
+//! The consumer thread: owns the librdkafka consumer, answers rebalances, gathers
+//! messages per partition, decodes them and hands batches to the runtime.
+//!
+//! librdkafka calls rebalance callbacks from inside `poll`, on this thread, which is
+//! not a tokio thread: the callbacks may block on async work (reading the tables'
+//! progress) with the runtime's handle.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::schemas::{Chunk, TopicDecoder};
+use super::{METADATA_TIMEOUT, kafka_err, shard_name};
+use crate::config::{KafkaConfig, StartAt};
+use crate::progress::Progress;
+use crate::source::{Polled, SourceError, TableProgress};
+
+/// How long `poll` blocks for a message.
+const POLL_TIMEOUT: Duration = Duration::from_millis(50);
+/// A partition's gathered messages are handed over at least this often.
+const LINGER: Duration = Duration::from_millis(200);
+/// How long a revocation waits for what was sent of the partitions to be committed
+/// (well within `max.poll.interval.ms`, or the consumer would be thrown out).
+const REVOKE_WAIT: Duration = Duration::from_secs(10);
+
+/// State shared by the source (runtime side) and the consumer thread.
+#[derive(Debug)]
+pub struct Shared {
+    acked: Mutex<Progress>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(start: Progress) -> Self {
+        Self {
+            acked: Mutex::new(start),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        self.acked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn acknowledge(&self, committed: &Progress) {
+        let mut acked = self.lock();
+        for (shard, next) in committed.iter() {
+            acked.advance(shard, next);
+        }
+        self.changed.notify_all();
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every shard of `sent` is acknowledged up to its offset, or `limit`.
+    fn wait_acked(&self, sent: &HashMap<String, i64>, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut acked = self.lock();
+        loop {
+            if sent.iter().all(|(s, n)| acked.get(s).is_some_and(|a| a >= *n)) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || self.stopping() {
+                return false;
+            }
+            acked = self
+                .changed
+                .wait_timeout(acked, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+/// Everything the thread needs.
+pub struct Setup {
+    pub cfg: KafkaConfig,
+    pub client: ClientConfig,
+    pub decoders: BTreeMap<String, TopicDecoder>,
+    /// `--once`: per shard, the low and high watermarks noted at start; a run stops
+    /// before the high one.
+    pub ends: Option<HashMap<String, (i64, i64)>>,
+    pub chunk_rows: usize,
+    pub dead_letters: bool,
+    pub oracle: Arc<dyn TableProgress>,
+    pub shared: Arc<Shared>,
+    pub tx: mpsc::Sender<Result<Polled, SourceError>>,
+    pub handle: tokio::runtime::Handle,
+}
+
+/// What rebalance callbacks found, for the poll loop to act on.
+#[derive(Default)]
+struct Events {
+    /// Partitions assigned, with the offset each starts at.
+    assigned: Vec<(String, i32, i64)>,
+    revoked: Vec<(String, i32)>,
+    error: Option<SourceError>,
+}
+
+struct Context {
+    cfg: KafkaConfig,
+    oracle: Arc<dyn TableProgress>,
+    shared: Arc<Shared>,
+    handle: tokio::runtime::Handle,
+    /// Per shard, one past the last offset handed to the runtime.
+    sent: Arc<Mutex<HashMap<String, i64>>>,
+    events: Mutex<Events>,
+}
+
+impl ClientContext for Context {}
+
+impl Context {
+    fn events(&self) -> MutexGuard<'_, Events> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Offsets to start the assigned partitions at: the tables' progress, else the
+    /// configured reset.
+    fn starts(&self, tpl: &TopicPartitionList) -> Result<TopicPartitionList, SourceError> {
+        let shards: Vec<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| shard_name(e.topic(), e.partition()))
+            .collect();
+        let held = self
+            .handle
+            .block_on(self.oracle.held(&shards))
+            .map_err(|e| SourceError::Kafka(format!("reading the tables' progress for {shards:?}: {e}")))?;
+        let mut out = TopicPartitionList::new();
+        for e in tpl.elements() {
+            let offset = match held.get(&shard_name(e.topic(), e.partition())) {
+                Some(n) => Offset::Offset(n),
+                None => match self.cfg.start_at {
+                    StartAt::Earliest => Offset::Beginning,
+                    StartAt::Latest => Offset::End,
+                },
+            };
+            out.add_partition_offset(e.topic(), e.partition(), offset)
+                .map_err(kafka_err("assignment"))?;
+        }
+        Ok(out)
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr as E;
+        match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => match self.starts(tpl) {
+                Ok(starts) => {
+                    let assigned: Vec<(String, i32, i64)> = starts
+                        .elements()
+                        .iter()
+                        .map(|e| {
+                            (
+                                e.topic().to_string(),
+                                e.partition(),
+                                e.offset().to_raw().unwrap_or(-1),
+                            )
+                        })
+                        .collect();
+                    tracing::info!(partitions = ?assigned, "kafka partitions assigned");
+                    if let Err(e) = consumer.assign(&starts) {
+                        self.events().error = Some(SourceError::Kafka(format!("assign: {e}")));
+                    }
+                    self.events().assigned.extend(assigned);
+                }
+                Err(e) => {
+                    let _ = consumer.unassign();
+                    self.events().error = Some(e);
+                }
+            },
+            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                // Hand over cleanly: what was sent of these partitions is committed
+                // before the next owner reads where the tables stand.
+                let sent: HashMap<String, i64> = {
+                    let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+                    revoked
+                        .iter()
+                        .filter_map(|(t, p)| {
+                            let s = shard_name(t, *p);
+                            sent.get(&s).map(|n| (s, *n))
+                        })
+                        .collect()
+                };
+                if !self.shared.wait_acked(&sent, REVOKE_WAIT) {
+                    tracing::warn!(?revoked, "partitions revoked before their records were committed");
+                }
+                let acked = self.shared.lock().clone();
+                commit_offsets(consumer, &acked, tpl, CommitMode::Sync);
+                tracing::info!(partitions = ?revoked, "kafka partitions revoked");
+                let _ = consumer.unassign();
+                self.events().revoked.extend(revoked);
+            }
+            other => {
+                tracing::warn!(error = ?other, "kafka rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Commits `progress` for the partitions of `tpl` (or every assigned one).
+fn commit_offsets(
+    consumer: &BaseConsumer<Context>,
+    progress: &Progress,
+    tpl: &TopicPartitionList,
+    mode: CommitMode,
+) {
+    let mut out = TopicPartitionList::new();
+    for e in tpl.elements() {
+        if let Some(n) = progress.get(&shard_name(e.topic(), e.partition())) {
+            let _ = out.add_partition_offset(e.topic(), e.partition(), Offset::Offset(n));
+        }
+    }
+    if out.count() > 0
+        && let Err(e) = consumer.commit(&out, mode)
+    {
+        tracing::debug!(error = %e, "kafka offset commit failed (the tables hold the progress)");
+    }
+}
+
+/// Collects the high watermarks fetch responses report (librdkafka statistics).
+#[derive(Default)]
+struct FetchedHighs(Mutex<HashMap<(String, i32), i64>>);
+
+impl ClientContext for FetchedHighs {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let mut highs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, t) in stats.topics {
+            for (p, part) in t.partitions {
+                if p >= 0 && part.hi_offset >= 0 {
+                    highs.insert((topic.clone(), p), part.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for FetchedHighs {}
+
+/// How long `--once` waits for fetch responses to confirm the high watermarks.
+const FETCH_PROBE: Duration = Duration::from_secs(5);
+
+/// Low and high watermarks of every partition, for `--once`. The high watermark is the
+/// larger of what ListOffsets answers and what a fetch reports: some brokers (tansu)
+/// answer ListOffsets with the start of the last record batch, not its end.
+pub async fn watermarks(
+    cfg: &KafkaConfig,
+    topics: &BTreeMap<String, Vec<i32>>,
+) -> Result<HashMap<String, (i64, i64)>, SourceError> {
+    let (cfg, topics) = (cfg.clone(), topics.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut client = super::client_config(&cfg);
+        client.set("statistics.interval.ms", "100");
+        let consumer: BaseConsumer<FetchedHighs> = client
+            .create_with_context(FetchedHighs::default())
+            .map_err(kafka_err("cannot create a consumer"))?;
+        let mut marks = HashMap::new();
+        let mut probe = TopicPartitionList::new();
+        for (topic, ps) in &topics {
+            for p in ps {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
+                    .map_err(kafka_err(&format!("watermarks of {topic}/{p}")))?;
+                marks.insert((topic.clone(), *p), (low, high));
+                probe
+                    .add_partition_offset(topic, *p, Offset::Offset(high.max(low)))
+                    .map_err(kafka_err("watermark probe"))?;
+            }
+        }
+        consumer.assign(&probe).map_err(kafka_err("watermark probe"))?;
+        let deadline = Instant::now() + FETCH_PROBE;
+        while Instant::now() < deadline {
+            let _ = consumer.poll(Duration::from_millis(50));
+            if consumer
+                .context()
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len()
+                >= marks.len()
+            {
+                break;
+            }
+        }
+        let fetched = consumer
+            .context()
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(marks
+            .into_iter()
+            .map(|((t, p), (low, high))| {
+                let high = fetched.get(&(t.clone(), p)).map_or(high, |f| high.max(*f));
+                (shard_name(&t, p), (low, high))
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| SourceError::Kafka(format!("watermark task: {e}")))?
+}
+
+/// Starts the consumer thread.
+pub fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
+    let sent = Arc::new(Mutex::new(HashMap::new()));
+    let context = Context {
+        cfg: setup.cfg.clone(),
+        oracle: setup.oracle.clone(),
+        shared: setup.shared.clone(),
+        handle: setup.handle.clone(),
+        sent: sent.clone(),
+        events: Mutex::new(Events::default()),
+    };
+    let consumer: BaseConsumer<Context> = setup
+        .client
+        .create_with_context(context)
+        .map_err(kafka_err("cannot create the consumer"))?;
+    let topics: Vec<&str> = setup.cfg.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(kafka_err("subscribe"))?;
+    std::thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(move || {
+            let tx = setup.tx.clone();
+            let mut st = State {
+                setup,
+                sent,
+                chunks: HashMap::new(),
+                assigned: HashSet::new(),
+                starts: HashMap::new(),
+                done: HashSet::new(),
+                last_flush: Instant::now(),
+                acked_seen: Progress::new(),
+            };
+            if let Err(e) = st.run(&consumer) {
+                let _ = tx.blocking_send(Err(e));
+            }
+            st.leave(&consumer);
+        })
+        .map_err(|e| SourceError::Kafka(format!("cannot start the consumer thread: {e}")))
+}
+
+/// First rewind of a fetch that started past its offset, and how many (each 4× further).
+const REWIND_STEP: i64 = 256;
+const MAX_REWINDS: u32 = 8;
+
+/// Where a partition was assigned to start, until its first record arrives.
+struct Start {
+    want: i64,
+    /// Where the fetch now starts (below `want` after rewinds).
+    from: i64,
+    rewinds: u32,
+}
+
+/// The poll loop's state; the consumer is passed beside it, since a polled message
+/// borrows the consumer while the state changes.
+struct State {
+    setup: Setup,
+    sent: Arc<Mutex<HashMap<String, i64>>>,
+    /// Per partition (topic, partition): what is gathered and not handed over yet.
+    chunks: HashMap<(String, i32), Chunk>,
+    assigned: HashSet<(String, i32)>,
+    /// Partitions whose first record since assignment has not arrived.
+    starts: HashMap<(String, i32), Start>,
+    /// `--once`: partitions read up to their end.
+    done: HashSet<(String, i32)>,
+    last_flush: Instant,
+    acked_seen: Progress,
+}
+
+impl State {
+    fn send(&self, p: Polled) -> Result<bool, SourceError> {
+        Ok(self.setup.tx.blocking_send(Ok(p)).is_ok())
+    }
+
+    fn run(&mut self, consumer: &BaseConsumer<Context>) -> Result<(), SourceError> {
+        loop {
+            if self.setup.shared.stopping() {
+                return Ok(());
+            }
+            self.commit_acked(consumer);
+            let msg = consumer.poll(POLL_TIMEOUT);
+            // Before the message: it may belong to a partition assigned in this poll.
+            if !self.take_events(consumer)? {
+                return Ok(());
+            }
+            let idle = match msg {
+                None => true,
+                Some(Err(e)) => {
+                    // librdkafka retries broker and network errors itself.
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    true
+                }
+                Some(Ok(m)) => {
+                    self.gather(
+                        consumer,
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                        m.payload(),
+                        m.timestamp().to_millis(),
+                    );
+                    false
+                }
+            };
+            let full = self
+                .chunks
+                .values()
+                .any(|c| c.offsets.len() >= self.setup.chunk_rows);
+            if (idle || full || self.last_flush.elapsed() >= LINGER) && !self.flush()? {
+                return Ok(());
+            }
+            if self.setup.ends.is_some()
+                && !self.assigned.is_empty()
+                && self.assigned.iter().all(|tp| self.done.contains(tp))
+                && self.chunks.values().all(|c| c.offsets.is_empty())
+            {
+                self.send(Polled::End)?;
+                // Stay in the group until the last commit is acknowledged (`close`),
+                // so that its offsets reach Kafka too.
+                while !self.setup.shared.stopping() {
+                    self.commit_acked(consumer);
+                    let _ = consumer.poll(POLL_TIMEOUT);
+                    let _ = std::mem::take(&mut *consumer.context().events());
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Acts on what rebalance callbacks recorded; `false` when the runtime is gone.
+    fn take_events(&mut self, consumer: &BaseConsumer<Context>) -> Result<bool, SourceError> {
+        let ev = std::mem::take(&mut *consumer.context().events());
+        if let Some(e) = ev.error {
+            return Err(e);
+        }
+        for (t, p) in ev.revoked {
+            // Gathered but not handed over: the next owner reads them again.
+            self.chunks.remove(&(t.clone(), p));
+            self.starts.remove(&(t.clone(), p));
+            self.assigned.remove(&(t, p));
+        }
+        if ev.assigned.is_empty() {
+            return Ok(true);
+        }
+        {
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            for (t, p, start) in &ev.assigned {
+                let shard = shard_name(t, *p);
+                sent.remove(&shard);
+                self.assigned.insert((t.clone(), *p));
+                self.starts.remove(&(t.clone(), *p));
+                if *start >= 0 {
+                    self.starts.insert(
+                        (t.clone(), *p),
+                        Start {
+                            want: *start,
+                            from: *start,
+                            rewinds: 0,
+                        },
+                    );
+                }
+                if let Some(ends) = &self.setup.ends {
+                    let (low, high) = ends.get(&shard).copied().unwrap_or((0, 0));
+                    // Beginning (-2) is the low watermark; End (-1) is the high one.
+                    let from = match *start {
+                        -2 => low,
+                        -1 => high,
+                        n => n.max(low),
+                    };
+                    if from >= high {
+                        self.done.insert((t.clone(), *p));
+                    }
+                }
+            }
+        }
+        // Tables re-read their progress before the new partitions' records arrive.
+        self.send(Polled::Reassigned)
+    }
+
+    fn gather(
+        &mut self,
+        consumer: &BaseConsumer<Context>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: Option<&[u8]>,
+        ts: Option<i64>,
+    ) {
+        let key = (topic.to_string(), partition);
+        if !self.assigned.contains(&key) || self.done.contains(&key) {
+            return;
+        }
+        if let Some(start) = self.starts.get_mut(&key) {
+            if offset < start.want {
+                // Before the start: the rewound fetch's overlap.
+                return;
+            }
+            if offset > start.want && start.from > 0 && start.rewinds < MAX_REWINDS {
+                // The first record is past the start. Some brokers (tansu) answer a
+                // fetch from inside a record batch with the next batch; fetch from
+                // further back and skip what lies before the start. A true gap
+                // (compaction, retention) shows as the same answer from offset 0.
+                start.rewinds += 1;
+                start.from = (start.want - (REWIND_STEP << (2 * start.rewinds))).max(0);
+                tracing::debug!(
+                    topic,
+                    partition,
+                    want = start.want,
+                    from = start.from,
+                    first = offset,
+                    "fetch started past the start offset: rewinding"
+                );
+                if let Err(e) = consumer.seek(
+                    topic,
+                    partition,
+                    Offset::Offset(start.from),
+                    Duration::from_secs(10),
+                ) {
+                    tracing::warn!(error = %e, topic, partition, "seek failed");
+                }
+                return;
+            }
+            self.starts.remove(&key);
+        }
+        if let Some(ends) = &self.setup.ends {
+            let end = ends.get(&shard_name(topic, partition)).map_or(0, |e| e.1);
+            if offset >= end {
+                self.done.insert(key);
+                return;
+            }
+            if offset + 1 >= end {
+                self.done.insert(key.clone());
+            }
+        }
+        let chunk = self.chunks.entry(key).or_default();
+        chunk.next = offset + 1;
+        // A tombstone (no value) is a compaction marker, not a record.
+        if let Some(payload) = payload {
+            chunk.frames.push(payload);
+            chunk.offsets.push(offset);
+            chunk.timestamps.push(ts);
+        }
+    }
+
+    /// Decodes and hands over every partition's gathered messages.
+    fn flush(&mut self) -> Result<bool, SourceError> {
+        self.last_flush = Instant::now();
+        let keys: Vec<(String, i32)> = self.chunks.keys().cloned().collect();
+        for key in keys {
+            let Some(mut chunk) = self.chunks.remove(&key) else {
+                continue;
+            };
+            if chunk.offsets.is_empty() {
+                continue;
+            }
+            let shard: Arc<str> = Arc::from(shard_name(&key.0, key.1));
+            let decoder = self
+                .setup
+                .decoders
+                .get_mut(&key.0)
+                .ok_or_else(|| SourceError::Kafka(format!("no decoder for topic {}", key.0)))?;
+            tracing::trace!(%shard, first = chunk.offsets[0], next = chunk.next, "chunk");
+            let batch = decoder.decode(&chunk, key.1, &shard, self.setup.dead_letters)?;
+            chunk.clear();
+            if let Some(b) = batch {
+                let next = b.next;
+                if !self.send(Polled::Batch(b))? {
+                    return Ok(false);
+                }
+                self.sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(shard.to_string(), next);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Commits newly acknowledged offsets to Kafka, for lag tools.
+    fn commit_acked(&mut self, consumer: &BaseConsumer<Context>) {
+        let acked = self.setup.shared.lock().clone();
+        if acked == self.acked_seen {
+            return;
+        }
+        if let Ok(tpl) = consumer.assignment() {
+            commit_offsets(consumer, &acked, &tpl, CommitMode::Async);
+        }
+        self.acked_seen = acked;
+    }
+
+    /// Commits the last acknowledged offsets and leaves the group.
+    fn leave(&mut self, consumer: &BaseConsumer<Context>) {
+        let acked = self.setup.shared.lock().clone();
+        if let Ok(tpl) = consumer.assignment() {
+            commit_offsets(consumer, &acked, &tpl, CommitMode::Sync);
+        }
+        consumer.unsubscribe();
+        // Closing the consumer (on drop) sends the LeaveGroup.
+    }
+}
