@@ -4,10 +4,9 @@
 #![no_main]
 
 // The decoder and its checker build without deltalake: only arrow and Avro crates.
+#[path = "../../src/decode"]
 mod decode {
-    #[path = "../../../src/decode/avro_check.rs"]
     pub mod avro_check;
-    #[path = "../../../src/decode/confluent.rs"]
     #[allow(dead_code)]
     pub mod confluent;
 }

@@ -324,6 +324,8 @@ fn malformed_records_go_to_dead_letters_and_the_rest_is_kept() {
         &format!("[dead_letters]\n\n[[tables]]\nname = \"clicks\"\nfrom = \"{topic}\""),
     );
     run_once(dir.path(), &pipeline);
+    // After the Delta commits the offsets are committed to Kafka too, for lag tools.
+    assert_eq!(committed_offsets(&topic, &topic, 2), offsets.to_vec());
     let lake = dir.path().join("lake");
     let clicks = lake.join("clicks");
     let dead = lake.join("dead_letters");

@@ -91,6 +91,29 @@ impl Produce {
     }
 }
 
+/// The offsets group `group` has committed in Kafka for `topic`'s partitions (what lag
+/// tools read).
+pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| {
+            got.find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(-1)
+        })
+        .collect()
+}
+
 /// A Confluent frame: magic, schema id, datum.
 pub fn frame(id: u32, schema: &Schema, value: Value) -> Vec<u8> {
     let mut out = vec![0u8];
