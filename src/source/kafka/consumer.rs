@@ -93,6 +93,8 @@ pub struct Setup {
     pub cfg: KafkaConfig,
     pub client: ClientConfig,
     pub decoders: BTreeMap<String, TopicDecoder>,
+    /// Every topic's partitions.
+    pub partitions: BTreeMap<String, Vec<i32>>,
     /// `--once`: per shard, the low and high watermarks noted at start; a run stops
     /// before the high one.
     pub ends: Option<HashMap<String, (i64, i64)>>,
@@ -132,7 +134,12 @@ impl Context {
 
     /// Offsets to start the assigned partitions at: the tables' progress, else the
     /// configured reset.
-    fn starts(&self, tpl: &TopicPartitionList) -> Result<TopicPartitionList, SourceError> {
+    /// The fetch offsets to assign, and each partition's start (`-2`/`-1` for the
+    /// beginning or end).
+    fn starts(
+        &self,
+        tpl: &TopicPartitionList,
+    ) -> Result<(TopicPartitionList, Vec<(String, i32, i64)>), SourceError> {
         let shards: Vec<String> = tpl
             .elements()
             .iter()
@@ -143,18 +150,25 @@ impl Context {
             .block_on(self.oracle.held(&shards))
             .map_err(|e| SourceError::Kafka(format!("reading the tables' progress for {shards:?}: {e}")))?;
         let mut out = TopicPartitionList::new();
+        let mut wants = Vec::new();
         for e in tpl.elements() {
-            let offset = match held.get(&shard_name(e.topic(), e.partition())) {
-                Some(n) => Offset::Offset(n),
+            let (fetch, want) = match held.get(&shard_name(e.topic(), e.partition())) {
+                // Fetch from a little earlier and skip up to the start: some brokers
+                // (tansu) answer a fetch from inside a record batch with the next
+                // batch, which would skip the rest of this one.
+                // With `latest`, a rewind below the log start would jump to the end.
+                Some(n) if self.cfg.start_at == StartAt::Latest => (Offset::Offset(n), n),
+                Some(n) => (Offset::Offset((n - FETCH_BEFORE).max(0)), n),
                 None => match self.cfg.start_at {
-                    StartAt::Earliest => Offset::Beginning,
-                    StartAt::Latest => Offset::End,
+                    StartAt::Earliest => (Offset::Beginning, -2),
+                    StartAt::Latest => (Offset::End, -1),
                 },
             };
-            out.add_partition_offset(e.topic(), e.partition(), offset)
+            out.add_partition_offset(e.topic(), e.partition(), fetch)
                 .map_err(kafka_err("assignment"))?;
+            wants.push((e.topic().to_string(), e.partition(), want));
         }
-        Ok(out)
+        Ok((out, wants))
     }
 }
 
@@ -168,18 +182,7 @@ impl ConsumerContext for Context {
         use rdkafka::types::RDKafkaRespErr as E;
         match err {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => match self.starts(tpl) {
-                Ok(starts) => {
-                    let assigned: Vec<(String, i32, i64)> = starts
-                        .elements()
-                        .iter()
-                        .map(|e| {
-                            (
-                                e.topic().to_string(),
-                                e.partition(),
-                                e.offset().to_raw().unwrap_or(-1),
-                            )
-                        })
-                        .collect();
+                Ok((starts, assigned)) => {
                     tracing::info!(partitions = ?assigned, "kafka partitions assigned");
                     if let Err(e) = consumer.assign(&starts) {
                         self.events().error = Some(SourceError::Kafka(format!("assign: {e}")));
@@ -224,6 +227,25 @@ impl ConsumerContext for Context {
             }
         }
     }
+}
+
+/// Assigns every partition at the tables' progress, without the group.
+fn assign_all(
+    consumer: &BaseConsumer<Context>,
+    partitions: &BTreeMap<String, Vec<i32>>,
+) -> Result<(), SourceError> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, ps) in partitions {
+        for p in ps {
+            tpl.add_partition(t, *p);
+        }
+    }
+    let ctx = consumer.context();
+    let (starts, assigned) = ctx.starts(&tpl)?;
+    consumer.assign(&starts).map_err(kafka_err("assign"))?;
+    tracing::info!(partitions = ?assigned, "kafka partitions assigned (--once: every partition)");
+    ctx.events().assigned.extend(assigned);
+    Ok(())
 }
 
 /// Commits `progress` for the partitions of `tpl` (or every assigned one).
@@ -343,12 +365,23 @@ pub fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
         .client
         .create_with_context(context)
         .map_err(kafka_err("cannot create the consumer"))?;
-    let topics: Vec<&str> = setup.cfg.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).map_err(kafka_err("subscribe"))?;
+    // Continuous runs share the partitions through the group. A `--once` run is a job
+    // that drains everything up to the ends noted at start: it takes every partition
+    // itself, so it never waits on a group (or on members a crash left behind).
+    if setup.ends.is_none() {
+        let topics: Vec<&str> = setup.cfg.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(kafka_err("subscribe"))?;
+    }
     std::thread::Builder::new()
         .name("kafka-consumer".into())
         .spawn(move || {
             let tx = setup.tx.clone();
+            if setup.ends.is_some()
+                && let Err(e) = assign_all(&consumer, &setup.partitions)
+            {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
             let mut st = State {
                 setup,
                 sent,
@@ -367,17 +400,8 @@ pub fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
         .map_err(|e| SourceError::Kafka(format!("cannot start the consumer thread: {e}")))
 }
 
-/// First rewind of a fetch that started past its offset, and how many (each 4× further).
-const REWIND_STEP: i64 = 256;
-const MAX_REWINDS: u32 = 8;
-
-/// Where a partition was assigned to start, until its first record arrives.
-struct Start {
-    want: i64,
-    /// Where the fetch now starts (below `want` after rewinds).
-    from: i64,
-    rewinds: u32,
-}
+/// How far before its start a partition is fetched from (see [`Context::starts`]).
+const FETCH_BEFORE: i64 = 65_536;
 
 /// The poll loop's state; the consumer is passed beside it, since a polled message
 /// borrows the consumer while the state changes.
@@ -387,8 +411,8 @@ struct State {
     /// Per partition (topic, partition): what is gathered and not handed over yet.
     chunks: HashMap<(String, i32), Chunk>,
     assigned: HashSet<(String, i32)>,
-    /// Partitions whose first record since assignment has not arrived.
-    starts: HashMap<(String, i32), Start>,
+    /// Partitions whose record at their start has not arrived yet: the offset.
+    starts: HashMap<(String, i32), i64>,
     /// `--once`: partitions read up to their end.
     done: HashSet<(String, i32)>,
     last_flush: Instant,
@@ -420,7 +444,6 @@ impl State {
                 }
                 Some(Ok(m)) => {
                     self.gather(
-                        consumer,
                         m.topic(),
                         m.partition(),
                         m.offset(),
@@ -478,14 +501,7 @@ impl State {
                 self.assigned.insert((t.clone(), *p));
                 self.starts.remove(&(t.clone(), *p));
                 if *start >= 0 {
-                    self.starts.insert(
-                        (t.clone(), *p),
-                        Start {
-                            want: *start,
-                            from: *start,
-                            rewinds: 0,
-                        },
-                    );
+                    self.starts.insert((t.clone(), *p), *start);
                 }
                 if let Some(ends) = &self.setup.ends {
                     let (low, high) = ends.get(&shard).copied().unwrap_or((0, 0));
@@ -505,48 +521,24 @@ impl State {
         self.send(Polled::Reassigned)
     }
 
-    fn gather(
-        &mut self,
-        consumer: &BaseConsumer<Context>,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        payload: Option<&[u8]>,
-        ts: Option<i64>,
-    ) {
+    fn gather(&mut self, topic: &str, partition: i32, offset: i64, payload: Option<&[u8]>, ts: Option<i64>) {
         let key = (topic.to_string(), partition);
         if !self.assigned.contains(&key) || self.done.contains(&key) {
             return;
         }
-        if let Some(start) = self.starts.get_mut(&key) {
-            if offset < start.want {
-                // Before the start: the rewound fetch's overlap.
+        if let Some(&want) = self.starts.get(&key) {
+            if offset < want {
+                // Fetched from before the start on purpose: already in the tables.
                 return;
             }
-            if offset > start.want && start.from > 0 && start.rewinds < MAX_REWINDS {
-                // The first record is past the start. Some brokers (tansu) answer a
-                // fetch from inside a record batch with the next batch; fetch from
-                // further back and skip what lies before the start. A true gap
-                // (compaction, retention) shows as the same answer from offset 0.
-                start.rewinds += 1;
-                start.from = (start.want - (REWIND_STEP << (2 * start.rewinds))).max(0);
+            if offset > want {
                 tracing::debug!(
                     topic,
                     partition,
-                    want = start.want,
-                    from = start.from,
+                    want,
                     first = offset,
-                    "fetch started past the start offset: rewinding"
+                    "no records between the start and the first one fetched"
                 );
-                if let Err(e) = consumer.seek(
-                    topic,
-                    partition,
-                    Offset::Offset(start.from),
-                    Duration::from_secs(10),
-                ) {
-                    tracing::warn!(error = %e, topic, partition, "seek failed");
-                }
-                return;
             }
             self.starts.remove(&key);
         }

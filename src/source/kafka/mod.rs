@@ -184,6 +184,7 @@ impl KafkaSource {
             cfg: cfg.clone(),
             client: client_config(cfg),
             decoders,
+            partitions: topics,
             ends,
             chunk_rows,
             dead_letters,
