@@ -106,11 +106,13 @@ pub struct Setup {
     pub handle: tokio::runtime::Handle,
 }
 
+/// Partitions with the offset each starts at (`-2`/`-1`: the beginning or end).
+type Assigned = Vec<(String, i32, i64)>;
+
 /// What rebalance callbacks found, for the poll loop to act on.
 #[derive(Default)]
 struct Events {
-    /// Partitions assigned, with the offset each starts at.
-    assigned: Vec<(String, i32, i64)>,
+    assigned: Assigned,
     revoked: Vec<(String, i32)>,
     error: Option<SourceError>,
 }
@@ -136,10 +138,7 @@ impl Context {
     /// configured reset.
     /// The fetch offsets to assign, and each partition's start (`-2`/`-1` for the
     /// beginning or end).
-    fn starts(
-        &self,
-        tpl: &TopicPartitionList,
-    ) -> Result<(TopicPartitionList, Vec<(String, i32, i64)>), SourceError> {
+    fn starts(&self, tpl: &TopicPartitionList) -> Result<(TopicPartitionList, Assigned), SourceError> {
         let shards: Vec<String> = tpl
             .elements()
             .iter()
