@@ -384,12 +384,12 @@ impl Model {
         let id = self
             .ids
             .get(&normalise(schema)?)
-            .ok_or_else(|| RegistryError::SchemaNotFound(String::new()))?;
+            .ok_or_else(|| RegistryError::SchemaNotFound(format!("under subject {subject}")))?;
         s.live()
             .rev()
             .find(|v| v.id == *id)
             .map(|v| self.registered(subject, v))
-            .ok_or_else(|| RegistryError::SchemaNotFound(String::new()))
+            .ok_or_else(|| RegistryError::SchemaNotFound(format!("under subject {subject}")))
     }
 
     /// Checks `schema` against the versions of `subject` its level names (all live
