@@ -390,6 +390,7 @@ pub fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
                 done: HashSet::new(),
                 last_flush: Instant::now(),
                 acked_seen: Progress::new(),
+                last: None,
             };
             if let Err(e) = st.run(&consumer) {
                 let _ = tx.blocking_send(Err(e));
@@ -416,6 +417,8 @@ struct State {
     done: HashSet<(String, i32)>,
     last_flush: Instant,
     acked_seen: Progress,
+    /// The partition of the last message and its `--once` end.
+    last: Option<((String, i32), Option<i64>)>,
 }
 
 impl State {
@@ -521,11 +524,25 @@ impl State {
     }
 
     fn gather(&mut self, topic: &str, partition: i32, offset: i64, payload: Option<&[u8]>, ts: Option<i64>) {
-        let key = (topic.to_string(), partition);
-        if !self.assigned.contains(&key) || self.done.contains(&key) {
+        // Messages come in runs of one partition: the key (and its `--once` end) is
+        // built when the partition changes, not per message.
+        if self
+            .last
+            .as_ref()
+            .is_none_or(|(k, _)| k.1 != partition || k.0 != topic)
+        {
+            let end = self
+                .setup
+                .ends
+                .as_ref()
+                .map(|ends| ends.get(&shard_name(topic, partition)).map_or(0, |e| e.1));
+            self.last = Some(((topic.to_string(), partition), end));
+        }
+        let Some((key, end)) = &self.last else { return };
+        if !self.assigned.contains(key) || self.done.contains(key) {
             return;
         }
-        if let Some(&want) = self.starts.get(&key) {
+        if let Some(&want) = self.starts.get(key) {
             if offset < want {
                 // Fetched from before the start on purpose: already in the tables.
                 return;
@@ -539,19 +556,21 @@ impl State {
                     "no records between the start and the first one fetched"
                 );
             }
-            self.starts.remove(&key);
+            self.starts.remove(key);
         }
-        if let Some(ends) = &self.setup.ends {
-            let end = ends.get(&shard_name(topic, partition)).map_or(0, |e| e.1);
+        if let Some(end) = *end {
             if offset >= end {
-                self.done.insert(key);
+                self.done.insert(key.clone());
                 return;
             }
             if offset + 1 >= end {
                 self.done.insert(key.clone());
             }
         }
-        let chunk = self.chunks.entry(key).or_default();
+        let chunk = match self.chunks.get_mut(key) {
+            Some(c) => c,
+            None => self.chunks.entry(key.clone()).or_default(),
+        };
         chunk.next = offset + 1;
         // A tombstone (no value) is a compaction marker, not a record.
         if let Some(payload) = payload {
