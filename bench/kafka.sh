@@ -2,13 +2,13 @@
 # Kafka → Delta (benches/kafka.rs): decode-only rates (direct Avro → Arrow vs apache-avro
 # Values), the raw drain rate of an rdkafka consumer (the limit), and `tributary run
 # --once` into Delta on moto S3, for the clickstream schema over 3 partitions on tansu.
-# Needs the local stack (infra/up.sh). Appends a table to BENCHMARKS.md.
+# Needs the local stack: run infra/up.sh first. Appends a table to BENCHMARKS.md.
 #
 #   bench/kafka.sh                 # 1M events
 #   EVENTS=200000 bench/kafka.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-infra/up.sh
+[ -f infra/env.sh ] || { echo "run infra/up.sh first" >&2; exit 1; }
 source infra/env.sh
 cargo build --release --locked --quiet --bin tributary
 export TRIBUTARY_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/tributary"
