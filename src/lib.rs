@@ -8,7 +8,8 @@
 //!     ├─▶ sink/   dead_letters    undecodable / refused records (first, only if any)
 //!     ├─▶ sink/   [[tables]]      append | changelog | mirror (MERGE by key):
 //!     │                           one Delta commit per batch, txn actions inside
-//!     └─▶ window/ [[aggregates]]  state snapshot, then one Delta commit per batch
+//!     └─▶ window/ [[aggregates]]  tumbling/hopping/session/global; late events first,
+//!                                 state snapshot, then one Delta commit per batch
 //!     ▼
 //!  acknowledge the source up to the smallest progress every table holds
 //! ```

@@ -47,6 +47,22 @@ enum Command {
         #[arg(long, default_value = "7d", value_parser = config::values::parse_span)]
         retention: config::Span,
     },
+    /// Recompute an aggregate from the table holding its raw stream (the cold path)
+    /// into a table of its own, with the operator the streaming run uses.
+    Backfill {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The aggregate to recompute.
+        #[arg(long)]
+        aggregate: String,
+        /// The table to read (default: the pipeline's append or changelog table of the
+        /// aggregate's stream).
+        #[arg(long)]
+        from: Option<String>,
+        /// The table to write, replacing its rows (default: `{aggregate}_backfill`).
+        #[arg(long)]
+        into: Option<String>,
+    },
     /// Serve a Confluent-compatible schema registry (Avro) over HTTP.
     Registry {
         /// Address to listen on.
@@ -146,13 +162,17 @@ fn print_summary(summary: &RunSummary, elapsed: std::time::Duration) {
                 t.skipped_commits, t.skipped_records
             );
         }
-        if let Some(s) = t.stats
-            && (s.late_dropped > 0 || s.no_event_time > 0)
-        {
-            print!(
-                ", {} late dropped, {} without event time",
-                s.late_dropped, s.no_event_time
-            );
+        if let Some(s) = t.stats {
+            for (n, what) in [
+                (s.late_dropped, "late dropped"),
+                (s.late_dead_lettered, "late set aside"),
+                (s.late_corrected, "late corrected"),
+                (s.no_event_time, "without event time"),
+            ] {
+                if n > 0 {
+                    print!(", {n} {what}");
+                }
+            }
         }
         println!();
     }
@@ -212,6 +232,35 @@ async fn main() -> ExitCode {
             match runtime::run(&p, mode, shutdown_signal()).await {
                 Ok(summary) => {
                     print_summary(&summary, started.elapsed());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    report_error(&e);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Backfill {
+            pipeline,
+            aggregate,
+            from,
+            into,
+        } => {
+            let p = match load(&pipeline) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match runtime::backfill(&p, &aggregate, from.as_deref(), into.as_deref()).await {
+                Ok(r) => {
+                    println!(
+                        "backfilled {} from {}: read {} rows, wrote {} rows to {} (version {})",
+                        aggregate,
+                        r.from,
+                        r.rows_read,
+                        r.rows_written,
+                        r.into,
+                        r.version.map_or("-".into(), |v| v.to_string())
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

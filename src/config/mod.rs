@@ -3,6 +3,7 @@
 //! expected, e.g. `pipelines/x.toml: aggregates[0].window.size: "5 minutes" is not a
 //! duration (try "5m")`.
 
+mod aggregate;
 mod kafka;
 mod postgres;
 pub mod spec;
@@ -13,12 +14,13 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
+pub use aggregate::{AggregateConfig, Measure, MeasureFn, Window, parse_measure};
 pub use kafka::{KafkaConfig, KafkaFormat, RESERVED_OPTIONS, StartAt, SubjectStrategy};
 pub use postgres::{PostgresConfig, PostgresDsn, parse_dsn, qualify};
 pub use spec::{EmitMode, FileFormat, LatePolicy, OnIncompatible, TableMode};
 pub use values::{ByteSize, Secret, Span};
 
-use spec::{PipelineSpec, SourceSpec, WindowSpec};
+use spec::{PipelineSpec, SourceSpec};
 
 /// Why a pipeline file cannot be used. Always names the file and, where there is one, the key.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,7 @@ impl Pipeline {
             .into_iter()
             .chain(self.tables.iter().map(|t| t.name.as_str()))
             .chain(self.aggregates.iter().map(|a| a.name.as_str()))
+            .chain(self.aggregates.iter().filter_map(|a| a.late_table.as_deref()))
     }
 }
 
@@ -157,41 +160,6 @@ pub struct TableConfig {
     /// Key columns (`mirror` only).
     pub key: Vec<String>,
     pub on_incompatible: OnIncompatible,
-}
-
-#[derive(Debug, Clone)]
-pub struct AggregateConfig {
-    pub name: String,
-    /// `aggregates[i]`, for error messages.
-    pub key: String,
-    pub from: String,
-    pub event_time: String,
-    pub window: Window,
-    pub watermark: Span,
-    pub group_by: Vec<String>,
-    pub measures: Vec<Measure>,
-    pub emit: EmitMode,
-    pub late: LatePolicy,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Window {
-    Tumbling { size: Span },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Measure {
-    /// Output column name.
-    pub name: String,
-    pub func: MeasureFn,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MeasureFn {
-    /// `count(*)`: rows in the group.
-    CountAll,
-    /// `count(col)`: rows where `col` is not null.
-    Count(String),
 }
 
 /// Reads and resolves a pipeline file, expanding `${ENV}` from the process environment.
@@ -331,49 +299,7 @@ impl Resolver<'_> {
 
         let mut aggregates = Vec::with_capacity(spec.aggregates.len());
         for (i, a) in spec.aggregates.into_iter().enumerate() {
-            let key = format!("aggregates[{i}]");
-            self.name(&format!("{key}.name"), &a.name)?;
-            if !names.insert(a.name.clone()) {
-                return Err(self.err(format!("{key}.name"), format!("\"{}\" is used twice", a.name)));
-            }
-            self.stream(&format!("{key}.from"), &streams, &a.from)?;
-            let window = match a.window {
-                WindowSpec::Tumbling { size } if size.0.is_zero() => {
-                    return Err(self.err(format!("{key}.window.size"), "must be longer than 0"));
-                }
-                WindowSpec::Tumbling { size } => Window::Tumbling { size },
-            };
-            if a.measures.is_empty() {
-                return Err(self.err(
-                    format!("{key}.measures"),
-                    "name at least one measure, e.g. { n = \"count(*)\" }",
-                ));
-            }
-            let mut measures = Vec::with_capacity(a.measures.len());
-            for (name, expr) in &a.measures {
-                let mkey = format!("{key}.measures.{name}");
-                self.name(&mkey, name)?;
-                if a.group_by.contains(name) || name == "window_start" || name == "window_end" {
-                    return Err(self.err(&mkey, format!("\"{name}\" is also a group-by or window column")));
-                }
-                let func = parse_measure(expr).map_err(|m| self.err(&mkey, m))?;
-                measures.push(Measure {
-                    name: name.clone(),
-                    func,
-                });
-            }
-            aggregates.push(AggregateConfig {
-                name: a.name,
-                key,
-                from: a.from,
-                event_time: a.event_time,
-                window,
-                watermark: a.watermark,
-                group_by: a.group_by,
-                measures,
-                emit: a.emit,
-                late: a.late,
-            });
+            aggregates.push(self.aggregate(i, a, &streams, &mut names)?);
         }
         if tables.is_empty() && aggregates.is_empty() {
             return Err(self.err(
@@ -666,23 +592,6 @@ fn parse_sink_uri(uri: &str) -> Result<Url, String> {
     let trimmed = url.path().trim_end_matches('/').to_string();
     url.set_path(&trimmed);
     Ok(url)
-}
-
-/// Parses an aggregate expression such as `count(*)` or `count(user_id)`.
-pub fn parse_measure(expr: &str) -> Result<MeasureFn, String> {
-    let e = expr.trim();
-    let (func, arg) = e
-        .strip_suffix(')')
-        .and_then(|s| s.split_once('('))
-        .map(|(f, a)| (f.trim().to_ascii_lowercase(), a.trim()))
-        .ok_or_else(|| format!("\"{expr}\" is not an aggregate expression (try \"count(*)\")"))?;
-    match (func.as_str(), arg) {
-        ("count", "*") => Ok(MeasureFn::CountAll),
-        ("count", col) if !col.is_empty() => Ok(MeasureFn::Count(col.to_string())),
-        _ => Err(format!(
-            "\"{expr}\" is not a supported aggregate (supported: count(*), count(column))"
-        )),
-    }
 }
 
 #[cfg(test)]

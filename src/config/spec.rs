@@ -237,23 +237,34 @@ pub struct AggregateSpec {
     pub name: String,
     /// The source stream it aggregates.
     pub from: String,
-    /// Column holding the event time (timestamp, RFC 3339 text, or epoch microseconds).
+    /// Column holding the event time (timestamp, date, RFC 3339 text, or epoch microseconds).
     pub event_time: String,
     /// Window shape.
     pub window: WindowSpec,
     /// Allowed out-of-orderness: the watermark trails the largest event time by this much.
-    pub watermark: Span,
+    /// Required for every window but `global`.
+    pub watermark: Option<Span>,
+    /// A shard (Kafka partition, slot) that sent nothing for this long stops holding the
+    /// watermark back. Absent: a quiet shard holds it back until it sends again.
+    pub idle_timeout: Option<Span>,
     /// Group-by columns besides the window.
     #[serde(default)]
     pub group_by: Vec<String>,
     /// Output column → aggregate expression, such as `count(*)`; columns keep this order.
     pub measures: IndexMap<String, String>,
+    /// SQL condition on the stream's columns; only rows where it is true are aggregated.
+    pub filter: Option<String>,
     /// When windows reach the table.
     #[serde(default)]
     pub emit: EmitMode,
     /// What happens to an event whose window has already been emitted.
     #[serde(default)]
     pub late: LatePolicy,
+    /// `late = "update"`: how long after its end (in event time, against the watermark)
+    /// a window can still be corrected.
+    pub lateness: Option<Span>,
+    /// `late = "dlq"`: the table late events go to; default `{name}_late`.
+    pub late_table: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -264,6 +275,14 @@ pub enum WindowSpec {
         /// Window length.
         size: Span,
     },
+    /// Windows of `size` starting every `slide` (aligned to the Unix epoch); they
+    /// overlap when `slide < size`.
+    Hopping { size: Span, slide: Span },
+    /// Per group key, events less than `gap` apart share a window, which ends `gap`
+    /// after its last event.
+    Session { gap: Span },
+    /// One window over all time per group key.
+    Global,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -272,6 +291,9 @@ pub enum EmitMode {
     /// Append each window once, when the watermark passes its end.
     #[default]
     Final,
+    /// MERGE every window a micro-batch changed, with its values so far (one row per
+    /// window and key).
+    Update,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -280,4 +302,9 @@ pub enum LatePolicy {
     /// Discard the event and count it.
     #[default]
     Drop,
+    /// Write the event, with the reason, to the aggregate's late-events table.
+    Dlq,
+    /// Correct the window's row by MERGE while the watermark is within `lateness` of
+    /// its end; later events are dropped and counted.
+    Update,
 }

@@ -241,3 +241,95 @@ fn kafka_mistakes_name_their_key() {
         assert!(e.contains(expect), "{to}: {e}");
     }
 }
+
+#[test]
+fn window_kinds_measures_and_late_policies_resolve_or_name_the_key() {
+    let agg = |window: &str, extra: &str| {
+        GOOD.replace(
+            "window = { kind = \"tumbling\", size = \"1m\" }",
+            &format!("window = {window}\n{extra}"),
+        )
+    };
+    let p = parse(
+        "p.toml",
+        &agg(
+            "{ kind = \"hopping\", size = \"10m\", slide = \"1m\" }",
+            "late = \"dlq\"\nfilter = \"page <> '/'\"\nidle_timeout = \"1m\"",
+        )
+        .replace("count(user_id)", "count(distinct user_id)"),
+        env,
+    )
+    .unwrap();
+    let a = &p.aggregates[0];
+    assert_eq!(
+        a.window,
+        Window::Hopping {
+            size: Span::from_secs(600),
+            slide: Span::from_secs(60)
+        }
+    );
+    assert_eq!(a.late_table.as_deref(), Some("per_page_late"));
+    assert_eq!(a.measures[1].func, MeasureFn::CountDistinct("user_id".into()));
+    assert!(p.table_names().any(|t| t == "per_page_late"));
+    assert!(!a.keyed());
+
+    for (window, extra, key, says) in [
+        (
+            "{ kind = \"hopping\", size = \"1m\", slide = \"2m\" }",
+            "",
+            "window.slide",
+            "longer than the window size",
+        ),
+        (
+            "{ kind = \"session\", gap = \"0s\" }",
+            "",
+            "window.gap",
+            "longer than 0",
+        ),
+        (
+            "{ kind = \"tumbling\", size = \"1m\" }",
+            "late = \"update\"",
+            "lateness",
+            "needs how long",
+        ),
+        (
+            "{ kind = \"tumbling\", size = \"1m\" }",
+            "late_table = \"x\"",
+            "late_table",
+            "only used with late = \"dlq\"",
+        ),
+        (
+            "{ kind = \"tumbling\", size = \"1m\" }",
+            "late = \"dlq\"\nlate_table = \"raw\"",
+            "late_table",
+            "used twice",
+        ),
+        ("{ kind = \"global\" }", "late = \"dlq\"", "late", "never closes"),
+        (
+            "{ kind = \"tumbling\", size = \"1m\" }",
+            "filter = \"page = = 1\"",
+            "filter",
+            "not a SQL condition",
+        ),
+        ("{ kind = \"weekly\" }", "", "window", "unknown variant"),
+    ] {
+        let e = error_of(&agg(window, extra));
+        assert!(e.starts_with(&format!("p.toml: aggregates[0].{key}")), "{e}");
+        assert!(e.contains(says), "{e}");
+    }
+    let e = error_of(&GOOD.replace("watermark = \"30s\"\n", ""));
+    assert!(e.starts_with("p.toml: aggregates[0].watermark: missing"), "{e}");
+    for (expr, parsed) in [
+        ("sum(amount)", MeasureFn::Sum("amount".into())),
+        ("AVG( amount )", MeasureFn::Avg("amount".into())),
+        (
+            "approx_count_distinct(u)",
+            MeasureFn::ApproxCountDistinct("u".into()),
+        ),
+        ("max(t)", MeasureFn::Max("t".into())),
+    ] {
+        assert_eq!(parse_measure(expr), Ok(parsed));
+    }
+    assert!(parse_measure("sum(*)").is_err());
+    assert!(parse_measure("median(x)").unwrap_err().contains("supported:"));
+}

@@ -12,6 +12,7 @@
 //! own; a restart resumes the source at the smallest of them and each table skips
 //! what it already holds.
 
+mod backfill;
 mod oracle;
 mod retry;
 mod tables;
@@ -29,6 +30,7 @@ use crate::source::{self, Polled, RunMode, Source, SourceBatch, SourceError};
 use crate::window::{OperatorStats, WindowError};
 use tables::{AggregateTarget, DeadLetterTarget, TableTarget, summary};
 
+pub use backfill::{BackfillReport, backfill};
 pub use retry::{RetryPolicy, Retryable};
 
 /// Largest chunk a source hands over at once; a micro-batch is built from chunks.
@@ -165,6 +167,7 @@ async fn run_once(
             partition_by: t.partition_by.clone(),
             checkpoint_every: pipeline.sink.checkpoint_every,
             target_file_size: pipeline.sink.target_file_size.0,
+            null_safe_key: false,
         };
         let sink = open(t.name.clone(), options).await?;
         tracing::info!(table = %t.name, committed = ?sink.committed(), "table opened");
@@ -176,12 +179,26 @@ async fn run_once(
     }
     let mut aggregates = Vec::with_capacity(pipeline.aggregates.len());
     for a in &pipeline.aggregates {
-        let sink = open(
-            a.name.clone(),
-            TableOptions::append(pipeline.sink.checkpoint_every),
-        )
-        .await?;
+        let options = if a.keyed() {
+            let key = std::iter::once("window_start".to_string())
+                .chain(a.group_by.iter().cloned())
+                .collect();
+            TableOptions::keyed_aggregate(key, pipeline.sink.checkpoint_every)
+        } else {
+            TableOptions::append(pipeline.sink.checkpoint_every)
+        };
+        let sink = open(a.name.clone(), options).await?;
         tracing::info!(aggregate = %a.name, committed = ?sink.committed(), "aggregate table opened");
+        let late = match &a.late_table {
+            Some(name) => {
+                let sink = open(name.clone(), TableOptions::append(pipeline.sink.checkpoint_every)).await?;
+                Some(DeadLetterTarget {
+                    summary: summary(name),
+                    sink,
+                })
+            }
+            None => None,
+        };
         aggregates.push(AggregateTarget {
             cfg: a.clone(),
             processed: sink.committed().clone(),
@@ -190,6 +207,8 @@ async fn run_once(
             op: None,
             batches_since_commit: 0,
             input: None,
+            late,
+            late_pending: Vec::new(),
         });
     }
 
@@ -361,7 +380,7 @@ async fn run_once(
         .into_iter()
         .map(|d| d.summary)
         .chain(tables.into_iter().map(TableTarget::finish))
-        .chain(aggregates.into_iter().map(AggregateTarget::finish))
+        .chain(aggregates.into_iter().flat_map(AggregateTarget::finish))
         .collect();
     Ok(summary)
 }

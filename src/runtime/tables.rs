@@ -50,6 +50,10 @@ pub(super) struct AggregateTarget {
     pub summary: TableSummary,
     /// Schema of the records the operator was built for.
     pub input: Option<SchemaRef>,
+    /// The late-events table (`late = "dlq"`).
+    pub late: Option<DeadLetterTarget>,
+    /// Late events not committed yet; they are committed just before the aggregate.
+    pub late_pending: Vec<RecordBatch>,
 }
 
 pub(super) fn summary(name: &str) -> TableSummary {
@@ -309,6 +313,59 @@ impl DeadLetterTarget {
     }
 }
 
+impl DeadLetterTarget {
+    /// Commits late events (`_late_shard`, `_late_position` columns) the table does not
+    /// hold yet, with `progress`; nothing when there are none.
+    pub(super) async fn commit_late(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        progress: Vec<(String, i64)>,
+        retry: &RetryPolicy,
+    ) -> Result<(), RunError> {
+        let committed = self.sink.committed().clone();
+        let mut fresh = Vec::with_capacity(batches.len());
+        for rows in batches {
+            let (Some(shards), Some(positions)) = (
+                rows.column_by_name("_late_shard"),
+                rows.column_by_name("_late_position"),
+            ) else {
+                continue;
+            };
+            let (shards, positions) = (shards.as_string::<i32>(), positions.as_primitive::<Int64Type>());
+            let keep: BooleanArray = (0..rows.num_rows())
+                .map(|i| {
+                    Some(
+                        committed
+                            .get(shards.value(i))
+                            .is_none_or(|c| positions.value(i) >= c),
+                    )
+                })
+                .collect();
+            let rows = filter_record_batch(&rows, &keep).map_err(|e| SinkError::Delta {
+                table: self.summary.name.clone(),
+                source: e.into(),
+            })?;
+            if rows.num_rows() > 0 {
+                fresh.push(rows);
+            }
+        }
+        let rows: usize = fresh.iter().map(RecordBatch::num_rows).sum();
+        if rows == 0 {
+            return Ok(());
+        }
+        tracing::info!(table = %self.summary.name, rows, "late events set aside");
+        let commit = Commit {
+            batches: fresh,
+            progress,
+            info: BTreeMap::new(),
+            replace: false,
+        };
+        let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
+        count(&mut self.summary, outcome, rows);
+        Ok(())
+    }
+}
+
 /// The dead-letter rows the table does not hold yet. Rows are filtered one by one
 /// against their own shard's progress, since routed rows may span shards.
 fn not_yet_held(
@@ -392,11 +449,15 @@ impl AggregateTarget {
             .iter()
             .any(|b| b.end_of_input && self.processed.get(&b.shard).is_none_or(|p| p < b.next));
         for b in &mine {
-            if let Some(rows) = b.since(self.processed.get(&b.shard)) {
-                op.process_batch(&b.shard, &rows)?;
+            let skip = b.skip_before(self.processed.get(&b.shard));
+            let n = b.records.num_rows();
+            if skip < n {
+                let rows = b.records.slice(skip, n - skip);
+                op.process_batch(&b.shard, &rows, &b.positions.slice(skip, n - skip))?;
             }
             self.processed.advance(&b.shard, b.next);
         }
+        self.late_pending.extend(op.take_late());
         let mut out: Vec<RecordBatch> = op.on_watermark()?.into_iter().collect();
         if closing {
             out.extend(op.on_close()?);
@@ -422,6 +483,14 @@ impl AggregateTarget {
                 self.sink.put_state(&key, state.clone())
             })
             .await?;
+        if let Some(late) = &mut self.late {
+            // Late events before the aggregate that moves past them: a replay from the
+            // aggregate's progress finds them again and skips what the table holds.
+            let progress: Vec<(String, i64)> =
+                self.processed.iter().map(|(s, v)| (s.to_string(), v)).collect();
+            late.commit_late(std::mem::take(&mut self.late_pending), progress, retry)
+                .await?;
+        }
         if out.is_empty() {
             // A progress-only commit still needs the schema to create the table.
             out.push(RecordBatch::new_empty(op.output_schema()));
@@ -439,10 +508,12 @@ impl AggregateTarget {
         Ok(())
     }
 
-    pub(super) fn finish(self) -> TableSummary {
-        TableSummary {
+    /// Summaries of its late-events table (if any) and of itself.
+    pub(super) fn finish(self) -> Vec<TableSummary> {
+        let own = TableSummary {
             stats: self.op.as_ref().map(|o| o.stats()),
             ..self.summary
-        }
+        };
+        self.late.map(|l| l.summary).into_iter().chain([own]).collect()
     }
 }

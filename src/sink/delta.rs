@@ -43,6 +43,9 @@ pub struct TableOptions {
     pub checkpoint_every: u32,
     /// Size at which a data file is cut.
     pub target_file_size: u64,
+    /// `mirror` rows arrive already one per key (an aggregate's output), and a null key
+    /// column matches a null: rows are merged as they are, with null-safe equality.
+    pub null_safe_key: bool,
 }
 
 impl TableOptions {
@@ -54,6 +57,17 @@ impl TableOptions {
             partition_by: Vec::new(),
             checkpoint_every,
             target_file_size: crate::config::spec::DEFAULT_TARGET_FILE_SIZE.0,
+            null_safe_key: false,
+        }
+    }
+
+    /// An aggregate's table written by MERGE on `key` (see [`Self::null_safe_key`]).
+    pub fn keyed_aggregate(key: Vec<String>, checkpoint_every: u32) -> Self {
+        Self {
+            mode: TableMode::Mirror,
+            key,
+            null_safe_key: true,
+            ..Self::append(checkpoint_every)
         }
     }
 }
@@ -365,10 +379,19 @@ impl DeltaSink {
     /// Merges the changes in `rows` by key in one commit.
     async fn mirror(&self, rows: RecordBatch, props: CommitProperties) -> Result<DeltaTable, SinkError> {
         self.check(&rows.schema())?;
-        let collapsed = change::collapse(&rows, &self.options.key).map_err(|source| SinkError::Changes {
-            table: self.name.clone(),
-            source,
-        })?;
+        let collapsed = if self.options.null_safe_key {
+            change::Collapsed {
+                deletes: change::delete_mask(&rows).map_or(0, |d| d.true_count()),
+                batch: rows,
+                unchanged: Vec::new(),
+                truncated: false,
+            }
+        } else {
+            change::collapse(&rows, &self.options.key).map_err(|source| SinkError::Changes {
+                table: self.name.clone(),
+                source,
+            })?
+        };
         if self.table.version().is_none() {
             // Nothing to match yet: the surviving upserts are the table.
             let keep = change::delete_mask(&collapsed.batch)
@@ -393,6 +416,7 @@ impl DeltaSink {
             key: &self.options.key,
             schema: &next,
             evolve,
+            null_safe: self.options.null_safe_key,
             props,
             writer: Self::writer_properties(),
         };

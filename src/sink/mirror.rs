@@ -9,7 +9,7 @@ use deltalake::DeltaTable;
 use deltalake::arrow::array::{ArrayRef, RecordBatch};
 use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
 use deltalake::datafusion::common::Column;
-use deltalake::datafusion::logical_expr::{Expr, case, lit};
+use deltalake::datafusion::logical_expr::{Expr, Operator, binary_expr, case, lit};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::merge::MergeMetrics;
@@ -37,6 +37,8 @@ pub struct MergeSpec<'a> {
     pub schema: &'a SchemaRef,
     /// Whether `schema` adds columns, so MERGE must evolve the table.
     pub evolve: bool,
+    /// Match keys with `IS NOT DISTINCT FROM` (null equals null).
+    pub null_safe: bool,
     pub props: CommitProperties,
     pub writer: WriterProperties,
 }
@@ -60,7 +62,13 @@ pub async fn merge(
     let on = spec
         .key
         .iter()
-        .map(|k| target(k).eq(source(k)))
+        .map(|k| {
+            if spec.null_safe {
+                binary_expr(target(k), Operator::IsNotDistinctFrom, source(k))
+            } else {
+                target(k).eq(source(k))
+            }
+        })
         .reduce(Expr::and)
         .unwrap_or_else(|| lit(false));
     let is_delete = source(OP).eq(lit("d"));

@@ -17,3 +17,4 @@ mod registry;
 mod sink;
 mod support;
 mod validate;
+mod windows;

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Window operators (benches/windows.rs): events/s on one core for tumbling, hopping (10 ×
+# slide), session and global windows with count + exact distinct count, and the
+# hopping/tumbling cost ratio. No services needed. Appends a table to BENCHMARKS.md.
+#
+#   bench/windows.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(cargo bench --locked --bench windows 2>/dev/null)
+{
+  echo
+  echo "## Window operators, $(date -u +%Y-%m-%d) @ $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo
+  echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/{print $2}') GiB; one thread, no I/O."
+  echo "Command: \`bench/windows.sh\` (benches/windows.rs, release)."
+  echo
+  echo "$out"
+} | tee -a BENCHMARKS.md

@@ -1,0 +1,223 @@
+//! Tumbling and hopping windows over panes.
+//!
+//! A pane is a slice of `gcd(size, slide)`: every event updates exactly one pane, and a
+//! hopping window is the merge of its `size / pane` panes when it is emitted. So an
+//! event costs the same in a hopping window as in a tumbling one; only emitting costs
+//! more, in proportion to the rows emitted. A tumbling window is its one pane.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hashbrown::{HashMap, HashSet};
+
+use super::measure::{Input, Measures, Store};
+use super::{Ctx, Emission, Outcome, Row};
+
+/// Groups of one pane: row-encoded group key → slot.
+pub(super) type Groups = HashMap<Box<[u8]>, u32>;
+
+pub(super) struct Panes {
+    pub size: i64,
+    pub slide: i64,
+    pub pane: i64,
+    pub panes: BTreeMap<i64, Groups>,
+    /// Per pane, slots whose windows need their rows written again this micro-batch.
+    dirty: BTreeMap<i64, HashSet<u32>>,
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The smallest multiple of `m` at or above `x` (in i128: no overflow near the ends).
+fn align_up(x: i128, m: i64) -> i128 {
+    let m = i128::from(m);
+    x + (m - x.rem_euclid(m)) % m
+}
+
+fn clamp(x: i128) -> i64 {
+    i64::try_from(x).unwrap_or(if x < 0 { i64::MIN } else { i64::MAX })
+}
+
+impl Panes {
+    pub fn new(size: i64, slide: i64) -> Self {
+        Self {
+            size,
+            slide,
+            pane: gcd(size, slide),
+            panes: BTreeMap::new(),
+            dirty: BTreeMap::new(),
+        }
+    }
+
+    fn tumbling(&self) -> bool {
+        self.pane == self.size
+    }
+
+    /// End of the last window that contains time `t` (its start is the latest multiple
+    /// of `slide` at or before `t`).
+    fn last_end(&self, t: i64) -> i64 {
+        (t - t.rem_euclid(self.slide)).saturating_add(self.size)
+    }
+
+    pub fn fold(
+        &mut self,
+        store: &mut Store,
+        inputs: &[Input],
+        i: usize,
+        t: i64,
+        key: &[u8],
+        ctx: &Ctx,
+    ) -> Outcome {
+        let end = self.last_end(t);
+        let late = end <= ctx.watermark;
+        if late && !ctx.correctable(end) {
+            return Outcome::Late { window_end: end };
+        }
+        let p = t - t.rem_euclid(self.pane);
+        let groups = self.panes.entry(p).or_default();
+        let slot = match groups.get(key) {
+            Some(&s) => s,
+            None => {
+                let s = store.alloc();
+                groups.insert(key.into(), s);
+                s
+            }
+        };
+        store.update(slot, inputs, i);
+        // Which of its windows get rows written is decided when emitting.
+        if ctx.emit_update || ctx.late_update {
+            self.dirty.entry(p).or_default().insert(slot);
+        }
+        if late { Outcome::Corrected } else { Outcome::Folded }
+    }
+
+    /// Window starts `s` of windows holding pane `p`, ascending.
+    fn windows_of(&self, p: i64) -> impl Iterator<Item = i64> + '_ {
+        let first = clamp(align_up(i128::from(p) - i128::from(self.size) + 1, self.slide));
+        let last = p - p.rem_euclid(self.slide);
+        (0..)
+            .map(move |k: i64| first.saturating_add(k.saturating_mul(self.slide)))
+            .take_while(move |&s| s <= last)
+    }
+
+    /// Rows for the windows this micro-batch finished (`final`: watermark passed from
+    /// `old` to `new`; with `to_end`, every window still open) and for windows whose
+    /// rows must be written again.
+    pub fn emit(
+        &mut self,
+        store: &Store,
+        measures: &Measures,
+        ctx: &Ctx,
+        new: i64,
+        to_end: bool,
+    ) -> Emission {
+        let old = ctx.watermark;
+        // Window start → keys to write (None: every key it has).
+        let mut targets: BTreeMap<i64, Option<BTreeSet<Box<[u8]>>>> = BTreeMap::new();
+        if !ctx.emit_update {
+            let hi = if to_end {
+                i128::MAX
+            } else {
+                i128::from(new) - i128::from(self.size)
+            };
+            let lo = i128::from(old) - i128::from(self.size);
+            let mut s = align_up(lo + 1, self.slide);
+            while s <= hi {
+                let Some((&p, _)) = self.panes.range(clamp(s)..).next() else {
+                    break;
+                };
+                if i128::from(p) >= s + i128::from(self.size) {
+                    s = align_up(i128::from(p) - i128::from(self.size) + 1, self.slide);
+                    continue;
+                }
+                targets.insert(clamp(s), None);
+                s += i128::from(self.slide);
+            }
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        for (p, slots) in &dirty {
+            let Some(groups) = self.panes.get(p) else { continue };
+            for s in self.windows_of(*p) {
+                let end = s.saturating_add(self.size);
+                let write = if end <= old {
+                    ctx.late_update && ctx.correctable(end)
+                } else {
+                    ctx.emit_update
+                };
+                if !write {
+                    continue;
+                }
+                if let Some(keys) = targets.entry(s).or_insert_with(|| Some(BTreeSet::new())) {
+                    keys.extend(
+                        groups
+                            .iter()
+                            .filter(|(_, v)| slots.contains(*v))
+                            .map(|(k, _)| k.clone()),
+                    );
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        if self.tumbling() {
+            for (s, keys) in targets {
+                let Some(groups) = self.panes.get(&s) else {
+                    continue;
+                };
+                let mut picked: Vec<(&Box<[u8]>, &u32)> = match &keys {
+                    None => groups.iter().collect(),
+                    Some(keys) => groups.iter().filter(|(k, _)| keys.contains(*k)).collect(),
+                };
+                picked.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                rows.extend(picked.into_iter().map(|(k, &slot)| {
+                    Row::upsert(Some(s), Some(s.saturating_add(self.size)), k.clone(), slot)
+                }));
+            }
+            return Emission { rows, temp: None };
+        }
+        let mut temp = measures.store();
+        for (s, keys) in targets {
+            let mut merged: BTreeMap<&[u8], u32> = BTreeMap::new();
+            for (_, groups) in self.panes.range(s..s.saturating_add(self.size)) {
+                for (k, &slot) in groups {
+                    if keys.as_ref().is_some_and(|keys| !keys.contains(k)) {
+                        continue;
+                    }
+                    let t = *merged.entry(k.as_ref()).or_insert_with(|| temp.alloc());
+                    temp.merge(t, store, slot);
+                }
+            }
+            rows.extend(
+                merged
+                    .into_iter()
+                    .map(|(k, slot)| Row::upsert(Some(s), Some(s.saturating_add(self.size)), k.into(), slot)),
+            );
+        }
+        Emission {
+            rows,
+            temp: Some(temp),
+        }
+    }
+
+    /// Drops panes no window can be written from any more: every window holding them
+    /// is closed (and, for `late = "update"`, past its lateness).
+    pub fn evict(&mut self, store: &mut Store, ctx: &Ctx, new: i64) {
+        let keep = if ctx.late_update { ctx.lateness } else { 0 };
+        while let Some((&p, _)) = self.panes.first_key_value() {
+            if self.last_end(p).saturating_add(keep) > new {
+                break;
+            }
+            for (_, slot) in self.panes.remove(&p).unwrap_or_default() {
+                store.release(slot);
+            }
+        }
+    }
+
+    pub fn clear(&mut self, store: &mut Store) {
+        for (_, groups) in std::mem::take(&mut self.panes) {
+            for (_, slot) in groups {
+                store.release(slot);
+            }
+        }
+        self.dirty.clear();
+    }
+}
