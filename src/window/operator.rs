@@ -60,6 +60,9 @@ pub struct WindowedAggregate {
     pub(super) watermark: i64,
     pub(super) stats: OperatorStats,
     late_rows: Vec<RecordBatch>,
+    /// What the state's layout depends on (window, keys, measures), kept in snapshots
+    /// so that a changed aggregate never restores state of another shape.
+    pub(super) signature: String,
 }
 
 impl std::fmt::Debug for WindowedAggregate {
@@ -216,6 +219,10 @@ impl WindowedAggregate {
             watermark: i64::MIN,
             stats: OperatorStats::default(),
             late_rows: Vec::new(),
+            signature: format!(
+                "{:?} by {:?} measuring {:?} lateness {:?}",
+                cfg.window, cfg.group_by, cfg.measures, cfg.lateness
+            ),
         })
     }
 

@@ -18,7 +18,7 @@ use super::sessions::Session;
 const META_WATERMARKS: &str = "tributary.watermarks";
 const META_WATERMARK: &str = "tributary.watermark";
 const META_STATS: &str = "tributary.stats";
-const META_KIND: &str = "tributary.window";
+const META_SIGNATURE: &str = "tributary.aggregate";
 
 /// One state row before encoding.
 struct Entry<'a> {
@@ -31,15 +31,6 @@ struct Entry<'a> {
 }
 
 impl WindowedAggregate {
-    fn kind(&self) -> &'static str {
-        match &self.index {
-            Index::Panes(p) if p.pane == p.size => "tumbling",
-            Index::Panes(_) => "hopping",
-            Index::Sessions(_) => "session",
-            Index::Global(..) => "global",
-        }
-    }
-
     fn state_err(&self, message: impl Into<String>) -> WindowError {
         WindowError::State {
             aggregate: self.name.clone(),
@@ -126,7 +117,7 @@ impl WindowedAggregate {
                     (META_WATERMARKS.to_string(), self.watermarks.to_json()),
                     (META_WATERMARK.to_string(), self.watermark.to_string()),
                     (META_STATS.to_string(), stats),
-                    (META_KIND.to_string(), self.kind().to_string()),
+                    (META_SIGNATURE.to_string(), self.signature.clone()),
                 ]
                 .into(),
             ),
@@ -145,11 +136,12 @@ impl WindowedAggregate {
         let schema = reader.schema();
         let meta = schema.metadata();
         let get = |k: &str| meta.get(k).ok_or_else(|| self.state_err(format!("no {k}")));
-        if get(META_KIND)? != self.kind() {
+        if *get(META_SIGNATURE)? != self.signature {
             return Err(self.state_err(format!(
-                "it holds {} windows, the aggregate now has {} windows; recompute it into a new table",
-                get(META_KIND)?,
-                self.kind()
+                "it was written for {}, the aggregate is now {}; recompute it into a new table \
+                 (or `tributary backfill`)",
+                get(META_SIGNATURE)?,
+                self.signature
             )));
         }
         let watermarks = get(META_WATERMARKS)?.clone();

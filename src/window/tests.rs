@@ -535,3 +535,33 @@ fn configuration_mistakes_name_the_key() {
     c.filter = Some("nope > 1".into());
     assert!(err(&c).starts_with("aggregates[0].filter"), "{}", err(&c));
 }
+
+#[test]
+fn a_snapshot_of_another_aggregate_shape_is_refused() {
+    let mut op = build(&cfg(tumbling(), 30), &schema()).unwrap();
+    run(op.as_mut(), &events(100), 50);
+    let snapshot = op.on_checkpoint().unwrap();
+    let mut other = cfg(
+        Window::Tumbling {
+            size: Span::from_secs(120),
+        },
+        30,
+    );
+    let e = build(&other, &schema())
+        .unwrap()
+        .on_start(Some(snapshot.clone()))
+        .unwrap_err();
+    assert!(e.to_string().contains("recompute it into a new table"), "{e}");
+    other = cfg(tumbling(), 30);
+    other.measures.pop();
+    assert!(
+        build(&other, &schema())
+            .unwrap()
+            .on_start(Some(snapshot.clone()))
+            .is_err()
+    );
+    build(&cfg(tumbling(), 30), &schema())
+        .unwrap()
+        .on_start(Some(snapshot))
+        .unwrap();
+}
