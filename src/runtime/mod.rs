@@ -209,6 +209,11 @@ async fn run_once(
             input: None,
             late,
             late_pending: Vec::new(),
+            shards: shard_info
+                .iter()
+                .filter(|s| s.stream.as_ref().is_none_or(|stream| *stream == a.from))
+                .map(|s| s.name.clone())
+                .collect(),
         });
     }
 

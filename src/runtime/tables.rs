@@ -52,6 +52,8 @@ pub(super) struct AggregateTarget {
     pub input: Option<SchemaRef>,
     /// The late-events table (`late = "dlq"`).
     pub late: Option<DeadLetterTarget>,
+    /// The shards that feed it, each of which holds the watermark back.
+    pub shards: Vec<String>,
     /// Late events not committed yet; they are committed just before the aggregate.
     pub late_pending: Vec<RecordBatch>,
 }
@@ -409,6 +411,7 @@ impl AggregateTarget {
             bytes
         };
         op.on_start(snapshot)?;
+        op.expect_shards(&self.shards);
         self.op = Some(op);
         Ok(())
     }
@@ -441,6 +444,7 @@ impl AggregateTarget {
             tracing::warn!(aggregate = %self.cfg.name, "dropping the state and rows of an interrupted snapshot");
             let mut op = window::build(&self.cfg, &schema)?;
             op.on_start(None)?;
+            op.expect_shards(&self.shards);
             self.op = Some(op);
         }
         let Some(op) = self.op.as_mut() else { return Ok(()) };

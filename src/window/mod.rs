@@ -84,6 +84,11 @@ pub trait Operator: Send {
     /// Restores state from a snapshot written by [`Operator::on_checkpoint`].
     fn on_start(&mut self, snapshot: Option<Bytes>) -> Result<(), WindowError>;
 
+    /// The shards the input comes from: one that has sent nothing yet holds the
+    /// watermark back like any other (until `idle_timeout`), so a partition fetched
+    /// late does not find its windows closed.
+    fn expect_shards(&mut self, shards: &[String]);
+
     /// Folds a batch of `shard`'s records (at `positions`) into the state.
     fn process_batch(
         &mut self,
@@ -202,6 +207,14 @@ impl Watermarks {
         }
     }
 
+    /// A shard that has not sent an event yet: it holds the watermark at its minimum.
+    pub fn expect(&mut self, shard: &str, now: Instant) {
+        if !self.max_event_time.contains_key(shard) {
+            self.max_event_time.insert(shard.to_string(), i64::MIN);
+            self.last_seen.insert(shard.to_string(), now);
+        }
+    }
+
     pub fn observe(&mut self, shard: &str, max_event_time: i64, now: Instant) {
         match self.max_event_time.get_mut(shard) {
             Some(m) => *m = (*m).max(max_event_time),
@@ -218,7 +231,7 @@ impl Watermarks {
     }
 
     /// The combined watermark at `now`: the minimum over shards that are not idle (the
-    /// maximum when all are); `i64::MIN` before any event was seen.
+    /// maximum when all are); `i64::MIN` while an active shard has sent nothing.
     pub fn current(&self, now: Instant) -> i64 {
         let active = |shard: &str| match (self.idle_timeout, self.last_seen.get(shard)) {
             (Some(idle), Some(seen)) => now.saturating_duration_since(*seen) < idle,

@@ -399,6 +399,13 @@ impl Operator for WindowedAggregate {
         }
     }
 
+    fn expect_shards(&mut self, shards: &[String]) {
+        let now = Instant::now();
+        for s in shards {
+            self.watermarks.expect(s, now);
+        }
+    }
+
     fn process_batch(
         &mut self,
         shard: &str,

@@ -439,17 +439,24 @@ async fn an_idle_shard_stops_holding_the_watermark_back_after_idle_timeout() {
     let mut c = cfg(tumbling(), 0);
     c.idle_timeout = Some(Span::from_secs(30));
     let mut op = build(&c, &schema()).unwrap();
-    op.process_batch("p0", &batch(&[ev(Some("a"), 5 * SEC)]), &positions(1))
-        .unwrap();
+    op.expect_shards(&["p0".into(), "p1".into(), "p2".into()]);
     op.process_batch("p1", &batch(&[ev(Some("a"), 200 * SEC)]), &positions(1))
         .unwrap();
-    // p0 holds the watermark at 5s: nothing closes.
+    // p0 and p2 have sent nothing yet: they hold the watermark back.
     assert!(op.on_watermark().unwrap().is_none());
-    tokio::time::advance(Duration::from_secs(29)).await;
+    assert_eq!(op.watermark(), i64::MIN);
+    tokio::time::advance(Duration::from_secs(20)).await;
+    op.process_batch("p0", &batch(&[ev(Some("a"), 5 * SEC)]), &positions(1))
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(11)).await;
+    // p2 has been quiet for 31s since the start: idle. p0 holds the watermark at 5s.
+    assert!(op.on_watermark().unwrap().is_none());
+    assert_eq!(op.watermark(), 5 * SEC);
+    tokio::time::advance(Duration::from_secs(18)).await;
     op.process_batch("p1", &batch(&[ev(Some("a"), 201 * SEC)]), &positions(1))
         .unwrap();
     assert!(op.on_watermark().unwrap().is_none());
-    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::time::advance(Duration::from_secs(13)).await;
     // p0 has been quiet for 31s: the watermark is p1's 201s, and [0, 60s) closes.
     let out = op.on_watermark().unwrap().unwrap();
     assert_eq!(out.num_rows(), 1);

@@ -148,7 +148,12 @@ fn a_million_events_over_three_partitions_survive_sigkills() {
         "million",
         &source,
         &prefix,
-        &format!("[batch]\nmax_rows = 50000\n\n[[tables]]\nname = \"clicks\"\nfrom = \"{topic}\""),
+        &format!(
+            "[batch]\nmax_rows = 50000\n\n[[tables]]\nname = \"clicks\"\nfrom = \"{topic}\"\n\n\
+             [[aggregates]]\nname = \"per_minute\"\nfrom = \"{topic}\"\nevent_time = \"event_timestamp\"\n\
+             window = {{ kind = \"tumbling\", size = \"1m\" }}\nwatermark = \"0s\"\ngroup_by = [\"page\"]\n\
+             measures = {{ n = \"count(*)\", users = \"count_distinct(user_id)\" }}"
+        ),
     );
     // Continuous runs killed at different moments (after their k-th commit, plus a
     // little), then a --once run to the end.
@@ -190,6 +195,22 @@ fn a_million_events_over_three_partitions_survive_sigkills() {
     }
     assert!(last.wait().unwrap().success());
     assert_exact(&table, &counts);
+    // The windows every partition has passed (the watermark is their minimum) are
+    // exactly DuckDB's over the raw rows, although partitions were read at different
+    // speeds and the runs were killed between state snapshots and commits.
+    let closed = "epoch_us(window_end) <= 960000000 + 1767225600000000";
+    assert_same_rows(
+        "per-minute windows over Kafka",
+        &format!(
+            "SELECT * FROM (SELECT epoch_us(event_timestamp) // 60000000 * 60000000 AS ws, page, count(*), \
+                    count(DISTINCT user_id) FROM {} GROUP BY ALL) WHERE ws + 60000000 <= 960000000 + 1767225600000000",
+            scan(&table)
+        ),
+        &format!(
+            "SELECT epoch_us(window_start), page, n, users FROM {} WHERE {closed}",
+            scan(&format!("{prefix}/per_minute"))
+        ),
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -181,4 +181,26 @@ pub fn assert_page_views_match_raw(raw: &str, agg: &str) {
         "windows in the table that DuckDB does not compute: {r:?}"
     );
     assert_eq!(r[4], 0, "duplicate (window, page) rows: {r:?}");
+}
+
+/// Asserts DuckDB finds the same rows in `table` (query `actual`) as `expected`
+/// computes, each once.
+pub fn assert_same_rows(what: &str, expected: &str, actual: &str) {
+    let rows = duck(&format!(
+        "WITH e AS ({expected}), t AS ({actual}) \
+         SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM t), \
+                (SELECT count(*) FROM (SELECT * FROM e EXCEPT ALL SELECT * FROM t)), \
+                (SELECT count(*) FROM (SELECT * FROM t EXCEPT ALL SELECT * FROM e))"
+    ));
+    let r = &rows[0];
+    assert!(
+        r[0].as_i64().unwrap_or(0) > 0,
+        "{what}: DuckDB computes no rows: {r:?}"
+    );
+    assert_eq!(r[0], r[1], "{what}: row counts differ (DuckDB, table): {r:?}");
+    assert_eq!(
+        &r[2..],
+        &[json!(0), json!(0)],
+        "{what}: rows differ (missing, extra): {r:?}"
+    );
 }

@@ -74,28 +74,6 @@ from = "orders"
     )
 }
 
-/// Asserts DuckDB finds the same rows in `table` (query `actual`) as `expected`
-/// computes, each once.
-fn assert_same_rows(what: &str, expected: &str, actual: &str) {
-    let rows = duck(&format!(
-        "WITH e AS ({expected}), t AS ({actual}) \
-         SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM t), \
-                (SELECT count(*) FROM (SELECT * FROM e EXCEPT ALL SELECT * FROM t)), \
-                (SELECT count(*) FROM (SELECT * FROM t EXCEPT ALL SELECT * FROM e))"
-    ));
-    let r = &rows[0];
-    assert!(
-        r[0].as_i64().unwrap_or(0) > 0,
-        "{what}: DuckDB computes no rows: {r:?}"
-    );
-    assert_eq!(r[0], r[1], "{what}: row counts differ (DuckDB, table): {r:?}");
-    assert_eq!(
-        &r[2..],
-        &[json!(0), json!(0)],
-        "{what}: rows differ (missing, extra): {r:?}"
-    );
-}
-
 const ALL_KINDS: &str = r#"
 [[aggregates]]
 name = "tumbling"
