@@ -81,9 +81,9 @@ enum Command {
 }
 
 /// Dependencies' routine chatter is hidden by default; the delta kernel logs an ERROR
-/// for every table that does not exist yet, which is normal on a first run.
-const DEFAULT_LOG_FILTER: &str =
-    "info,deltalake_core=warn,datafusion=warn,buoyant_kernel=off,delta_kernel=warn";
+/// for every table that does not exist yet, which is normal on a first run, and MERGE
+/// warns on every commit about a file metric it derives itself.
+const DEFAULT_LOG_FILTER: &str = "info,deltalake_core=warn,deltalake_core::operations::merge=error,datafusion=warn,buoyant_kernel=off,delta_kernel=warn";
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
