@@ -44,6 +44,13 @@ impl Hll {
         }
     }
 
+    /// Empties it, keeping the registers' memory.
+    pub fn clear(&mut self) {
+        if let Some(r) = &mut self.registers {
+            r.fill(0);
+        }
+    }
+
     pub fn estimate(&self) -> i64 {
         let Some(r) = &self.registers else { return 0 };
         #[allow(clippy::cast_precision_loss)]

@@ -265,68 +265,93 @@ impl Measures {
 
     /// Output columns of `slots` of `store`, in measure order.
     pub fn finish(&self, store: &Store, slots: &[u32]) -> Result<Vec<ArrayRef>, WindowError> {
+        self.finish_merged(store, slots.len(), |i| std::slice::from_ref(&slots[i]))
+    }
+
+    /// Output columns of `n` rows, row `i` merging the slots `group(i)` of `store` (a
+    /// hopping window's panes). Nothing is copied: distinct sets are counted through a
+    /// scratch set of borrowed values, so emitting a window costs hashing its panes'
+    /// values once.
+    pub fn finish_merged<'a>(
+        &self,
+        store: &Store,
+        n: usize,
+        group: impl Fn(usize) -> &'a [u32],
+    ) -> Result<Vec<ArrayRef>, WindowError> {
         let mut out = Vec::with_capacity(self.bound.len());
         for (b, acc) in self.bound.iter().zip(&store.accs) {
+            let rows = (0..n).map(|i| group(i).iter().map(|&s| s as usize));
             let col: ArrayRef = match (acc, b.kind) {
                 (Acc::Count(v), _) => {
-                    Arc::new(Int64Array::from_iter_values(slots.iter().map(|&s| v[s as usize])))
+                    Arc::new(Int64Array::from_iter_values(rows.map(|g| g.map(|s| v[s]).sum())))
                 }
-                (Acc::SumI { sum, n }, Kind::SumInt) => {
-                    Arc::new(Int64Array::from_iter(slots.iter().map(|&s| {
-                        let s = s as usize;
-                        (n[s] > 0).then(|| {
-                            i64::try_from(sum[s]).unwrap_or(if sum[s] > 0 { i64::MAX } else { i64::MIN })
-                        })
-                    })))
+                (Acc::SumI { sum, n }, kind) => {
+                    let totals =
+                        rows.map(|g| g.fold((0i128, 0i64), |(a, c), s| (a.saturating_add(sum[s]), c + n[s])));
+                    match kind {
+                        Kind::SumInt => Arc::new(Int64Array::from_iter(totals.map(|(total, c)| {
+                            (c > 0).then(|| {
+                                i64::try_from(total).unwrap_or(if total > 0 { i64::MAX } else { i64::MIN })
+                            })
+                        }))),
+                        Kind::SumDecimal(scale) => Arc::new(
+                            Decimal128Array::from_iter(totals.map(|(total, c)| (c > 0).then_some(total)))
+                                .with_precision_and_scale(38, scale)
+                                .map_err(|e| self.arrow(e))?,
+                        ),
+                        _ => {
+                            let scale = match kind {
+                                Kind::AvgDecimal(s) => 10f64.powi(i32::from(s)),
+                                _ => 1.0,
+                            };
+                            #[allow(clippy::cast_precision_loss)]
+                            Arc::new(Float64Array::from_iter(
+                                totals.map(|(total, c)| (c > 0).then(|| total as f64 / scale / c as f64)),
+                            ))
+                        }
+                    }
                 }
-                (Acc::SumI { sum, n }, Kind::SumDecimal(scale)) => Arc::new(
-                    Decimal128Array::from_iter(
-                        slots
-                            .iter()
-                            .map(|&s| (n[s as usize] > 0).then_some(sum[s as usize])),
-                    )
-                    .with_precision_and_scale(38, scale)
-                    .map_err(|e| self.arrow(e))?,
-                ),
-                (Acc::SumI { sum, n }, Kind::AvgInt | Kind::AvgDecimal(_)) => {
-                    let scale = match b.kind {
-                        Kind::AvgDecimal(s) => 10f64.powi(i32::from(s)),
-                        _ => 1.0,
-                    };
-                    Arc::new(Float64Array::from_iter(slots.iter().map(|&s| {
-                        let s = s as usize;
+                (Acc::SumF { sum, n }, kind) => {
+                    let totals = rows.map(|g| g.fold((0f64, 0i64), |(a, c), s| (a + sum[s], c + n[s])));
+                    #[allow(clippy::cast_precision_loss)]
+                    let avg = kind == Kind::AvgFloat;
+                    Arc::new(Float64Array::from_iter(totals.map(|(total, c)| {
                         #[allow(clippy::cast_precision_loss)]
-                        (n[s] > 0).then(|| sum[s] as f64 / scale / n[s] as f64)
+                        (c > 0).then(|| if avg { total / c as f64 } else { total })
                     })))
                 }
-                (Acc::SumF { sum, n }, Kind::AvgFloat) => {
-                    Arc::new(Float64Array::from_iter(slots.iter().map(|&s| {
-                        let s = s as usize;
-                        #[allow(clippy::cast_precision_loss)]
-                        (n[s] > 0).then(|| sum[s] / n[s] as f64)
-                    })))
-                }
-                (Acc::SumF { sum, n }, _) => Arc::new(Float64Array::from_iter(
-                    slots
-                        .iter()
-                        .map(|&s| (n[s as usize] > 0).then_some(sum[s as usize])),
-                )),
-                (Acc::Best(v), _) => {
+                (Acc::Best(v), kind) => {
                     let conv = b.rows.as_ref().ok_or_else(|| self.arrow(missing_converter()))?;
-                    decode_values(
-                        conv,
-                        slots.iter().map(|&s| v[s as usize].as_deref()),
-                        b.output.data_type(),
-                    )
-                    .map_err(|e| self.arrow(e))?
+                    let best = rows.map(|g| {
+                        g.filter_map(|s| v[s].as_deref())
+                            .reduce(|a, x| if (kind == Kind::Min) == (x < a) { x } else { a })
+                    });
+                    decode_values(conv, best, b.output.data_type()).map_err(|e| self.arrow(e))?
                 }
-                (Acc::Distinct(v), _) => Arc::new(Int64Array::from_iter_values(
-                    slots.iter().map(|&s| v[s as usize].len() as i64),
-                )),
-                (Acc::Approx(v), _) => Arc::new(Int64Array::from_iter_values(
-                    slots.iter().map(|&s| v[s as usize].estimate()),
-                )),
-                (Acc::SumI { .. }, _) => return Err(self.arrow(missing_converter())),
+                (Acc::Distinct(v), _) => {
+                    let mut scratch: HashSet<&[u8]> = HashSet::new();
+                    Arc::new(Int64Array::from_iter_values(rows.map(|g| {
+                        let g: Vec<usize> = g.collect();
+                        if let [one] = g[..] {
+                            return v[one].len() as i64;
+                        }
+                        scratch.clear();
+                        for s in g {
+                            scratch.extend(v[s].iter().map(AsRef::as_ref));
+                        }
+                        scratch.len() as i64
+                    })))
+                }
+                (Acc::Approx(v), _) => {
+                    let mut scratch = Hll::default();
+                    Arc::new(Int64Array::from_iter_values(rows.map(|g| {
+                        scratch.clear();
+                        for s in g {
+                            scratch.merge(&v[s]);
+                        }
+                        scratch.estimate()
+                    })))
+                }
             };
             out.push(col);
         }
@@ -621,45 +646,6 @@ impl Store {
                     }
                 }
                 (Acc::Approx(v), Input::Hashes(h, nulls)) if valid(nulls, i) => v[s].add(h[i]),
-                _ => {}
-            }
-        }
-    }
-
-    /// Folds `from`'s slot `src` into this store's slot `dst` (same measures).
-    pub fn merge(&mut self, dst: u32, from: &Self, src: u32) {
-        let (d, s) = (dst as usize, src as usize);
-        for ((acc, other), kind) in self.accs.iter_mut().zip(&from.accs).zip(&self.kinds) {
-            match (acc, other) {
-                (Acc::Count(a), Acc::Count(b)) => a[d] += b[s],
-                (Acc::SumI { sum, n }, Acc::SumI { sum: bs, n: bn }) => {
-                    sum[d] = sum[d].saturating_add(bs[s]);
-                    n[d] += bn[s];
-                }
-                (Acc::SumF { sum, n }, Acc::SumF { sum: bs, n: bn }) => {
-                    sum[d] += bs[s];
-                    n[d] += bn[s];
-                }
-                (Acc::Best(a), Acc::Best(b)) => {
-                    if let Some(o) = &b[s] {
-                        let better = match &a[d] {
-                            None => true,
-                            Some(cur) if *kind == Kind::Min => o < cur,
-                            Some(cur) => o > cur,
-                        };
-                        if better {
-                            a[d] = Some(o.clone());
-                        }
-                    }
-                }
-                (Acc::Distinct(a), Acc::Distinct(b)) => {
-                    for x in &b[s] {
-                        if !a[d].contains(x) {
-                            a[d].insert(x.clone());
-                        }
-                    }
-                }
-                (Acc::Approx(a), Acc::Approx(b)) => a[d].merge(&b[s]),
                 _ => {}
             }
         }

@@ -180,11 +180,11 @@ impl Row {
     }
 }
 
-/// Rows to emit; slots refer to `temp` when it is set (merged panes), else to the
-/// operator's store.
+/// Rows to emit. A row's slot is in the operator's store, or, when `groups` is set
+/// (hopping windows), the index of the group of pane slots the row merges.
 pub(crate) struct Emission {
     rows: Vec<Row>,
-    temp: Option<measure::Store>,
+    groups: Option<Vec<Vec<u32>>>,
 }
 
 /// Per-shard maximum event time and the watermark derived from it.

@@ -244,7 +244,7 @@ impl WindowedAggregate {
 
     /// Output rows for `emission`, then the state of what it no longer needs is dropped.
     fn output(&self, emission: Emission) -> Result<Option<RecordBatch>, WindowError> {
-        let Emission { rows, temp } = emission;
+        let Emission { rows, groups } = emission;
         if rows.is_empty() {
             return Ok(None);
         }
@@ -280,8 +280,12 @@ impl WindowedAggregate {
                 );
             } else {
                 let slots: Vec<u32> = part.iter().filter_map(|r| r.slot).collect();
-                let store = temp.as_ref().unwrap_or(&self.store);
-                cols.extend(self.measures.finish(store, &slots)?);
+                cols.extend(match &groups {
+                    None => self.measures.finish(&self.store, &slots)?,
+                    Some(g) => self
+                        .measures
+                        .finish_merged(&self.store, slots.len(), |i| g[slots[i] as usize].as_slice())?,
+                });
             }
             if self.keyed {
                 let op = if is_delete { "d" } else { "u" };
@@ -299,7 +303,7 @@ impl WindowedAggregate {
     fn emit(&mut self, new: i64, to_end: bool) -> Result<Option<RecordBatch>, WindowError> {
         let ctx = self.ctx();
         let emission = match &mut self.index {
-            Index::Panes(p) => p.emit(&self.store, &self.measures, &ctx, new, to_end),
+            Index::Panes(p) => p.emit(&ctx, new, to_end),
             Index::Sessions(s) => s.emit(&ctx, new, to_end),
             Index::Global(groups, dirty) => {
                 let mut rows: Vec<Row> = groups
@@ -309,7 +313,7 @@ impl WindowedAggregate {
                     .collect();
                 rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
                 dirty.clear();
-                Emission { rows, temp: None }
+                Emission { rows, groups: None }
             }
         };
         // After the end of an input, what was emitted is final; a later run (new files)

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hashbrown::{HashMap, HashSet};
 
-use super::measure::{Input, Measures, Store};
+use super::measure::{Input, Store};
 use super::{Ctx, Emission, Outcome, Row};
 
 /// Groups of one pane: row-encoded group key → slot.
@@ -103,14 +103,7 @@ impl Panes {
     /// Rows for the windows this micro-batch finished (`final`: watermark passed from
     /// `old` to `new`; with `to_end`, every window still open) and for windows whose
     /// rows must be written again.
-    pub fn emit(
-        &mut self,
-        store: &Store,
-        measures: &Measures,
-        ctx: &Ctx,
-        new: i64,
-        to_end: bool,
-    ) -> Emission {
+    pub fn emit(&mut self, ctx: &Ctx, new: i64, to_end: bool) -> Emission {
         let old = ctx.watermark;
         // Window start → keys to write (None: every key it has).
         let mut targets: BTreeMap<i64, Option<BTreeSet<Box<[u8]>>>> = BTreeMap::new();
@@ -172,29 +165,32 @@ impl Panes {
                     Row::upsert(Some(s), Some(s.saturating_add(self.size)), k.clone(), slot)
                 }));
             }
-            return Emission { rows, temp: None };
+            return Emission { rows, groups: None };
         }
-        let mut temp = measures.store();
+        let mut groups: Vec<Vec<u32>> = Vec::new();
         for (s, keys) in targets {
-            let mut merged: BTreeMap<&[u8], u32> = BTreeMap::new();
-            for (_, groups) in self.panes.range(s..s.saturating_add(self.size)) {
-                for (k, &slot) in groups {
-                    if keys.as_ref().is_some_and(|keys| !keys.contains(k)) {
-                        continue;
+            let mut merged: BTreeMap<&[u8], Vec<u32>> = BTreeMap::new();
+            for (_, pane) in self.panes.range(s..s.saturating_add(self.size)) {
+                for (k, &slot) in pane {
+                    if keys.as_ref().is_none_or(|keys| keys.contains(k)) {
+                        merged.entry(k.as_ref()).or_default().push(slot);
                     }
-                    let t = *merged.entry(k.as_ref()).or_insert_with(|| temp.alloc());
-                    temp.merge(t, store, slot);
                 }
             }
-            rows.extend(
-                merged
-                    .into_iter()
-                    .map(|(k, slot)| Row::upsert(Some(s), Some(s.saturating_add(self.size)), k.into(), slot)),
-            );
+            for (k, slots) in merged {
+                let g = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+                groups.push(slots);
+                rows.push(Row::upsert(
+                    Some(s),
+                    Some(s.saturating_add(self.size)),
+                    k.into(),
+                    g,
+                ));
+            }
         }
         Emission {
             rows,
-            temp: Some(temp),
+            groups: Some(groups),
         }
     }
 

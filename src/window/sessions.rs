@@ -127,7 +127,7 @@ impl Sessions {
             (a.start, &a.key, a.slot.is_none()).cmp(&(b.start, &b.key, b.slot.is_none()))
         });
         rows.dedup_by(|b, a| a.start == b.start && a.key == b.key);
-        Emission { rows, temp: None }
+        Emission { rows, groups: None }
     }
 
     /// Drops sessions that are written and can no longer change.
