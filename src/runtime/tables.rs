@@ -291,10 +291,11 @@ impl DeadLetterTarget {
             .chain((!routed.is_empty()).then(|| routed.finish()));
         let mut batches: Vec<RecordBatch> = Vec::new();
         for rows in candidates {
-            let fresh = not_yet_held(&rows, &committed).map_err(|e| SinkError::Delta {
-                table: self.summary.name.clone(),
-                source: e.into(),
-            })?;
+            let fresh =
+                not_yet_held(&rows, &committed, "source", "position").map_err(|e| SinkError::Delta {
+                    table: self.summary.name.clone(),
+                    source: e.into(),
+                })?;
             batches.push(fresh);
         }
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
@@ -327,25 +328,11 @@ impl DeadLetterTarget {
         let committed = self.sink.committed().clone();
         let mut fresh = Vec::with_capacity(batches.len());
         for rows in batches {
-            let (Some(shards), Some(positions)) = (
-                rows.column_by_name("_late_shard"),
-                rows.column_by_name("_late_position"),
-            ) else {
-                continue;
-            };
-            let (shards, positions) = (shards.as_string::<i32>(), positions.as_primitive::<Int64Type>());
-            let keep: BooleanArray = (0..rows.num_rows())
-                .map(|i| {
-                    Some(
-                        committed
-                            .get(shards.value(i))
-                            .is_none_or(|c| positions.value(i) >= c),
-                    )
-                })
-                .collect();
-            let rows = filter_record_batch(&rows, &keep).map_err(|e| SinkError::Delta {
-                table: self.summary.name.clone(),
-                source: e.into(),
+            let rows = not_yet_held(&rows, &committed, "_late_shard", "_late_position").map_err(|e| {
+                SinkError::Delta {
+                    table: self.summary.name.clone(),
+                    source: e.into(),
+                }
             })?;
             if rows.num_rows() > 0 {
                 fresh.push(rows);
@@ -368,14 +355,22 @@ impl DeadLetterTarget {
     }
 }
 
-/// The dead-letter rows the table does not hold yet. Rows are filtered one by one
-/// against their own shard's progress, since routed rows may span shards.
+/// The rows (of dead letters or late events) the table does not hold yet: those at
+/// or after their own shard's progress, which is named by the `shard` and `position`
+/// columns. Rows are filtered one by one, since they may span shards.
 fn not_yet_held(
     rows: &RecordBatch,
     committed: &Progress,
+    shard: &str,
+    position: &str,
 ) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-    let sources = rows.column(1).as_string::<i32>();
-    let positions = rows.column(2).as_primitive::<Int64Type>();
+    let missing =
+        || deltalake::arrow::error::ArrowError::SchemaError(format!("no {shard} or {position} column"));
+    let sources = rows.column_by_name(shard).ok_or_else(missing)?.as_string::<i32>();
+    let positions = rows
+        .column_by_name(position)
+        .ok_or_else(missing)?
+        .as_primitive::<Int64Type>();
     let keep: BooleanArray = (0..rows.num_rows())
         .map(|i| {
             Some(
