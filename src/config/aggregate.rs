@@ -226,7 +226,7 @@ impl Resolver<'_> {
         };
         let late_table = match (a.late, a.late_table) {
             (LatePolicy::Dlq, t) => {
-                let t = t.unwrap_or_else(|| format!("{}_late", a.name));
+                let t = t.unwrap_or_else(|| format!("{}_late_events", a.name));
                 self.name(&format!("{key}.late_table"), &t)?;
                 if !names.insert(t.clone()) {
                     return Err(self.err(format!("{key}.late_table"), format!("\"{t}\" is used twice")));

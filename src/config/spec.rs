@@ -263,7 +263,7 @@ pub struct AggregateSpec {
     /// `late = "update"`: how long after its end (in event time, against the watermark)
     /// a window can still be corrected.
     pub lateness: Option<Span>,
-    /// `late = "dlq"`: the table late events go to; default `{name}_late`.
+    /// `late = "dlq"`: the table late events go to; default `{name}_late_events`.
     pub late_table: Option<String>,
 }
 

@@ -268,9 +268,9 @@ fn window_kinds_measures_and_late_policies_resolve_or_name_the_key() {
             slide: Span::from_secs(60)
         }
     );
-    assert_eq!(a.late_table.as_deref(), Some("per_page_late"));
+    assert_eq!(a.late_table.as_deref(), Some("per_page_late_events"));
     assert_eq!(a.measures[1].func, MeasureFn::CountDistinct("user_id".into()));
-    assert!(p.table_names().any(|t| t == "per_page_late"));
+    assert!(p.table_names().any(|t| t == "per_page_late_events"));
     assert!(!a.keyed());
 
     for (window, extra, key, says) in [

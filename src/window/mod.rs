@@ -100,8 +100,9 @@ pub trait Operator: Send {
     /// Advances the watermark and emits the rows it finished or changed.
     fn on_watermark(&mut self) -> Result<Option<RecordBatch>, WindowError>;
 
-    /// Late events set aside since the last call (`late = "dlq"`).
-    fn take_late(&mut self) -> Option<RecordBatch>;
+    /// Late events set aside since the last call (`late = "dlq"`), a batch per input
+    /// batch that had any (their schemas follow the stream's).
+    fn take_late(&mut self) -> Vec<RecordBatch>;
 
     /// Serialises the complete state.
     fn on_checkpoint(&self) -> Result<Bytes, WindowError>;

@@ -516,13 +516,8 @@ impl Operator for WindowedAggregate {
         Ok(out)
     }
 
-    fn take_late(&mut self) -> Option<RecordBatch> {
-        if self.late_rows.is_empty() {
-            return None;
-        }
-        let rows = std::mem::take(&mut self.late_rows);
-        let schema = rows[0].schema();
-        concat_batches(&schema, &rows).ok()
+    fn take_late(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.late_rows)
     }
 
     fn on_checkpoint(&self) -> Result<Bytes, WindowError> {

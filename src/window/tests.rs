@@ -374,14 +374,16 @@ fn late_events_are_dropped_and_counted_exactly() {
 fn late_events_go_to_the_late_table_with_their_position() {
     let (mut op, _) = late_run(LatePolicy::Dlq);
     assert_eq!(op.stats().late_dead_lettered, 3);
-    let late = op.take_late().unwrap();
+    let late = op.take_late();
+    assert_eq!(late.len(), 1);
+    let late = &late[0];
     assert_eq!(late.num_rows(), 3);
     let pos = late
         .column_by_name("_late_position")
         .unwrap()
         .as_primitive::<deltalake::arrow::datatypes::Int64Type>();
     assert_eq!(pos.values().to_vec(), vec![10, 11, 12]);
-    assert!(op.take_late().is_none());
+    assert!(op.take_late().is_empty());
 }
 
 #[test]

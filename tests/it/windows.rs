@@ -303,7 +303,7 @@ fn late_events_are_dropped_set_aside_or_corrected_as_configured() {
     let rows = duck(&format!(
         "SELECT count(*), min(event_id), max(event_id), count(DISTINCT _late_position), \
                 min(_late_reason), max(epoch_us(_late_window_end)) FROM {}",
-        t("set_aside_late")
+        t("set_aside_late_events")
     ));
     assert_eq!(
         rows[0],
@@ -319,7 +319,7 @@ fn late_events_are_dropped_set_aside_or_corrected_as_configured() {
     // A second run finds nothing new and writes nothing twice.
     run_once(dir.path(), &p);
     assert_eq!(
-        duck_i64(&format!("SELECT count(*) FROM {}", t("set_aside_late"))),
+        duck_i64(&format!("SELECT count(*) FROM {}", t("set_aside_late_events"))),
         10
     );
 }
