@@ -25,7 +25,7 @@ fn rfc3339(micros: i64) -> String {
 }
 
 /// Orders every 100 ms, jittered by up to ±10 s (so out of order, but never by more
-/// than the 30 s watermark): users come in bursts, amounts are sometimes null.
+/// than the 30 s watermark): users come in bursts, amounts and pages are sometimes null.
 fn orders(first: i64, n: i64) -> String {
     let mut s = String::new();
     for i in first..first + n {
@@ -39,9 +39,10 @@ fn orders(first: i64, n: i64) -> String {
         let price = (i % 13) as f64 * 0.25;
         writeln!(
             s,
-            r#"{{"event_id":"e{i}","user":"u{}","page":"/p{}","amount":{amount},"price":{price},"event_timestamp":"{}"}}"#,
+            r#"{{"event_id":"e{i}","user":"u{}","page":{},"amount":{amount},"price":{price},"event_timestamp":"{}"}}"#,
             (i / 50) % 40,
-            i % 7,
+            // A null group key now and then: MERGE must match it (null-safe).
+            if i % 23 == 0 { "null".to_string() } else { format!("\"/p{}\"", i % 7) },
             rfc3339(t)
         )
         .unwrap();
