@@ -35,9 +35,10 @@ pub struct AggregateConfig {
 
 impl AggregateConfig {
     /// Whether the output table is written by MERGE on (window_start, group keys):
-    /// rows are updated after they were first written.
+    /// rows are updated after they were first written. Global windows always are: each
+    /// bounded run ends by writing every key's total so far.
     pub fn keyed(&self) -> bool {
-        self.emit == EmitMode::Update || self.late == LatePolicy::Update
+        self.emit == EmitMode::Update || self.late == LatePolicy::Update || self.window == Window::Global
     }
 }
 

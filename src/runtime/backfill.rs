@@ -137,7 +137,11 @@ pub async fn backfill(
     };
     let out: Vec<RecordBatch> = op.on_close()?.into_iter().collect();
     let schema = op.output_schema();
-    let rows = concat_batches(&schema, &out).map_err(|e| delta_err(&into)(e.into()))?;
+    let mut rows = concat_batches(&schema, &out).map_err(|e| delta_err(&into)(e.into()))?;
+    // A global window's rows are upserts (`_op`); a recomputation only has final rows.
+    if let Ok(i) = schema.index_of(window::OP_COLUMN) {
+        rows.remove_column(i);
+    }
     let mut sink = DeltaSink::open(
         &into,
         pipeline.sink.table_url(&into),

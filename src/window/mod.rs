@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::config::AggregateConfig;
 
-pub use operator::WindowedAggregate;
+pub use operator::{OP_COLUMN, WindowedAggregate};
 
 /// Why an operator could not process its input.
 #[derive(Debug, thiserror::Error)]

@@ -325,11 +325,8 @@ impl WindowedAggregate {
             Index::Panes(p) => p.evict(&mut self.store, &ctx, new),
             Index::Sessions(s) if to_end => s.clear(&mut self.store),
             Index::Sessions(s) => s.evict(&mut self.store, &ctx, new),
-            Index::Global(groups, _) if to_end => {
-                for (_, slot) in groups.drain() {
-                    self.store.release(slot);
-                }
-            }
+            // A global window never closes: its groups outlive the end of an input, and
+            // the next run's totals include them.
             Index::Global(..) => {}
         }
         self.watermark = self.watermark.max(if to_end {

@@ -437,3 +437,37 @@ fn sigkill_replay_and_backfill_all_yield_the_uninterrupted_tables() {
     let sessions = scan(straight.path().join("lake/sessions").to_str().unwrap());
     assert_eq!(duck_i64(&format!("SELECT sum(n) FROM {sessions}")), 150_000);
 }
+
+#[test]
+fn global_totals_carry_over_from_one_bounded_run_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let p = files_pipeline(
+        dir.path(),
+        r#"
+[[aggregates]]
+name = "totals"
+from = "orders"
+event_time = "event_timestamp"
+window = { kind = "global" }
+group_by = ["page"]
+measures = { n = "count(*)", users = "count_distinct(user)", amt = "sum(amount)" }
+"#,
+    );
+    write_file(&input, "part-0.jsonl", &orders(0, 3000));
+    run_once(dir.path(), &p);
+    write_file(&input, "part-1.jsonl", &orders(3000, 2000));
+    run_once(dir.path(), &p);
+    let lake = dir.path().join("lake");
+    let t = |name: &str| scan(lake.join(name).to_str().unwrap());
+    assert_same_rows(
+        "global totals over two runs",
+        &format!(
+            "SELECT page, count(*), count(DISTINCT \"user\"), sum(amount) FROM {} GROUP BY ALL",
+            t("orders_raw")
+        ),
+        &format!("SELECT page, n, users, amt FROM {}", t("totals")),
+    );
+    assert_eq!(duck_i64(&format!("SELECT sum(n) FROM {}", t("totals"))), 5000);
+}
