@@ -10,7 +10,7 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
     UInt32Array, new_null_array,
 };
-use deltalake::arrow::compute::{CastOptions, cast_with_options, concat_batches, max, take_record_batch};
+use deltalake::arrow::compute::{CastOptions, cast_with_options, concat_batches, take_record_batch};
 use deltalake::arrow::datatypes::{
     DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
@@ -26,6 +26,9 @@ use super::panes::Panes;
 use super::sessions::Sessions;
 use super::{Ctx, Emission, Operator, OperatorStats, Outcome, Row, Watermarks, WindowError};
 use crate::config::{AggregateConfig, EmitMode, LatePolicy, Window};
+
+/// Largest event time magnitude accepted (2^62 µs): window bounds stay in range.
+const EVENT_TIME_LIMIT: i64 = 1 << 62;
 
 /// Column of keyed outputs telling the sink to upsert (`u`) or delete (`d`) the row.
 pub const OP_COLUMN: &str = "_op";
@@ -457,7 +460,9 @@ impl Operator for WindowedAggregate {
             if keep.as_ref().is_some_and(|k| !k.is_valid(i) || !k.value(i)) {
                 continue;
             }
-            if ts.is_null(i) {
+            // Times beyond ±146,000 years are garbage, and would overflow window
+            // arithmetic: they count as missing.
+            if ts.is_null(i) || !(-EVENT_TIME_LIMIT..=EVENT_TIME_LIMIT).contains(&ts.value(i)) {
                 self.stats.no_event_time += 1;
                 continue;
             }
@@ -496,7 +501,14 @@ impl Operator for WindowedAggregate {
             let rows = self.late_batch(shard, batch, positions, &late)?;
             self.late_rows.push(rows);
         }
-        if let Some(m) = max(ts) {
+        // Every event time counts (filtered rows too: the watermark is the stream's
+        // progress), except garbage ones.
+        if let Some(m) = ts
+            .iter()
+            .flatten()
+            .filter(|t| (-EVENT_TIME_LIMIT..=EVENT_TIME_LIMIT).contains(t))
+            .max()
+        {
             self.watermarks.observe(shard, m, Instant::now());
         }
         Ok(())

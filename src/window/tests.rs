@@ -514,10 +514,10 @@ fn null_event_times_are_counted_not_fatal() {
     let mut op = build(&cfg(tumbling(), 0), &schema()).unwrap();
     let mut b = batch(&[ev(Some("a"), 1), ev(Some("a"), 2)]);
     let mut cols = b.columns().to_vec();
-    cols[1] = Arc::new(TimestampMicrosecondArray::from(vec![None, Some(1)]));
+    cols[1] = Arc::new(TimestampMicrosecondArray::from(vec![None, Some(i64::MIN + 1)]));
     b = RecordBatch::try_new(schema(), cols).unwrap();
     op.process_batch("s", &b, &positions(2)).unwrap();
-    assert_eq!(op.stats().no_event_time, 1);
+    assert_eq!(op.stats().no_event_time, 2);
 }
 
 #[test]
