@@ -162,6 +162,11 @@ fn print_summary(summary: &RunSummary, elapsed: std::time::Duration) {
                 t.skipped_commits, t.skipped_records
             );
         }
+        if let Some(w) = t.watermark
+            && let Some(at) = chrono::DateTime::from_timestamp_micros(w)
+        {
+            print!(", watermark {}", at.format("%Y-%m-%dT%H:%M:%S%.fZ"));
+        }
         if let Some(s) = t.stats {
             for (n, what) in [
                 (s.late_dropped, "late dropped"),

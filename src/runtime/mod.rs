@@ -78,6 +78,8 @@ pub struct TableSummary {
     pub skipped_records: u64,
     pub version: Option<u64>,
     pub stats: Option<OperatorStats>,
+    /// An aggregate's watermark at the end of the run (µs since the epoch).
+    pub watermark: Option<i64>,
 }
 
 /// Runs `pipeline` until its input ends (`--once`, bounded sources) or `shutdown`

@@ -67,6 +67,7 @@ pub(super) fn summary(name: &str) -> TableSummary {
         skipped_records: 0,
         version: None,
         stats: None,
+        watermark: None,
     }
 }
 
@@ -458,6 +459,7 @@ impl AggregateTarget {
         }
         self.late_pending.extend(op.take_late());
         let mut out: Vec<RecordBatch> = op.on_watermark()?.into_iter().collect();
+        tracing::debug!(aggregate = %self.cfg.name, watermark = op.watermark(), "watermark");
         if closing {
             out.extend(op.on_close()?);
         }
@@ -511,6 +513,7 @@ impl AggregateTarget {
     pub(super) fn finish(self) -> Vec<TableSummary> {
         let own = TableSummary {
             stats: self.op.as_ref().map(|o| o.stats()),
+            watermark: self.op.as_ref().map(|o| o.watermark()).filter(|w| *w > i64::MIN),
             ..self.summary
         };
         self.late.map(|l| l.summary).into_iter().chain([own]).collect()

@@ -276,6 +276,11 @@ fn late_events_are_dropped_set_aside_or_corrected_as_configured() {
             .to_string()
     };
     assert!(line("dropped").contains(", 10 late dropped"), "{out}");
+    // The end of the input closed every window: the watermark is the last one's end.
+    assert!(
+        line("dropped").contains(", watermark 2026-01-01T00:10:00Z"),
+        "{out}"
+    );
     assert!(line("set_aside ").contains(", 10 late set aside"), "{out}");
     assert!(line("corrected").contains(", 10 late corrected"), "{out}");
     assert!(line("too_late").contains(", 10 late dropped"), "{out}");
