@@ -340,6 +340,36 @@ impl WindowedAggregate {
         Ok(out)
     }
 
+    /// `batch` in the layout the operator was built for, when the stream's schema has
+    /// changed since (columns added, dropped, reordered or widened): columns are found
+    /// by name, cast to the type they had (values that do not fit become NULL) and
+    /// NULL when gone. `None` when the layout is unchanged.
+    fn conform(&self, batch: &RecordBatch) -> Result<Option<RecordBatch>, WindowError> {
+        let schema = batch.schema();
+        if Arc::ptr_eq(&schema, &self.input) || schema.fields() == self.input.fields() {
+            return Ok(None);
+        }
+        let n = batch.num_rows();
+        let safe = CastOptions {
+            safe: true,
+            ..Default::default()
+        };
+        let mut fields = Vec::with_capacity(self.input.fields().len());
+        let mut cols = Vec::with_capacity(self.input.fields().len());
+        for f in self.input.fields() {
+            let col = match batch.column_by_name(f.name()) {
+                Some(c) if c.data_type() == f.data_type() => c.clone(),
+                Some(c) => cast_with_options(c, f.data_type(), &safe).map_err(self.arrow_err())?,
+                None => new_null_array(f.data_type(), n),
+            };
+            fields.push(f.as_ref().clone().with_nullable(true));
+            cols.push(col);
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map(Some)
+            .map_err(self.arrow_err())
+    }
+
     /// Late rows of `batch` (at `picked`) with why and where they came from.
     fn late_batch(
         &self,
@@ -420,6 +450,8 @@ impl Operator for WindowedAggregate {
         if n == 0 {
             return Ok(());
         }
+        let conformed = self.conform(batch)?;
+        let batch = conformed.as_ref().unwrap_or(batch);
         // Unparseable times become nulls (counted), never errors: bad input must not
         // stop the stream.
         let ts = cast_with_options(

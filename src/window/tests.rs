@@ -574,3 +574,39 @@ fn a_snapshot_of_another_aggregate_shape_is_refused() {
         .on_start(Some(snapshot))
         .unwrap();
 }
+
+#[test]
+fn a_changed_stream_schema_is_read_by_column_name() {
+    let mut op = build(&cfg(tumbling(), 0), &schema()).unwrap();
+    op.process_batch("s", &batch(&[ev(Some("a"), SEC)]), &positions(1))
+        .unwrap();
+    // Columns reordered, `f` widened to text, `u` dropped, a new column added.
+    let evolved = Arc::new(Schema::new(vec![
+        Field::new("extra", DataType::Int64, true),
+        Field::new("t", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        Field::new("f", DataType::Utf8, true),
+        Field::new("v", DataType::Int64, true),
+        Field::new("k", DataType::Utf8, true),
+    ]));
+    let b = RecordBatch::try_new(
+        evolved,
+        vec![
+            Arc::new(Int64Array::from(vec![7, 7])),
+            Arc::new(TimestampMicrosecondArray::from(vec![2 * SEC, 3 * SEC])),
+            Arc::new(StringArray::from(vec!["2", "x"])),
+            Arc::new(Int64Array::from(vec![Some(5), None])),
+            Arc::new(StringArray::from(vec!["a", "a"])),
+        ],
+    )
+    .unwrap();
+    op.process_batch("s", &b, &positions(2)).unwrap();
+    let out = op.on_close().unwrap().unwrap();
+    let mut t = Table::new();
+    apply(&mut t, &[out]);
+    // n, nv, du (u gone: only the first event's "x"), sv, avg of f (1.0 from the first
+    // event, 2.0 from "2", and "x" does not cast: NULL), min v, max u.
+    assert_eq!(
+        t[&(Some(0), Some("a".into()))][1..],
+        ["3", "2", "1", "6", "1.5", "1", "x"].map(String::from)
+    );
+}
