@@ -285,39 +285,20 @@ impl DeadLetterTarget {
         routed: DeadLetters,
         retry: &RetryPolicy,
     ) -> Result<(), RunError> {
-        let committed = self.sink.committed().clone();
         let candidates = pending
             .iter()
             .filter_map(|b| b.rejected.clone())
             .chain((!routed.is_empty()).then(|| routed.finish()));
-        let mut batches: Vec<RecordBatch> = Vec::new();
-        for rows in candidates {
-            let fresh =
-                not_yet_held(&rows, &committed, "source", "position").map_err(|e| SinkError::Delta {
-                    table: self.summary.name.clone(),
-                    source: e.into(),
-                })?;
-            batches.push(fresh);
+        let progress = || batch_progress(pending, None).into_iter().collect();
+        let rows = self
+            .commit_unheld(candidates, ("source", "position"), progress, retry)
+            .await?;
+        if rows > 0 {
+            tracing::warn!(table = %self.summary.name, rows, "records set aside as dead letters");
         }
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        if rows == 0 {
-            return Ok(());
-        }
-        let progress: Vec<(String, i64)> = batch_progress(pending, None).into_iter().collect();
-        tracing::warn!(table = %self.summary.name, rows, "records set aside as dead letters");
-        let commit = Commit {
-            batches,
-            progress,
-            info: BTreeMap::new(),
-            replace: false,
-        };
-        let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
-        count(&mut self.summary, outcome, rows);
         Ok(())
     }
-}
 
-impl DeadLetterTarget {
     /// Commits late events (`_late_shard`, `_late_position` columns) the table does not
     /// hold yet, with `progress`; nothing when there are none.
     pub(super) async fn commit_late(
@@ -326,33 +307,48 @@ impl DeadLetterTarget {
         progress: Vec<(String, i64)>,
         retry: &RetryPolicy,
     ) -> Result<(), RunError> {
+        let columns = ("_late_shard", "_late_position");
+        let rows = self.commit_unheld(batches, columns, || progress, retry).await?;
+        if rows > 0 {
+            tracing::info!(table = %self.summary.name, rows, "late events set aside");
+        }
+        Ok(())
+    }
+
+    /// Commits the rows of `candidates` the table does not hold yet (judged by their
+    /// `(shard, position)` columns) with `progress`, and says how many; commits nothing
+    /// when there are none.
+    async fn commit_unheld(
+        &mut self,
+        candidates: impl IntoIterator<Item = RecordBatch>,
+        (shard, position): (&str, &str),
+        progress: impl FnOnce() -> Vec<(String, i64)>,
+        retry: &RetryPolicy,
+    ) -> Result<usize, RunError> {
         let committed = self.sink.committed().clone();
-        let mut fresh = Vec::with_capacity(batches.len());
-        for rows in batches {
-            let rows = not_yet_held(&rows, &committed, "_late_shard", "_late_position").map_err(|e| {
-                SinkError::Delta {
-                    table: self.summary.name.clone(),
-                    source: e.into(),
-                }
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        for rows in candidates {
+            let fresh = not_yet_held(&rows, &committed, shard, position).map_err(|e| SinkError::Delta {
+                table: self.summary.name.clone(),
+                source: e.into(),
             })?;
-            if rows.num_rows() > 0 {
-                fresh.push(rows);
+            if fresh.num_rows() > 0 {
+                batches.push(fresh);
             }
         }
-        let rows: usize = fresh.iter().map(RecordBatch::num_rows).sum();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows == 0 {
-            return Ok(());
+            return Ok(0);
         }
-        tracing::info!(table = %self.summary.name, rows, "late events set aside");
         let commit = Commit {
-            batches: fresh,
-            progress,
+            batches,
+            progress: progress(),
             info: BTreeMap::new(),
             replace: false,
         };
         let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
         count(&mut self.summary, outcome, rows);
-        Ok(())
+        Ok(rows)
     }
 }
 
