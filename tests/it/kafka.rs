@@ -54,6 +54,20 @@ fn produce_clicks(topic: &str, id: u32, partitions: i32, from: u64, to: u64) -> 
     counts
 }
 
+/// A new 3-partition topic named after `prefix`, with the clickstream schema registered
+/// under `{topic}-value`; returns the topic and the schema id.
+fn clicks_topic(prefix: &str) -> (String, u32) {
+    let topic = unique(prefix);
+    create_topic(&topic, 3);
+    let (text, _) = clickstream();
+    let id = register(
+        &stack_env("SCHEMA_REGISTRY_URL"),
+        &format!("{topic}-value"),
+        &text,
+    );
+    (topic, id)
+}
+
 fn clicks_source(topic: &str, group: &str) -> String {
     format!(
         "topics = [\"{topic}\"]\ngroup_id = \"{group}\"\nformat = \"avro\"\nschema_registry = \"{}\"\n\
@@ -125,14 +139,7 @@ fn s3_count(table: &str) -> i64 {
 
 #[test]
 fn a_million_events_over_three_partitions_survive_sigkills() {
-    let topic = unique("clicks");
-    create_topic(&topic, 3);
-    let (text, _) = clickstream();
-    let id = register(
-        &stack_env("SCHEMA_REGISTRY_URL"),
-        &format!("{topic}-value"),
-        &text,
-    );
+    let (topic, id) = clicks_topic("clicks");
     let counts = produce_clicks(&topic, id, 3, 0, 1_000_000);
 
     let dir = tempfile::tempdir().unwrap();
@@ -215,14 +222,7 @@ fn a_million_events_over_three_partitions_survive_sigkills() {
 
 #[test]
 fn two_consumers_in_one_group_share_the_partitions_exactly() {
-    let topic = unique("shared");
-    create_topic(&topic, 3);
-    let (text, _) = clickstream();
-    let id = register(
-        &stack_env("SCHEMA_REGISTRY_URL"),
-        &format!("{topic}-value"),
-        &text,
-    );
+    let (topic, id) = clicks_topic("shared");
     let mut counts = produce_clicks(&topic, id, 3, 0, 150_000);
 
     let dir = tempfile::tempdir().unwrap();

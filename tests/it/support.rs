@@ -204,3 +204,28 @@ pub fn assert_same_rows(what: &str, expected: &str, actual: &str) {
         "{what}: rows differ (missing, extra): {r:?}"
     );
 }
+
+/// Kills (SIGKILL) a `--once` run of `pipeline` once the local table `table` (relative
+/// to `dir`) has reached `commits` versions, after a further pseudo-random delay of up
+/// to `jitter_ms`, so the kill lands at different instructions each time.
+pub fn kill_after_commits(dir: &Path, pipeline: &Path, table: &str, commits: u64, jitter_ms: u32) {
+    use std::time::{Duration, Instant};
+    let table = dir.join(table);
+    let mut child = spawn_once(dir, pipeline);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while local_version(&table).is_none_or(|v| v < commits) {
+        if child.try_wait().unwrap().is_some() {
+            panic!("the run finished before reaching {commits} commits; make the input larger");
+        }
+        assert!(Instant::now() < deadline, "no progress within 300s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % jitter_ms;
+    std::thread::sleep(Duration::from_millis(u64::from(jitter)));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}

@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -380,29 +379,6 @@ measures = { n = "count(*)", users = "count_distinct(user_id)" }
 
 const AGGREGATES: [&str; 4] = ["per_minute", "hopping", "sessions", "per_device"];
 
-/// Kills a --once run after the raw table reached `commits` versions, plus jitter.
-fn kill_after(dir: &Path, pipeline: &Path, commits: u64) {
-    let raw = dir.join("lake/clicks");
-    let mut child = spawn_once(dir, pipeline);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while local_version(&raw).is_none_or(|v| v < commits) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before {commits} commits"
-        );
-        assert!(Instant::now() < deadline, "no progress within 300s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let jitter = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        % 300;
-    std::thread::sleep(Duration::from_millis(u64::from(jitter)));
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 fn assert_tables_equal(a: &Path, b: &Path, what: &str) {
     let (a, b) = (scan(a.to_str().unwrap()), scan(b.to_str().unwrap()));
     assert_same_rows(what, &format!("SELECT * FROM {a}"), &format!("SELECT * FROM {b}"));
@@ -417,8 +393,8 @@ fn sigkill_replay_and_backfill_all_yield_the_uninterrupted_tables() {
     let p2 = write_file(killed.path(), "p.toml", GENERATED);
     let p3 = write_file(replayed.path(), "p.toml", GENERATED);
     run_once(straight.path(), &p1);
-    kill_after(killed.path(), &p2, 3);
-    kill_after(killed.path(), &p2, 9);
+    kill_after_commits(killed.path(), &p2, "lake/clicks", 3, 300);
+    kill_after_commits(killed.path(), &p2, "lake/clicks", 9, 300);
     run_once(killed.path(), &p2);
     run_once(replayed.path(), &p3);
     for name in AGGREGATES {
