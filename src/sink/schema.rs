@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use deltalake::arrow::array::{RecordBatch, new_null_array};
-use deltalake::arrow::compute::cast;
+use deltalake::arrow::compute::{CastOptions, cast_with_options};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::arrow::error::ArrowError;
 
@@ -90,19 +90,24 @@ pub fn evolve(current: Option<&Schema>, incoming: &Schema) -> Result<SchemaRef, 
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// `batch` with exactly the columns of `target`: cast where the type differs, NULL
-/// where the batch has no such column. `target` comes from [`evolve`], so every cast
-/// is lossless.
+/// `batch` with exactly the columns of `target`, found by name: cast where the type
+/// differs (a value that does not fit becomes NULL), NULL where the batch has no such
+/// column. For tables `target` comes from [`evolve`], so every cast is lossless; window
+/// operators read a stream whose schema changed through it too.
 pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ArrowError> {
     if batch.schema().fields() == target.fields() {
         return Ok(batch.clone());
     }
+    let safe = CastOptions {
+        safe: true,
+        ..Default::default()
+    };
     let columns = target
         .fields()
         .iter()
         .map(|f| match batch.column_by_name(f.name()) {
             Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => cast(c, f.data_type()),
+            Some(c) => cast_with_options(c, f.data_type(), &safe),
             None => Ok(new_null_array(f.data_type(), batch.num_rows())),
         })
         .collect::<Result<Vec<_>, _>>()?;

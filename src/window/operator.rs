@@ -58,6 +58,8 @@ pub struct WindowedAggregate {
     pub(super) index: Index,
     output: SchemaRef,
     input: SchemaRef,
+    /// `input` with every column nullable: the layout a changed stream is read into.
+    input_nullable: SchemaRef,
     pub(super) watermarks: Watermarks,
     /// Reached by the last micro-batch; never moves backwards.
     pub(super) watermark: i64,
@@ -218,6 +220,13 @@ impl WindowedAggregate {
             index,
             output: Arc::new(Schema::new(fields)),
             input: input.clone(),
+            input_nullable: Arc::new(Schema::new(
+                input
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            )),
             watermarks: Watermarks::new(cfg.watermark.as_micros(), cfg.idle_timeout.map(|s| s.0)),
             watermark: i64::MIN,
             stats: OperatorStats::default(),
@@ -349,23 +358,7 @@ impl WindowedAggregate {
         if Arc::ptr_eq(&schema, &self.input) || schema.fields() == self.input.fields() {
             return Ok(None);
         }
-        let n = batch.num_rows();
-        let safe = CastOptions {
-            safe: true,
-            ..Default::default()
-        };
-        let mut fields = Vec::with_capacity(self.input.fields().len());
-        let mut cols = Vec::with_capacity(self.input.fields().len());
-        for f in self.input.fields() {
-            let col = match batch.column_by_name(f.name()) {
-                Some(c) if c.data_type() == f.data_type() => c.clone(),
-                Some(c) => cast_with_options(c, f.data_type(), &safe).map_err(self.arrow_err())?,
-                None => new_null_array(f.data_type(), n),
-            };
-            fields.push(f.as_ref().clone().with_nullable(true));
-            cols.push(col);
-        }
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        crate::sink::schema::conform(batch, &self.input_nullable)
             .map(Some)
             .map_err(self.arrow_err())
     }
@@ -575,12 +568,5 @@ impl Operator for WindowedAggregate {
 
     fn watermark(&self) -> i64 {
         self.watermark
-    }
-}
-
-impl WindowedAggregate {
-    /// Schema of the stream it was built for.
-    pub fn input_schema(&self) -> &SchemaRef {
-        &self.input
     }
 }
