@@ -1,24 +1,56 @@
-"""End-to-end latency of a Tributary changelog table: for every row, the Delta commit
-time of the version that added its file minus the row's `_commit_ts` (the Postgres
-commit time). Prints p50/p99/max over rows."""
-import glob
+"""End-to-end latency of a Tributary table: for every row, the Delta commit time of
+the version that added its file minus the row's source time (`_commit_ts` for
+Postgres, `_timestamp` for Kafka). Prints p50/p99/max over rows.
+
+    delta_latency.py TABLE [COLUMN]      TABLE: a folder or s3://bucket/prefix
+"""
 import json
 import os
 import sys
+import tempfile
 
 import duckdb
 
-table = sys.argv[1]
+table = sys.argv[1].rstrip("/")
+column = sys.argv[2] if len(sys.argv) > 2 else "_commit_ts"
+
+if table.startswith("s3://"):
+    import boto3
+
+    bucket, _, prefix = table[len("s3://"):].partition("/")
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+
+    def log_entries():
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/_delta_log/")
+        keys = sorted(o["Key"] for p in pages for o in p.get("Contents", []) if o["Key"].endswith(".json"))
+        for key in keys:
+            yield s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+    scratch = tempfile.mkdtemp()
+
+    def local(path):
+        out = os.path.join(scratch, "f.parquet")
+        s3.download_file(bucket, f"{prefix}/{path}", out)
+        return out
+else:
+    def log_entries():
+        folder = os.path.join(table, "_delta_log")
+        for name in sorted(n for n in os.listdir(folder) if n.endswith(".json")):
+            with open(os.path.join(folder, name)) as f:
+                yield f.read()
+
+    def local(path):
+        return os.path.join(table, path)
+
 file_time = {}
-for entry in sorted(glob.glob(os.path.join(table, "_delta_log", "*.json"))):
+for text in log_entries():
     ts, adds = None, []
-    with open(entry) as f:
-        for line in f:
-            action = json.loads(line)
-            if "commitInfo" in action:
-                ts = action["commitInfo"].get("timestamp")
-            if "add" in action:
-                adds.append(action["add"]["path"])
+    for line in text.splitlines():
+        action = json.loads(line)
+        if "commitInfo" in action:
+            ts = action["commitInfo"].get("timestamp")
+        if "add" in action:
+            adds.append(action["add"]["path"])
     for path in adds:
         file_time[path] = ts
 
@@ -27,9 +59,8 @@ lat = []
 for path, ts in file_time.items():
     if ts is None:
         continue
-    full = os.path.join(table, path)
     rows = con.execute(
-        f"SELECT epoch_ms(_commit_ts) FROM read_parquet('{full}') WHERE _commit_ts IS NOT NULL"
+        f"SELECT epoch_ms({column}) FROM read_parquet('{local(path)}') WHERE {column} IS NOT NULL"
     ).fetchall()
     lat.extend(ts - r[0] for r in rows)
 lat.sort()

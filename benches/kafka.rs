@@ -17,60 +17,13 @@ use apache_avro::Schema;
 use apache_avro::types::Value;
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tributary::decode::confluent::{ConfluentDecoder, FixedSchemas, Frames};
 
-const PARTITIONS: i32 = 3;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: source infra/env.sh"))
-}
-
-fn click(i: u64) -> Value {
-    Value::Record(vec![
-        ("event_id".into(), Value::Uuid(uuid::Uuid::from_u64_pair(7, i))),
-        ("user_id".into(), Value::String(format!("u{}", i % 5000))),
-        ("page".into(), Value::String(format!("/p/{}", i % 100))),
-        (
-            "action".into(),
-            Value::String(["view", "click", "add_to_cart", "purchase"][(i % 4) as usize].into()),
-        ),
-        ("session_id".into(), Value::String(format!("s{}", i % 20_000))),
-        (
-            "device".into(),
-            Value::String(["mobile", "desktop", "tablet"][(i % 3) as usize].into()),
-        ),
-        (
-            "country".into(),
-            Value::String(["NL", "DE", "US", "FR"][(i % 4) as usize].into()),
-        ),
-        (
-            "event_timestamp".into(),
-            Value::TimestampMicros(1_767_225_600_000_000 + i as i64 * 1000),
-        ),
-    ])
-}
-
-fn frames(schema: &Schema, id: u32, n: u64) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let mut f = vec![0u8];
-            f.extend_from_slice(&id.to_be_bytes());
-            f.extend(
-                apache_avro::writer::datum::GenericDatumWriter::builder(schema)
-                    .build()
-                    .unwrap()
-                    .write_value_to_vec(click(i))
-                    .unwrap(),
-            );
-            f
-        })
-        .collect()
-}
+mod common;
+use common::{PARTITIONS, click, env, frames};
 
 fn rate(n: u64, d: Duration) -> String {
     let r = n as f64 / d.as_secs_f64();
@@ -159,24 +112,7 @@ fn main() {
     let registry = env("SCHEMA_REGISTRY_URL");
     let topic = format!("bench-clicks-{}", std::process::id());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    for r in rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
-        .unwrap()
-    {
-        r.unwrap();
-    }
-    let id = rt
-        .block_on(
-            tributary::registry::client::Client::new(&registry).register(&format!("{topic}-value"), &text),
-        )
-        .unwrap();
+    let id = common::topic(&rt, &brokers, &registry, &topic, &text);
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "5")

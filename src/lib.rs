@@ -42,4 +42,5 @@ pub mod registry;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod window;

@@ -36,6 +36,18 @@ enum Command {
         /// Process what is available now, commit, and exit 0.
         #[arg(long)]
         once: bool,
+        /// Serve Prometheus /metrics and /health here (overrides `[runtime] metrics`).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// Show each table's version, last commit and progress, and how far behind the
+    /// source every shard is (Kafka offsets, Postgres WAL bytes). Reads only.
+    Status {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Compact small files, write a checkpoint and vacuum unreferenced files (orphans of
     /// crashed commits included) in every table of a pipeline. Safe while it runs.
@@ -183,6 +195,77 @@ fn print_summary(summary: &RunSummary, elapsed: std::time::Duration) {
     }
 }
 
+/// Starts the `/metrics` and `/health` endpoint; stop it with the sender.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>), String> {
+    let handle = tributary::telemetry::install()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, "serving /metrics and /health");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = tributary::telemetry::serve(listener, handle, shutdown).await {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok((stop, task))
+}
+
+fn print_status(status: &runtime::Status) {
+    println!("pipeline {}", status.pipeline);
+    println!(
+        "{:<28} {:>8}  {:<24}  committed",
+        "table", "version", "last commit"
+    );
+    for t in &status.tables {
+        let version = t.version.map_or("-".to_string(), |v| v.to_string());
+        let committed = if t.version.is_none() {
+            "no table yet".to_string()
+        } else {
+            t.committed
+                .iter()
+                .map(|(s, p)| format!("{s}@{p}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "{:<28} {:>8}  {:<24}  {committed}",
+            t.name,
+            version,
+            t.last_commit.as_deref().unwrap_or("-")
+        );
+    }
+    println!();
+    println!(
+        "{:<28} {:>16} {:>16} {:>12}  unit",
+        "shard", "committed", "end", "lag"
+    );
+    let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+    for s in &status.shards {
+        let committed = s.committed_text.clone().unwrap_or_else(|| show(s.committed));
+        println!(
+            "{:<28} {:>16} {:>16} {:>12}  {}",
+            s.shard,
+            committed,
+            show(s.end),
+            show(s.lag),
+            s.unit
+        );
+        if let Some(c) = &s.slot_confirmed {
+            println!("{:<28} slot confirmed at {c}", "");
+        }
+    }
+    if let Some(e) = &status.source_error {
+        println!();
+        println!("source not reachable: {e}");
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -227,16 +310,61 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { pipeline, once } => {
+        Command::Run {
+            pipeline,
+            once,
+            metrics,
+        } => {
             let p = match load(&pipeline) {
                 Ok(p) => p,
                 Err(code) => return code,
             };
             let mode = if once { RunMode::Once } else { RunMode::Continuous };
+            let server = match metrics.or(p.runtime.metrics) {
+                Some(addr) => match serve_metrics(addr).await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        eprintln!("error: runtime.metrics: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => None,
+            };
             let started = Instant::now();
-            match runtime::run(&p, mode, shutdown_signal()).await {
+            let outcome = runtime::run(&p, mode, shutdown_signal()).await;
+            if let Some((stop, task)) = server {
+                let _ = stop.send(());
+                let _ = task.await;
+            }
+            match outcome {
                 Ok(summary) => {
                     print_summary(&summary, started.elapsed());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    report_error(&e);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { pipeline, json } => {
+            let p = match load(&pipeline) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match runtime::status(&p).await {
+                Ok(status) if json => match serde_json::to_string_pretty(&status) {
+                    Ok(text) => {
+                        println!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Ok(status) => {
+                    print_status(&status);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -52,6 +52,7 @@ pub struct Pipeline {
     pub aggregates: Vec<AggregateConfig>,
     /// Name of the dead-letter table, when records that cannot be used go there.
     pub dead_letters: Option<String>,
+    pub runtime: RuntimeConfig,
 }
 
 impl Pipeline {
@@ -83,6 +84,19 @@ impl SourceConfig {
             SourceConfig::File(f) => Some(vec![&f.stream]),
             SourceConfig::Postgres(p) => p.tables.as_ref().map(|t| t.iter().map(String::as_str).collect()),
             SourceConfig::Kafka(k) => Some(k.topics.iter().map(String::as_str).collect()),
+        }
+    }
+
+    /// The column holding each record's source time (Kafka timestamp, Postgres commit
+    /// time), for the end-to-end latency metric; synthetic and file sources have none.
+    pub fn source_time_column(&self) -> Option<&'static str> {
+        match self {
+            SourceConfig::Postgres(_) => Some("_commit_ts"),
+            SourceConfig::Kafka(k) => Some(match k.format {
+                KafkaFormat::Avro => "_timestamp",
+                KafkaFormat::DebeziumAvro => "_commit_ts",
+            }),
+            SourceConfig::Generator(_) | SourceConfig::File(_) => None,
         }
     }
 
@@ -141,6 +155,29 @@ impl SinkConfig {
             .iter()
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeConfig {
+    /// The process's memory budget.
+    pub memory: ByteSize,
+    /// Where `/metrics` and `/health` are served.
+    pub metrics: Option<std::net::SocketAddr>,
+    pub shutdown_timeout: Span,
+}
+
+/// What the process needs before any record: the async runtime, clients, the Delta
+/// log, Parquet encoders and allocator slack (measured at ~80 MiB idle and up to
+/// ~125 MiB while encoding on this project's benchmark machine).
+pub const PROCESS_FOOTPRINT: ByteSize = ByteSize::mib(128);
+
+impl RuntimeConfig {
+    /// Bytes of records that may be in flight (read, not yet committed): half of what
+    /// the budget leaves after the process's own footprint; the other half is the
+    /// copies encoding and committing a micro-batch makes.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.memory.0.saturating_sub(PROCESS_FOOTPRINT.0) / 2
     }
 }
 
@@ -235,16 +272,32 @@ impl Resolver<'_> {
         self.name("name", &spec.name)?;
         let source = self.source(spec.source)?;
         let sink = self.sink(spec.sink)?;
+        let runtime = self.runtime(&spec.runtime)?;
+        // A micro-batch is gathered while the previous one commits: half of the
+        // in-flight bytes each.
+        let largest_batch = ByteSize(runtime.in_flight_bytes() / 2);
         let batch = BatchConfig {
             max_rows: spec.batch.max_rows.unwrap_or(spec::DEFAULT_MAX_ROWS),
             max_latency: spec.batch.max_latency.unwrap_or(spec::DEFAULT_MAX_LATENCY),
-            max_bytes: spec.batch.max_bytes.unwrap_or(spec::DEFAULT_MAX_BYTES),
+            max_bytes: spec
+                .batch
+                .max_bytes
+                .unwrap_or(ByteSize(spec::DEFAULT_MAX_BYTES.0.min(largest_batch.0))),
         };
         if batch.max_rows == 0 {
             return Err(self.err("batch.max_rows", "must be at least 1"));
         }
         if batch.max_bytes.0 == 0 {
             return Err(self.err("batch.max_bytes", "must be at least 1"));
+        }
+        if batch.max_bytes.0 > largest_batch.0 {
+            return Err(self.err(
+                "batch.max_bytes",
+                format!(
+                    "{} does not fit the memory budget: at most {} with this runtime.memory (a quarter of what the process's {} footprint leaves), or raise runtime.memory",
+                    batch.max_bytes, largest_batch, PROCESS_FOOTPRINT
+                ),
+            ));
         }
         let dead_letters = match spec.dead_letters {
             None => None,
@@ -316,6 +369,37 @@ impl Resolver<'_> {
             tables,
             aggregates,
             dead_letters,
+            runtime,
+        })
+    }
+
+    fn runtime(&self, spec: &spec::RuntimeSpec) -> Result<RuntimeConfig, ConfigError> {
+        let memory = spec.memory.unwrap_or(spec::DEFAULT_MEMORY);
+        let least = ByteSize(PROCESS_FOOTPRINT.0 + ByteSize::mib(64).0);
+        if memory < least {
+            return Err(self.err(
+                "runtime.memory",
+                format!(
+                    "{memory} is too small: at least {least} ({PROCESS_FOOTPRINT} for the process, 64MiB for records in flight)"
+                ),
+            ));
+        }
+        let metrics = match &spec.metrics {
+            None => None,
+            Some(text) => {
+                let text = self.expand("runtime.metrics", text)?;
+                Some(text.parse().map_err(|_| {
+                    self.err(
+                        "runtime.metrics",
+                        format!("\"{text}\" is not an address to listen on (try \"127.0.0.1:9464\")"),
+                    )
+                })?)
+            }
+        };
+        Ok(RuntimeConfig {
+            memory,
+            metrics,
+            shutdown_timeout: spec.shutdown_timeout.unwrap_or(spec::DEFAULT_SHUTDOWN_TIMEOUT),
         })
     }
 

@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_BYTES: ByteSize = ByteSize::mib(64);
 pub const DEFAULT_TARGET_FILE_SIZE: ByteSize = ByteSize::mib(128);
 pub const DEFAULT_PG_STATUS_INTERVAL: Span = Span::from_secs(10);
 pub const DEFAULT_DEAD_LETTER_TABLE: &str = "dead_letters";
+pub const DEFAULT_MEMORY: ByteSize = ByteSize::mib(256);
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Span = Span::from_secs(30);
 
 /// A whole pipeline file.
 #[derive(Debug, Deserialize)]
@@ -44,6 +46,24 @@ pub struct PipelineSpec {
     pub aggregates: Vec<AggregateSpec>,
     /// Where records that cannot be used go; absent = such a record stops the run.
     pub dead_letters: Option<DeadLetterSpec>,
+    /// Memory budget, metrics endpoint and shutdown deadline.
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+}
+
+/// `[runtime]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// Memory the process may use (at least 192MiB). Records in flight between the
+    /// source and the tables are held to half of what the process's own 128MiB
+    /// footprint leaves; the other half is for encoding and committing them.
+    pub memory: Option<ByteSize>,
+    /// Serve Prometheus `/metrics` and `/health` on this address (off when absent).
+    pub metrics: Option<String>,
+    /// After SIGINT/SIGTERM, how long finishing the current micro-batch may take
+    /// before the run gives up on it (exit status 1, nothing committed half-way).
+    pub shutdown_timeout: Option<Span>,
 }
 
 /// `[dead_letters]`
@@ -181,7 +201,8 @@ pub struct BatchSpec {
     pub max_rows: Option<usize>,
     /// Close a micro-batch this long after its first record arrived.
     pub max_latency: Option<Span>,
-    /// Close a micro-batch once its records hold this much memory.
+    /// Close a micro-batch once its records hold this much memory (default and
+    /// largest: half of the in-flight bytes `runtime.memory` allows, 32MiB at 256MiB).
     pub max_bytes: Option<ByteSize>,
 }
 

@@ -71,6 +71,18 @@ impl ByteSize {
     }
 }
 
+/// The largest binary unit that divides the amount exactly, so it reads back the same.
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0 >= size && self.0.is_multiple_of(size) {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
 /// Parses `"<integer>[B|KiB|MiB|GiB]"`.
 pub fn parse_bytes(text: &str) -> Result<ByteSize, String> {
     let t = text.trim();

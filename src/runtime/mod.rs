@@ -15,28 +15,35 @@
 mod backfill;
 mod oracle;
 mod retry;
+mod status;
 mod tables;
 
 use std::future::Future;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::config::{Pipeline, SourceConfig};
 use crate::progress::Progress;
 use crate::sink::dead_letter::{self, DeadLetters};
 use crate::sink::{DeltaSink, Sink, SinkError, TableOptions};
 use crate::source::{self, Polled, RunMode, Source, SourceBatch, SourceError};
+use crate::telemetry;
 use crate::window::{OperatorStats, WindowError};
 use tables::{AggregateTarget, DeadLetterTarget, TableTarget, summary};
 
 pub use backfill::{BackfillReport, backfill};
 pub use retry::{RetryPolicy, Retryable};
+pub use status::{ShardStatus, Status, TableStatus, status};
 
 /// Largest chunk a source hands over at once; a micro-batch is built from chunks.
 const MAX_CHUNK_ROWS: usize = 32_768;
-/// Chunks buffered between the source task and the batcher.
-const CHANNEL_CHUNKS: usize = 4;
+/// Chunks queued between the source task and the batcher; what bounds memory is the
+/// byte budget ([`crate::config::RuntimeConfig::in_flight_bytes`]), this only bounds
+/// empty control markers.
+const CHANNEL_CHUNKS: usize = 64;
 /// `commitInfo` key naming the operator-state snapshot a commit depends on.
 pub const STATE_INFO_KEY: &str = "tributary.state";
 
@@ -57,6 +64,28 @@ pub enum RunError {
     Window(#[from] WindowError),
     #[error("aggregate {aggregate}: {message}")]
     State { aggregate: String, message: String },
+    #[error(
+        "the last micro-batch did not commit within runtime.shutdown_timeout ({0:?}); nothing after the last commit was acknowledged, so a restart resumes there"
+    )]
+    ShutdownTimeout(Duration),
+}
+
+impl Retryable for RunError {
+    /// A run that failed this way may succeed when started over from the tables.
+    fn is_transient(&self) -> bool {
+        match self {
+            RunError::Source(e) => e.is_transient(),
+            RunError::Sink(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// What the source task hands the batcher: a poll result and the share of the
+/// in-flight budget its records hold, released once they are committed.
+struct Delivery {
+    polled: Result<Polled, SourceError>,
+    held: Option<OwnedSemaphorePermit>,
 }
 
 /// What a run did, for the operator's summary line.
@@ -101,18 +130,42 @@ pub async fn run(
         let _ = stop_tx.send(true);
     };
     let attempts = async {
-        let mut restarts = 0u32;
+        let policy = RetryPolicy::restarts(mode);
+        let batches = AtomicU64::new(0);
+        let mut failures = 0u32;
+        let mut progress_at_failure = 0;
         loop {
             let mut stop = stop_rx.clone();
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            match run_once(pipeline, mode, stopped).await {
-                Err(RunError::Sink(e @ SinkError::ForeignProgress { .. }))
-                    if movable && !*stop_rx.borrow() =>
-                {
-                    restarts += 1;
-                    tracing::warn!(error = %e, restarts, "another consumer wrote these partitions: starting over from the tables");
+            let outcome = run_once(pipeline, mode, stopped, &batches).await;
+            let stopping = *stop_rx.borrow();
+            match outcome {
+                Err(RunError::Sink(e @ SinkError::ForeignProgress { .. })) if movable && !stopping => {
+                    tracing::warn!(error = %e, "another consumer wrote these partitions: starting over from the tables");
+                }
+                Err(e) if !stopping => {
+                    // Failures in a row count against the policy; a run that committed
+                    // something since the last one starts the count again.
+                    let done = batches.load(Ordering::Relaxed);
+                    if done > progress_at_failure {
+                        failures = 0;
+                    }
+                    progress_at_failure = done;
+                    failures += 1;
+                    let Some(backoff) = policy.retry_after(&e, failures) else {
+                        telemetry::set_state(telemetry::State::Failed);
+                        return Err(e);
+                    };
+                    telemetry::set_state(telemetry::State::Retrying);
+                    metrics::counter!(telemetry::RESTARTS).increment(1);
+                    tracing::warn!(error = %e, attempt = failures, ?backoff, "transient failure: starting over from the tables");
+                    let mut stop = stop_rx.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait_for(|s| *s) => return Err(e),
+                    }
                 }
                 other => return other,
             }
@@ -121,10 +174,18 @@ pub async fn run(
     tokio::pin!(signal);
     tokio::pin!(attempts);
     let mut signalled = false;
+    let deadline = pipeline.runtime.shutdown_timeout.0;
+    let give_up = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(give_up);
     loop {
         tokio::select! {
             r = &mut attempts => return r,
-            () = &mut signal, if !signalled => signalled = true,
+            () = &mut signal, if !signalled => {
+                signalled = true;
+                telemetry::set_state(telemetry::State::Stopping);
+                give_up.as_mut().reset(tokio::time::Instant::now() + deadline);
+            }
+            () = &mut give_up, if signalled => return Err(RunError::ShutdownTimeout(deadline)),
         }
     }
 }
@@ -133,6 +194,7 @@ async fn run_once(
     pipeline: &Pipeline,
     mode: RunMode,
     shutdown: impl Future<Output = ()> + Send,
+    batches: &AtomicU64,
 ) -> Result<RunSummary, RunError> {
     if mode == RunMode::Once
         && let SourceConfig::Generator(g) = &pipeline.source
@@ -231,7 +293,22 @@ async fn run_once(
             .collect(),
         oracle: Some(std::sync::Arc::new(oracle::Oracle::new(pipeline, &shard_info))),
     };
-    let source = source::open(&pipeline.source, &held, mode, chunk_rows, dead.is_some()).await?;
+    // A source that prefetches on its own (librdkafka) gets a quarter of the
+    // in-flight bytes for it; the runtime's own queue and batches the rest.
+    let mut in_flight = pipeline.runtime.in_flight_bytes();
+    let prefetch = in_flight / 4;
+    if matches!(pipeline.source, SourceConfig::Kafka(_)) {
+        in_flight -= prefetch;
+    }
+    let source = source::open(
+        &pipeline.source,
+        &held,
+        mode,
+        chunk_rows,
+        dead.is_some(),
+        prefetch,
+    )
+    .await?;
     for t in &mut tables {
         t.adopt_key(source.as_ref()).await?;
     }
@@ -241,16 +318,25 @@ async fn run_once(
         }
     }
 
+    let limit = usize::try_from(in_flight)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS);
+    let budget = Arc::new(Semaphore::new(limit));
+    metrics::gauge!(telemetry::IN_FLIGHT_LIMIT).set(limit as f64);
     let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
     let (ack_tx, ack_rx) = watch::channel(resume.clone());
-    let source_task = tokio::spawn(drive_source(source, tx, ack_rx));
+    let source_task = tokio::spawn(drive_source(source, tx, ack_rx, budget.clone()));
+    let in_use =
+        move || metrics::gauge!(telemetry::IN_FLIGHT_BYTES).set((limit - budget.available_permits()) as f64);
+    let time_column = pipeline.source.source_time_column();
+    telemetry::set_state(telemetry::State::Running);
 
     let mut summary = RunSummary::default();
     let retry = RetryPolicy::default();
     let max_rows = pipeline.batch.max_rows;
     let max_latency = pipeline.batch.max_latency.0;
     let max_bytes = usize::try_from(pipeline.batch.max_bytes.0).unwrap_or(usize::MAX);
-    let mut carry: Option<SourceBatch> = None;
+    let mut carry: Option<(SourceBatch, Option<OwnedSemaphorePermit>)> = None;
     let mut acked = resume;
     tokio::pin!(shutdown);
     let mut stopping = false;
@@ -258,18 +344,21 @@ async fn run_once(
     while !ended && !stopping {
         // --- gather one micro-batch ---------------------------------------------------
         let mut pending: Vec<SourceBatch> = Vec::new();
+        // The budget shares of `pending`, released once it is committed.
+        let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
         let mut rows = 0usize;
         let mut bytes = 0usize;
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut reassigned = false;
         // A control marker is committed alone (see `source::Control`).
         let mut alone = false;
-        if let Some(b) = carry.take() {
+        if let Some((b, permit)) = carry.take() {
             rows = b.records.num_rows();
             bytes = b.bytes();
             deadline = Some(tokio::time::Instant::now() + max_latency);
             alone = b.control.is_some();
             pending.push(b);
+            held.extend(permit);
         }
         while rows < max_rows && bytes < max_bytes {
             let timer = async {
@@ -286,8 +375,8 @@ async fn run_once(
                     summary.stopped_by_signal = true;
                     break;
                 }
-                msg = rx.recv() => match msg {
-                    Some(Ok(Polled::Batch(b))) if b.control.is_some() || alone => {
+                msg = rx.recv() => match msg.map(|d| (d.polled, d.held)) {
+                    Some((Ok(Polled::Batch(b)), permit)) if b.control.is_some() || alone => {
                         // Markers at one position travel together (one per table);
                         // anything else waits for the next micro-batch.
                         let joins = pending.iter().all(|p| p.control.is_some() && b.control.is_some() && p.next == b.next);
@@ -295,41 +384,50 @@ async fn run_once(
                             deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_latency);
                             alone = true;
                             pending.push(b);
+                            held.extend(permit);
                         } else {
-                            carry = Some(b);
+                            carry = Some((b, permit));
                             break;
                         }
                     }
-                    Some(Ok(Polled::Batch(b))) => {
+                    Some((Ok(Polled::Batch(b)), permit)) => {
                         let n = b.records.num_rows();
                         summary.records_read += n as u64;
                         bytes += b.bytes();
+                        metrics::counter!(telemetry::RECORDS_READ, "stream" => b.stream.to_string()).increment(n as u64);
+                        metrics::counter!(telemetry::BYTES_READ, "stream" => b.stream.to_string()).increment(b.bytes() as u64);
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_latency);
                         if rows + n > max_rows {
+                            // The share stays with the tail, the larger part in flight
+                            // after this micro-batch commits.
                             match split(b, max_rows - rows) {
                                 (head, Some(tail)) => {
-                                    carry = Some(tail);
+                                    carry = Some((tail, permit));
                                     pending.push(head);
                                 }
-                                (whole, None) => pending.push(whole),
+                                (whole, None) => {
+                                    pending.push(whole);
+                                    held.extend(permit);
+                                }
                             }
                             rows = max_rows;
                         } else {
                             rows += n;
                             pending.push(b);
+                            held.extend(permit);
                         }
                     }
-                    Some(Ok(Polled::Idle)) => {}
-                    Some(Ok(Polled::Reassigned)) => {
+                    Some((Ok(Polled::Idle), _)) => {}
+                    Some((Ok(Polled::Reassigned), _)) => {
                         // Commit what came before, then read the tables again.
                         reassigned = true;
                         break;
                     }
-                    Some(Ok(Polled::End)) | None => {
+                    Some((Ok(Polled::End), _)) | None => {
                         ended = true;
                         break;
                     }
-                    Some(Err(e)) => return Err(e.into()),
+                    Some((Err(e), _)) => return Err(e.into()),
                 },
                 () = timer => break,
             }
@@ -366,6 +464,18 @@ async fn run_once(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "micro-batch committed"
         );
+        batches.fetch_add(1, Ordering::Relaxed);
+        telemetry::committed_now();
+        metrics::counter!(telemetry::MICRO_BATCHES).increment(1);
+        metrics::histogram!(telemetry::BATCH_ROWS).record(rows as f64);
+        metrics::histogram!(telemetry::BATCH_BYTES).record(bytes as f64);
+        if let Some(column) = time_column
+            && telemetry::enabled()
+        {
+            telemetry::record_latencies(&pending, column);
+        }
+        drop(held);
+        in_use();
 
         if reassigned {
             refresh(&mut dead, &mut tables).await?;
@@ -523,9 +633,12 @@ fn split(b: SourceBatch, k: usize) -> (SourceBatch, Option<SourceBatch>) {
 /// Polls the source into the channel and forwards acknowledgements to it.
 async fn drive_source(
     mut source: Box<dyn Source>,
-    tx: mpsc::Sender<Result<Polled, SourceError>>,
+    tx: mpsc::Sender<Delivery>,
     mut acks: watch::Receiver<Progress>,
+    budget: Arc<Semaphore>,
 ) {
+    let limit = budget.available_permits();
+    let deliver = |polled| Delivery { polled, held: None };
     async fn ack(source: &mut Box<dyn Source>, acks: &mut watch::Receiver<Progress>) {
         let progress = acks.borrow_and_update().clone();
         if let Err(e) = source.acknowledge(&progress).await {
@@ -545,15 +658,32 @@ async fn drive_source(
                 }
             }
             Ok(Polled::End) => {
-                let _ = tx.send(Ok(Polled::End)).await;
+                let _ = tx.send(deliver(Ok(Polled::End))).await;
                 break;
             }
             Err(e) => {
-                let _ = tx.send(Err(e)).await;
+                let _ = tx.send(deliver(Err(e))).await;
                 break;
             }
+            Ok(Polled::Batch(b)) => {
+                // A slow sink stops the source here: records are read only while the
+                // ones in flight fit the budget. A chunk larger than the whole budget
+                // takes all of it, alone.
+                let want = b.bytes().min(limit).min(u32::MAX as usize) as u32;
+                let Ok(permit) = budget.clone().acquire_many_owned(want).await else {
+                    break;
+                };
+                metrics::gauge!(telemetry::IN_FLIGHT_BYTES).set((limit - budget.available_permits()) as f64);
+                let delivery = Delivery {
+                    polled: Ok(Polled::Batch(b)),
+                    held: Some(permit),
+                };
+                if tx.send(delivery).await.is_err() {
+                    break;
+                }
+            }
             Ok(polled) => {
-                if tx.send(Ok(polled)).await.is_err() {
+                if tx.send(deliver(Ok(polled))).await.is_err() {
                     break;
                 }
             }

@@ -33,6 +33,25 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Starting a whole run over after a transient failure (a lost Postgres
+    /// connection, S3 failing past the per-commit retries): longer waits, since what
+    /// failed is a server that needs time to come back. A service waits minutes for
+    /// it; a scheduled `--once` job seconds, so that its scheduler hears of it.
+    pub fn restarts(mode: crate::source::RunMode) -> Self {
+        match mode {
+            crate::source::RunMode::Continuous => Self {
+                attempts: 10,
+                first_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(60),
+            },
+            crate::source::RunMode::Once => Self {
+                attempts: 3,
+                first_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(5),
+            },
+        }
+    }
+
     /// How long to wait before attempt `attempt + 1` after `err`, or `None` to give up.
     /// The single place that decides retry versus stop.
     pub fn retry_after(&self, err: &impl Retryable, attempt: u32) -> Option<Duration> {

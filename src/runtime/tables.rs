@@ -14,6 +14,7 @@ use crate::progress::Progress;
 use crate::sink::dead_letter::{DeadLetters, ErrorKind};
 use crate::sink::{Commit, Committed, DeltaSink, Sink, SinkError, change, state_key};
 use crate::source::{Control, Source, SourceBatch};
+use crate::telemetry;
 use crate::window::{self, Operator};
 
 /// An aggregate with nothing to emit still commits its progress (and state) after this
@@ -78,9 +79,14 @@ async fn commit_with_retry(
     retry: &RetryPolicy,
 ) -> Result<Committed, SinkError> {
     let mut attempt = 1;
+    let started = std::time::Instant::now();
     loop {
         match sink.commit(commit.clone()).await {
-            Ok(c) => return Ok(c),
+            Ok(c) => {
+                metrics::histogram!(telemetry::COMMIT_SECONDS, "table" => sink.name().to_string())
+                    .record(started.elapsed().as_secs_f64());
+                return Ok(c);
+            }
             Err(e) => match retry.retry_after(&e, attempt) {
                 Some(backoff) => {
                     tracing::warn!(table = sink.name(), error = %e, attempt, ?backoff, "commit failed; retrying");
@@ -111,6 +117,10 @@ fn count(summary: &mut TableSummary, outcome: Committed, rows: usize) {
             summary.commits += 1;
             summary.rows_written += rows as u64;
             summary.version = Some(v);
+            let table = summary.name.clone();
+            metrics::counter!(telemetry::COMMITS, "table" => table.clone()).increment(1);
+            metrics::counter!(telemetry::ROWS_WRITTEN, "table" => table.clone()).increment(rows as u64);
+            metrics::gauge!(telemetry::TABLE_VERSION, "table" => table).set(v as f64);
         }
         Committed::AlreadyThere => summary.skipped_commits += 1,
     }
@@ -295,6 +305,7 @@ impl DeadLetterTarget {
             .await?;
         if rows > 0 {
             tracing::warn!(table = %self.summary.name, rows, "records set aside as dead letters");
+            metrics::counter!(telemetry::DEAD_LETTERS).increment(rows as u64);
         }
         Ok(())
     }
@@ -440,6 +451,7 @@ impl AggregateTarget {
             self.op = Some(op);
         }
         let Some(op) = self.op.as_mut() else { return Ok(()) };
+        let before = op.stats();
         // An end-of-input marker not yet processed closes every window, once.
         let closing = mine
             .iter()
@@ -454,6 +466,20 @@ impl AggregateTarget {
             self.processed.advance(&b.shard, b.next);
         }
         self.late_pending.extend(op.take_late());
+        let after = op.stats();
+        for (outcome, n) in [
+            ("dropped", after.late_dropped - before.late_dropped),
+            (
+                "dead_lettered",
+                after.late_dead_lettered - before.late_dead_lettered,
+            ),
+            ("corrected", after.late_corrected - before.late_corrected),
+        ] {
+            if n > 0 {
+                metrics::counter!(telemetry::LATE_EVENTS, "aggregate" => self.cfg.name.clone(), "outcome" => outcome)
+                    .increment(n);
+            }
+        }
         let mut out: Vec<RecordBatch> = op.on_watermark()?.into_iter().collect();
         tracing::debug!(aggregate = %self.cfg.name, watermark = op.watermark(), "watermark");
         if closing {

@@ -140,6 +140,28 @@ pub enum SourceError {
     Registry(String),
 }
 
+impl SourceError {
+    /// Whether the source may work again when opened anew: a lost or refused
+    /// connection, a server shutting down, a registry that cannot answer now.
+    /// librdkafka reconnects to brokers on its own, so Kafka errors that reach here
+    /// are not of that kind.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Postgres { source, .. } => match source.as_ref() {
+                postgres::PgError::Io { .. } => true,
+                // Connection exceptions, operator intervention (shutdown, crash
+                // recovery), too many connections.
+                postgres::PgError::Server { code, .. } => {
+                    code.starts_with("08") || code.starts_with("57P") || code == "53300"
+                }
+                _ => false,
+            },
+            SourceError::Registry(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A source of records.
 ///
 /// Contract:
@@ -209,12 +231,14 @@ pub struct ShardInfo {
 /// Opens the configured source at `resume`.
 /// `dead_letters`: whether undecodable records may be handed over as
 /// [`SourceBatch::rejected`] (a dead-letter table is configured) or stop the run.
+/// `prefetch`: bytes a source may buffer on its own, ahead of the runtime.
 pub async fn open(
     config: &SourceConfig,
     resume: &Resume,
     mode: RunMode,
     chunk_rows: usize,
     dead_letters: bool,
+    prefetch: u64,
 ) -> Result<Box<dyn Source>, SourceError> {
     Ok(match config {
         SourceConfig::Generator(g) => Box::new(generator::Generator::open(g, &resume.min, mode, chunk_rows)),
@@ -229,7 +253,7 @@ pub async fn open(
             Box::new(postgres::PostgresSource::open(p, resume, mode, chunk_rows, dead_letters).await?)
         }
         SourceConfig::Kafka(k) => {
-            Box::new(kafka::KafkaSource::open(k, resume, mode, chunk_rows, dead_letters).await?)
+            Box::new(kafka::KafkaSource::open(k, resume, mode, chunk_rows, dead_letters, prefetch).await?)
         }
     })
 }

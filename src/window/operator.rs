@@ -544,7 +544,7 @@ impl Operator for WindowedAggregate {
         let out = self.emit(w, false)?;
         if w > i64::MIN {
             #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!("tributary_watermark_seconds", "aggregate" => self.name.clone())
+            metrics::gauge!(crate::telemetry::WATERMARK, "aggregate" => self.name.clone())
                 .set(w as f64 / 1e6);
         }
         Ok(out)

@@ -13,7 +13,7 @@ use apache_avro::types::Value;
 use crate::kafka_support::*;
 use crate::support::*;
 
-fn clickstream() -> (String, Schema) {
+pub(crate) fn clickstream() -> (String, Schema) {
     let text = std::fs::read_to_string(repo().join("schemas/clickstream.avsc")).unwrap();
     let schema = Schema::parse_str(&text).unwrap();
     (text, schema)
@@ -21,7 +21,7 @@ fn clickstream() -> (String, Schema) {
 
 /// Event `i` of the clickstream: the event id is derived from `i`, so that it can be
 /// checked for uniqueness.
-fn click(i: u64) -> Value {
+pub(crate) fn click(i: u64) -> Value {
     Value::Record(vec![
         (
             "event_id".into(),
@@ -41,7 +41,13 @@ fn click(i: u64) -> Value {
 }
 
 /// Produces events `from..to` round-robin over `partitions`; returns per-partition counts.
-fn produce_clicks(topic: &str, id: u32, partitions: i32, from: u64, to: u64) -> BTreeMap<i32, i64> {
+pub(crate) fn produce_clicks(
+    topic: &str,
+    id: u32,
+    partitions: i32,
+    from: u64,
+    to: u64,
+) -> BTreeMap<i32, i64> {
     let (_, schema) = clickstream();
     let p = Produce::new();
     let mut counts = BTreeMap::new();
@@ -56,7 +62,7 @@ fn produce_clicks(topic: &str, id: u32, partitions: i32, from: u64, to: u64) -> 
 
 /// A new 3-partition topic named after `prefix`, with the clickstream schema registered
 /// under `{topic}-value`; returns the topic and the schema id.
-fn clicks_topic(prefix: &str) -> (String, u32) {
+pub(crate) fn clicks_topic(prefix: &str) -> (String, u32) {
     let topic = unique(prefix);
     create_topic(&topic, 3);
     let (text, _) = clickstream();
@@ -68,7 +74,7 @@ fn clicks_topic(prefix: &str) -> (String, u32) {
     (topic, id)
 }
 
-fn clicks_source(topic: &str, group: &str) -> String {
+pub(crate) fn clicks_source(topic: &str, group: &str) -> String {
     format!(
         "topics = [\"{topic}\"]\ngroup_id = \"{group}\"\nformat = \"avro\"\nschema_registry = \"{}\"\n\
          reader_schemas = {{ \"{topic}\" = \"{}\" }}",
@@ -99,7 +105,7 @@ fn spawn_run_once(dir: &Path, pipeline: &Path, log: &str) -> Child {
 }
 
 /// Checks the table holds exactly `counts` records per partition, offsets 0..n each.
-fn assert_exact(table: &str, counts: &BTreeMap<i32, i64>) {
+pub(crate) fn assert_exact(table: &str, counts: &BTreeMap<i32, i64>) {
     let total: i64 = counts.values().sum();
     let per = duck(&format!(
         "SELECT _partition, count(*), min(_offset), max(_offset), count(DISTINCT _offset) FROM {} GROUP BY 1 ORDER BY 1",
@@ -133,7 +139,7 @@ fn assert_exact(table: &str, counts: &BTreeMap<i32, i64>) {
     assert_eq!(row[3], total, "uuids keep their value");
 }
 
-fn s3_count(table: &str) -> i64 {
+pub(crate) fn s3_count(table: &str) -> i64 {
     duck_i64(&format!("SELECT count(*) FROM {}", scan(table)))
 }
 

@@ -10,6 +10,7 @@ mod kafka;
 mod kafka_support;
 mod maintain;
 mod mirror;
+mod operations;
 mod pg;
 mod postgres;
 mod quickstart;

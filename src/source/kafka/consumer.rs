@@ -127,7 +127,24 @@ struct Context {
     events: Mutex<Events>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// Lag per assigned partition: the high watermark the last fetch reported minus
+    /// the offset every table holds (not librdkafka's own lag, which counts offsets
+    /// merely read).
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let acked = self.shared.lock().clone();
+        for (topic, t) in stats.topics {
+            for (p, part) in t.partitions {
+                if p < 0 || !part.desired || part.hi_offset < 0 {
+                    continue;
+                }
+                let held = acked.get(&shard_name(&topic, p)).unwrap_or(part.lo_offset.max(0));
+                metrics::gauge!(crate::telemetry::KAFKA_LAG, "topic" => topic.clone(), "partition" => p.to_string())
+                    .set((part.hi_offset - held).max(0) as f64);
+            }
+        }
+    }
+}
 
 impl Context {
     fn events(&self) -> MutexGuard<'_, Events> {

@@ -22,7 +22,7 @@
 mod consumer;
 mod schemas;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 const CHANNEL_CHUNKS: usize = 4;
 /// How long `poll` waits for a chunk before answering `Idle`.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How often librdkafka reports the partitions' high watermarks (the lag metric).
+const STATS_INTERVAL_MS: u64 = 1000;
 
 /// The shard of a topic-partition.
 pub fn shard_name(topic: &str, partition: i32) -> String {
@@ -144,6 +146,12 @@ pub async fn shards(cfg: &KafkaConfig) -> Result<Vec<ShardInfo>, SourceError> {
         .collect())
 }
 
+/// Per shard, the low and high watermarks now.
+pub async fn ends(cfg: &KafkaConfig) -> Result<HashMap<String, (i64, i64)>, SourceError> {
+    let topics = partitions(cfg).await?;
+    consumer::watermarks(cfg, &topics).await
+}
+
 /// A Kafka consumer-group source.
 #[derive(Debug)]
 pub struct KafkaSource {
@@ -154,12 +162,15 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
+    /// `prefetch`: bytes librdkafka may hold fetched ahead of the consumer thread
+    /// (outside the runtime's in-flight budget, so it is carved out of the process's).
     pub async fn open(
         cfg: &KafkaConfig,
         resume: &Resume,
         mode: RunMode,
         chunk_rows: usize,
         dead_letters: bool,
+        prefetch: u64,
     ) -> Result<Self, SourceError> {
         let oracle = resume
             .oracle
@@ -175,14 +186,34 @@ impl KafkaSource {
         }
         // `--once` stops at the high watermarks of now.
         let ends = match mode {
-            RunMode::Once => Some(consumer::watermarks(cfg, &topics).await?),
+            RunMode::Once => {
+                let ends = consumer::watermarks(cfg, &topics).await?;
+                for (shard, (_, high)) in &ends {
+                    tracing::info!(shard = %shard, end = high, "--once: reading the offsets before this high watermark");
+                }
+                Some(ends)
+            }
             RunMode::Continuous => None,
         };
         let shared = Arc::new(Shared::new(resume.min.clone()));
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let mut client = client_config(cfg);
+        for (k, v) in [
+            // librdkafka's default prefetch is 64 MiB for the one consumer queue.
+            (
+                "queued.max.messages.kbytes",
+                (prefetch / 1024).max(1024).to_string(),
+            ),
+            // Lag per partition comes from the statistics librdkafka emits.
+            ("statistics.interval.ms", STATS_INTERVAL_MS.to_string()),
+        ] {
+            if !cfg.options.contains_key(k) {
+                client.set(k, v);
+            }
+        }
         let thread = consumer::spawn(consumer::Setup {
             cfg: cfg.clone(),
-            client: client_config(cfg),
+            client,
             decoders,
             partitions: topics,
             ends,

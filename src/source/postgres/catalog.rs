@@ -261,18 +261,19 @@ pub async fn current_lsn(conn: &mut Conn) -> Result<u64, SourceError> {
         .ok_or_else(|| SourceError::Setup("pg_current_wal_lsn() returned nothing".into()))
 }
 
-/// WAL the slot holds back from recycling, in bytes.
-pub async fn slot_lag(conn: &mut Conn, slot: &str) -> Result<Option<i64>, SourceError> {
+/// How far the slot is behind, in bytes: the server's WAL position minus the slot's
+/// confirmed position, and minus its restart position (the WAL it keeps from being
+/// recycled). `None` when the slot does not exist.
+pub async fn slot_lag(conn: &mut Conn, slot: &str) -> Result<Option<(i64, i64)>, SourceError> {
     let rows = conn
         .query(&format!(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text \
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint::text, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text \
              FROM pg_replication_slots WHERE slot_name = {}",
             quote_literal(slot)
         ))
         .await
         .map_err(pg("reading the slot's lag"))?;
-    Ok(rows
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .and_then(|v| v.parse().ok()))
+    let value = |i: usize| -> Option<i64> { rows.first()?.get(i)?.as_ref()?.parse().ok() };
+    Ok(value(0).zip(value(1)))
 }

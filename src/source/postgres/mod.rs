@@ -52,7 +52,7 @@ pub use wire::{PgError, format_lsn, parse_lsn};
 /// Positions below this are snapshot chunks; WAL positions start at `0/1000000`.
 pub const SNAPSHOT_SPACE: i64 = 0x100_0000;
 /// How often the slot's retained WAL is reported.
-const LAG_EVERY: Duration = Duration::from_secs(60);
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// Values that could not be converted (stored as NULL), on their way to the
 /// dead-letter table, or an error when there is none.
@@ -100,6 +100,17 @@ pub fn format_position(p: i64) -> String {
     } else {
         format!("LSN {}", format_lsn(p as u64))
     }
+}
+
+/// Where the server's WAL stands now, and the slot's confirmed position (`None` when
+/// there is no such slot): what `tributary status` measures lag against.
+pub async fn ends(cfg: &PostgresConfig) -> Result<(i64, Option<i64>), SourceError> {
+    let mut sql = wire::Conn::connect(&cfg.dsn, false)
+        .await
+        .map_err(pg("connecting"))?;
+    let now = catalog::current_lsn(&mut sql).await?;
+    let slot = catalog::slot(&mut sql, &cfg.slot).await?;
+    Ok((now as i64, slot.and_then(|s| s.confirmed_flush).map(|c| c as i64)))
 }
 
 /// A control marker for every stream of `shard`.
@@ -334,7 +345,11 @@ impl PostgresSource {
             }
         };
         let end = match mode {
-            RunMode::Once => Some(catalog::current_lsn(&mut sql).await?),
+            RunMode::Once => {
+                let end = catalog::current_lsn(&mut sql).await?;
+                tracing::info!(shard = %cfg.slot, end = end as i64, lsn = %format_lsn(end), "--once: reading the transactions committed before this position");
+                Some(end)
+            }
             RunMode::Continuous => None,
         };
         let mut source = PostgresSource {
@@ -429,7 +444,12 @@ impl PostgresSource {
     async fn report_lag(&mut self) {
         self.last_lag = Instant::now();
         match catalog::slot_lag(&mut self.describe.sql, &self.cfg.slot).await {
-            Ok(Some(bytes)) => tracing::info!(slot = %self.cfg.slot, retained_wal_bytes = bytes, "slot lag"),
+            Ok(Some((behind, retained))) => {
+                tracing::debug!(slot = %self.cfg.slot, behind_bytes = behind, retained_wal_bytes = retained, "slot lag");
+                let slot = self.cfg.slot.clone();
+                metrics::gauge!(crate::telemetry::SLOT_LAG, "slot" => slot.clone()).set(behind as f64);
+                metrics::gauge!(crate::telemetry::SLOT_RETAINED, "slot" => slot).set(retained as f64);
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "could not read the slot's lag"),
         }

@@ -213,6 +213,11 @@ impl Stream {
                         Message::Begin {
                             final_lsn, commit_ts, ..
                         } => {
+                            // `--once` takes the transactions whose commit was written
+                            // before the end it noted, and none after.
+                            if end.is_some_and(|e| final_lsn >= e) {
+                                return Ok(Step::End(self.flush(bad)?));
+                            }
                             self.open = Some((final_lsn as i64, commit_ts));
                             self.open_rows = 0;
                         }
