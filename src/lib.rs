@@ -1,7 +1,8 @@
 //! Tributary: change data and event streams into Delta Lake tables, exactly once.
 //!
 //! ```text
-//!  source/ (postgres, generator, file; kafka)      one task, bounded channel
+//!  source/ (postgres, generator, file; kafka)      one task; a byte budget bounds
+//!     │                                            what is read and not yet committed
 //!     │  Arrow RecordBatch + shard + positions
 //!     ▼
 //!  runtime/  micro-batches by rows, bytes and latency
@@ -12,6 +13,7 @@
 //!                                 state snapshot, then one Delta commit per batch
 //!     ▼
 //!  acknowledge the source up to the smallest progress every table holds
+//!  (telemetry: /metrics, /health; runtime::status reads positions and lag)
 //! ```
 //!
 //! # Delivery guarantee
