@@ -97,7 +97,9 @@ pub fn enabled() -> bool {
 
 /// Records, per record of `pending` with a source time in `column`, the time from
 /// then to now. Records of one source transaction or one Kafka millisecond share a
-/// time, so samples are taken per run of equal times with their count.
+/// time, so the latency is computed once per run of equal times and recorded with its
+/// count (the exporter keeps one sample per record until its upkeep folds them into
+/// buckets, every 5 s).
 pub fn record_latencies(pending: &[crate::source::SourceBatch], column: &str) {
     use deltalake::arrow::array::{Array, TimestampMicrosecondArray};
     use deltalake::arrow::compute::cast;

@@ -147,6 +147,18 @@ fn a_slow_sink_holds_memory_to_the_budget_and_loses_nothing() {
     );
 }
 
+/// The changelog `changes` holds ids 1..=`n`, each once.
+fn assert_ids_once(changes: &str, n: i64) {
+    let row = &duck(&format!(
+        "SELECT count(*), count(DISTINCT id), max(id) FROM {changes}"
+    ))[0];
+    assert_eq!(
+        (row[0].as_i64(), row[1].as_i64(), row[2].as_i64()),
+        (Some(n), Some(n), Some(n)),
+        "rows, distinct ids, largest id"
+    );
+}
+
 /// `--once: … stops at` lines of a JSON log: shard → end position.
 fn noted_ends(log: &str) -> BTreeMap<String, i64> {
     log.lines()
@@ -460,13 +472,7 @@ fn postgres_once_stops_at_the_noted_lsn_and_the_password_never_shows() {
     let out = tributary(dir.path(), &["run", p, "--once"]);
     shown += &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{shown}");
-    let row = &duck(&format!(
-        "SELECT count(*), count(DISTINCT id), max(id) FROM {changes}"
-    ))[0];
-    assert_eq!(
-        (row[0].as_i64(), row[1].as_i64(), row[2].as_i64()),
-        (Some(last_id), Some(last_id), Some(last_id))
-    );
+    assert_ids_once(&changes, last_id);
 
     // A continuous run whose replication connection is killed starts over from the
     // tables (the one retry policy) and loses nothing.
@@ -513,13 +519,7 @@ fn postgres_once_stops_at_the_noted_lsn_and_the_password_never_shows() {
         service_log.contains("transient failure: starting over"),
         "{service_log}"
     );
-    let row = &duck(&format!(
-        "SELECT count(*), count(DISTINCT id), max(id) FROM {changes}"
-    ))[0];
-    assert_eq!(
-        (row[0].as_i64(), row[1].as_i64(), row[2].as_i64()),
-        (Some(last_id), Some(last_id), Some(last_id))
-    );
+    assert_ids_once(&changes, last_id);
 
     // `status` shows the slot and its lag, human and JSON.
     for args in [vec!["status", p], vec!["status", p, "--json"]] {
