@@ -333,3 +333,55 @@ fn window_kinds_measures_and_late_policies_resolve_or_name_the_key() {
     assert!(parse_measure("sum(*)").is_err());
     assert!(parse_measure("median(x)").unwrap_err().contains("supported:"));
 }
+
+#[test]
+fn the_runtime_section_sizes_batches_from_the_memory_budget() {
+    let p = parse("p.toml", GOOD, env).unwrap();
+    assert_eq!(p.runtime.memory, ByteSize::mib(256));
+    assert_eq!(
+        p.runtime.in_flight_bytes(),
+        64 << 20,
+        "half of what the 128MiB footprint leaves"
+    );
+    assert_eq!(
+        p.batch.max_bytes,
+        ByteSize::mib(32),
+        "half of the in-flight bytes"
+    );
+    assert!(p.runtime.metrics.is_none());
+    assert_eq!(p.runtime.shutdown_timeout.0, std::time::Duration::from_secs(30));
+
+    let big = format!(
+        "{GOOD}\n[runtime]\nmemory = \"1GiB\"\nmetrics = \"127.0.0.1:9464\"\nshutdown_timeout = \"5s\"\n"
+    );
+    let p = parse("p.toml", &big, env).unwrap();
+    assert_eq!(
+        p.batch.max_bytes,
+        ByteSize::mib(64),
+        "the default stays 64MiB when it fits"
+    );
+    assert_eq!(p.runtime.metrics.unwrap().port(), 9464);
+    assert_eq!(p.runtime.shutdown_timeout.0, std::time::Duration::from_secs(5));
+
+    for (extra, key, says) in [
+        (
+            "[runtime]\nmemory = \"128MiB\"",
+            "runtime.memory",
+            "at least 192MiB",
+        ),
+        (
+            "[runtime]\nmetrics = \"localhost\"",
+            "runtime.metrics",
+            "not an address",
+        ),
+        ("[runtime]\nmemory = \"nope\"", "runtime.memory", "not a size"),
+        (
+            "[batch]\nmax_bytes = \"64MiB\"",
+            "batch.max_bytes",
+            "at most 32MiB",
+        ),
+    ] {
+        let e = error_of(&format!("{GOOD}\n{extra}\n"));
+        assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
+    }
+}

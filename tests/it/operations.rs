@@ -1,6 +1,6 @@
 //! Operating a pipeline: a slow sink within the memory budget, `--once` stopping at
 //! the positions it noted, SIGTERM, `/metrics` read by Prometheus's own parser with
-//! lag back at 0, `status`, and a password that never shows.
+//! lag back at 0, `status`, a password that never shows, and the shutdown deadline.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -562,4 +562,60 @@ fn postgres_once_stops_at_the_noted_lsn_and_the_password_never_shows() {
         !shown.contains(PASSWORD.split('-').next().unwrap()),
         "the password was printed:\n{shown}"
     );
+}
+
+#[test]
+fn a_last_commit_past_the_shutdown_timeout_exits_1_and_a_restart_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |timeout: &str| {
+        write_file(
+            dir.path(),
+            "deadline.toml",
+            &format!(
+                "name = \"deadline\"\n[source]\nkind = \"generator\"\nrate = 20000\n\
+                 [sink]\nuri = \"./lake\"\n[batch]\nmax_latency = \"500ms\"\n\
+                 [runtime]\nshutdown_timeout = \"{timeout}\"\n\
+                 [[tables]]\nname = \"clicks\"\nfrom = \"clickstream\"\n"
+            ),
+        )
+    };
+    let p = pipeline("1s");
+    let p = p.to_str().unwrap();
+    // Every commit entry is held back 4s: the commit under way when SIGTERM comes
+    // cannot finish within the 1s deadline.
+    let mut slow = Command::new(bin())
+        .args(["run", p])
+        .current_dir(dir.path())
+        .env("TRIBUTARY_FAILPOINT", "delay_commit:4000")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("slow.log")).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let (status, took) = terminate(&mut slow);
+    let log = std::fs::read_to_string(dir.path().join("slow.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the deadline was not kept: {took:?}\n{log}"
+    );
+    assert!(log.contains("runtime.shutdown_timeout (1s)"), "{log}");
+
+    // A restart resumes at the last commit; with time to finish, SIGTERM exits 0.
+    let p = pipeline("30s");
+    let mut ok = spawn_logged(dir.path(), &["run", p.to_str().unwrap()], "ok.log");
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, _) = terminate(&mut ok);
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(dir.path().join("ok.log")).unwrap()
+    );
+    let table = dir.path().join("lake/clicks");
+    let row = &duck(&format!(
+        "SELECT count(*), count(DISTINCT event_id) FROM {}",
+        scan(table.to_str().unwrap())
+    ))[0];
+    assert!(row[0].as_i64().unwrap() > 0);
+    assert_eq!(row[0], row[1], "no event twice");
 }
