@@ -14,7 +14,9 @@ source infra/env.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}
 export RATE=${RATE:-50000} DURATION=${DURATION:-60}
 pg_rate=${PG_RATE:-500}
-cargo build --release --locked --quiet --bin tributary
+# One build for the binary and the bench: building the binary alone unifies features
+# without the dev-dependencies and would rebuild every dependency a second time.
+cargo bench --locked --no-run --bench latency 2>/dev/null
 bin="$CARGO_TARGET_DIR/release/tributary"
 export TRIBUTARY_BIN="$bin"
 

