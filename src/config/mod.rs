@@ -65,6 +65,15 @@ impl Pipeline {
             .chain(self.aggregates.iter().map(|a| a.name.as_str()))
             .chain(self.aggregates.iter().filter_map(|a| a.late_table.as_deref()))
     }
+
+    /// The tables whose progress holds the source back (`[[tables]]` and aggregates),
+    /// each with the stream that feeds it.
+    pub fn fed_tables(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.from.as_str()))
+            .chain(self.aggregates.iter().map(|a| (a.name.as_str(), a.from.as_str())))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -326,8 +326,6 @@ async fn run_once(
     let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
     let (ack_tx, ack_rx) = watch::channel(resume.clone());
     let source_task = tokio::spawn(drive_source(source, tx, ack_rx, budget.clone()));
-    let in_use =
-        move || metrics::gauge!(telemetry::IN_FLIGHT_BYTES).set((limit - budget.available_permits()) as f64);
     let time_column = pipeline.source.source_time_column();
     telemetry::set_state(telemetry::State::Running);
 
@@ -475,7 +473,7 @@ async fn run_once(
             telemetry::record_latencies(&pending, column);
         }
         drop(held);
-        in_use();
+        report_in_flight(&budget, limit);
 
         if reassigned {
             refresh(&mut dead, &mut tables).await?;
@@ -630,6 +628,11 @@ fn split(b: SourceBatch, k: usize) -> (SourceBatch, Option<SourceBatch>) {
     (head, Some(tail))
 }
 
+/// Sets the in-flight gauge: the part of the budget (`limit` bytes) records hold.
+fn report_in_flight(budget: &Semaphore, limit: usize) {
+    metrics::gauge!(telemetry::IN_FLIGHT_BYTES).set((limit - budget.available_permits()) as f64);
+}
+
 /// Polls the source into the channel and forwards acknowledgements to it.
 async fn drive_source(
     mut source: Box<dyn Source>,
@@ -673,7 +676,7 @@ async fn drive_source(
                 let Ok(permit) = budget.clone().acquire_many_owned(want).await else {
                     break;
                 };
-                metrics::gauge!(telemetry::IN_FLIGHT_BYTES).set((limit - budget.available_permits()) as f64);
+                report_in_flight(&budget, limit);
                 let delivery = Delivery {
                     polled: Ok(Polled::Batch(b)),
                     held: Some(permit),

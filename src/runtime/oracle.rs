@@ -48,14 +48,8 @@ pub(super) struct Oracle {
 impl Oracle {
     pub(super) fn new(p: &Pipeline, shards: &[ShardInfo]) -> Self {
         let tables = p
-            .tables
-            .iter()
-            .map(|t| (t.name.clone(), t.from.clone()))
-            .chain(p.aggregates.iter().map(|a| (a.name.clone(), a.from.clone())))
-            .map(|(name, from)| {
-                let url = p.sink.table_url(&name);
-                (name, url, from)
-            })
+            .fed_tables()
+            .map(|(name, from)| (name.to_string(), p.sink.table_url(name), from.to_string()))
             .collect();
         Self {
             pipeline: p.name.clone(),

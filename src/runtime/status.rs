@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::oracle;
 use crate::config::{Pipeline, SourceConfig};
-use crate::progress::{Progress, app_id};
-use crate::sink::{SinkError, open_table};
+use crate::progress::Progress;
+use crate::sink::{SinkError, open_table, table_progress};
 use crate::source::{self, ShardInfo, SourceError};
 
 /// Where a pipeline stands.
@@ -64,17 +64,7 @@ pub async fn status(pipeline: &Pipeline) -> Result<Status, SinkError> {
     };
     let names: Vec<String> = shards.iter().map(|s| s.name.clone()).collect();
     let storage = pipeline.sink.storage_options();
-    let feeds: BTreeMap<&str, &str> = pipeline
-        .tables
-        .iter()
-        .map(|t| (t.name.as_str(), t.from.as_str()))
-        .chain(
-            pipeline
-                .aggregates
-                .iter()
-                .map(|a| (a.name.as_str(), a.from.as_str())),
-        )
-        .collect();
+    let feeds: BTreeMap<&str, &str> = pipeline.fed_tables().collect();
     let mut tables = Vec::new();
     let mut held_by: Vec<(&str, Progress)> = Vec::new();
     for name in pipeline.table_names() {
@@ -119,10 +109,9 @@ async fn table_status(
         last_commit: None,
         committed: BTreeMap::new(),
     };
-    let mut progress = Progress::new();
     // Opening a local table creates its folder; a status never writes.
     if url.scheme() == "file" && url.to_file_path().is_ok_and(|p| !p.join("_delta_log").exists()) {
-        return Ok((status, progress));
+        return Ok((status, Progress::new()));
     }
     let err = |source| SinkError::Delta {
         table: name.to_string(),
@@ -130,7 +119,7 @@ async fn table_status(
     };
     let table = open_table(url, storage.clone()).await.map_err(err)?;
     let Some(version) = table.version() else {
-        return Ok((status, progress));
+        return Ok((status, Progress::new()));
     };
     status.version = Some(version);
     if let Some(Ok(info)) = table.history(Some(1)).next().await {
@@ -139,18 +128,10 @@ async fn table_status(
             .and_then(chrono::DateTime::from_timestamp_millis)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     }
-    let snapshot = table.snapshot().map_err(err)?;
-    let log_store = table.log_store();
-    for shard in shards {
-        if let Some(v) = snapshot
-            .transaction_version(log_store.as_ref(), app_id(&pipeline.name, shard))
-            .await
-            .map_err(err)?
-        {
-            progress.advance(shard, v);
-            status.committed.insert(shard.clone(), v);
-        }
-    }
+    let progress = table_progress(&table, &pipeline.name, shards)
+        .await
+        .map_err(err)?;
+    status.committed = progress.iter().map(|(s, v)| (s.to_string(), v)).collect();
     Ok((status, progress))
 }
 

@@ -111,6 +111,30 @@ pub async fn open_table(url: Url, storage: HashMap<String, String>) -> Result<De
     }
 }
 
+/// The progress `table`'s loaded version records for `pipeline`'s `shards` (its `txn`
+/// actions); empty when there is no table yet.
+pub async fn table_progress(
+    table: &DeltaTable,
+    pipeline: &str,
+    shards: &[String],
+) -> Result<Progress, DeltaTableError> {
+    let mut progress = Progress::new();
+    if table.version().is_none() {
+        return Ok(progress);
+    }
+    let snapshot = table.snapshot()?;
+    let log_store = table.log_store();
+    for shard in shards {
+        if let Some(v) = snapshot
+            .transaction_version(log_store.as_ref(), app_id(pipeline, shard))
+            .await?
+        {
+            progress.advance(shard, v);
+        }
+    }
+    Ok(progress)
+}
+
 impl DeltaSink {
     /// Opens the table at `url` (it need not exist yet) and reads the progress it holds
     /// for `shards`.
@@ -252,22 +276,9 @@ impl DeltaSink {
 
     /// The progress recorded in the loaded table version.
     async fn read_progress(&self) -> Result<Progress, SinkError> {
-        let mut progress = Progress::new();
-        if self.table.version().is_none() {
-            return Ok(progress);
-        }
-        let snapshot = self.table.snapshot().map_err(self.delta_err())?;
-        let log_store = self.table.log_store();
-        for shard in &self.shards {
-            if let Some(v) = snapshot
-                .transaction_version(log_store.as_ref(), app_id(&self.pipeline, shard))
-                .await
-                .map_err(self.delta_err())?
-            {
-                progress.advance(shard, v);
-            }
-        }
-        Ok(progress)
+        table_progress(&self.table, &self.pipeline, &self.shards)
+            .await
+            .map_err(self.delta_err())
     }
 
     /// Reloads the table and its progress: after a commit whose outcome is unknown, or

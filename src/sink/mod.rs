@@ -23,7 +23,7 @@ use deltalake::arrow::array::RecordBatch;
 
 use crate::progress::Progress;
 
-pub use delta::{DeltaSink, KEY_FILE, TableOptions, open_table};
+pub use delta::{DeltaSink, KEY_FILE, TableOptions, open_table, table_progress};
 pub use failpoint::ENV as FAILPOINT_ENV;
 
 /// One atomic change to a table: its rows and the progress they complete.
