@@ -1,8 +1,10 @@
 """End-to-end latency of a Tributary table: for every row, the Delta commit time of
-the version that added its file minus the row's source time (`_commit_ts` for
-Postgres, `_timestamp` for Kafka). Prints p50/p99/max over rows.
+the version that first added its file minus the row's source time (`_commit_ts` for
+Postgres, `_timestamp` for Kafka). A deletion-vector mirror adds a file again when it
+marks rows of it deleted; only the first add wrote the rows. Prints p50/p99/max over
+rows, of those whose source time is at or after SINCE_MS when given.
 
-    delta_latency.py TABLE [COLUMN]      TABLE: a folder or s3://bucket/prefix
+    delta_latency.py TABLE [COLUMN [SINCE_MS]]      TABLE: a folder or s3://bucket/prefix
 """
 import json
 import os
@@ -13,6 +15,7 @@ import duckdb
 
 table = sys.argv[1].rstrip("/")
 column = sys.argv[2] if len(sys.argv) > 2 else "_commit_ts"
+since = int(sys.argv[3]) if len(sys.argv) > 3 else None
 
 if table.startswith("s3://"):
     import boto3
@@ -52,7 +55,7 @@ for text in log_entries():
         if "add" in action:
             adds.append(action["add"]["path"])
     for path in adds:
-        file_time[path] = ts
+        file_time.setdefault(path, ts)
 
 con = duckdb.connect()
 lat = []
@@ -61,6 +64,7 @@ for path, ts in file_time.items():
         continue
     rows = con.execute(
         f"SELECT epoch_ms({column}) FROM read_parquet('{local(path)}') WHERE {column} IS NOT NULL"
+        + (f" AND epoch_ms({column}) >= {since}" if since is not None else "")
     ).fetchall()
     lat.extend(ts - r[0] for r in rows)
 lat.sort()

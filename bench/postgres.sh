@@ -35,16 +35,18 @@ psql "$base" -c "CREATE DATABASE $db"
 "$pg/pgbench" -i -s "$scale" -q "$dsn" >/dev/null 2>&1
 tables='"pgbench_accounts", "pgbench_tellers", "pgbench_branches", "pgbench_history"'
 psql "$dsn" -c "CREATE PUBLICATION bench_pub FOR TABLE pgbench_accounts, pgbench_tellers, pgbench_branches, pgbench_history"
-for s in bench_recv bench_log bench_mirror bench_recv2; do
+for s in bench_recv bench_log bench_mirror bench_cow bench_recv2; do
   psql "$dsn" -c "SELECT pg_create_logical_replication_slot('$s', 'pgoutput')" >/dev/null
 done
 
-pipeline() { # name slot mode-of-the-three-balance-tables
+pipeline() { # name slot mode-of-the-three-balance-tables [merge]
   {
     printf 'name = "%s"\n[source]\nkind = "postgres"\ndsn = "%s"\npublication = "bench_pub"\n' "$1" "$dsn"
     printf 'slot = "%s"\nsnapshot = false\ntables = [%s]\n[sink]\nuri = "%s/%s"\n' "$2" "$tables" "$work" "$1"
+    printf '[runtime]\ncache_dir = "%s/%s-cache"\n' "$work" "$1"
     for t in pgbench_accounts pgbench_tellers pgbench_branches; do
       printf '[[tables]]\nname = "%s"\nfrom = "public.%s"\nmode = "%s"\n' "$t" "$t" "$3"
+      if [ -n "${4:-}" ]; then printf 'merge = "%s"\n' "$4"; fi
     done
     printf '[[tables]]\nname = "pgbench_history"\nfrom = "public.pgbench_history"\nmode = "changelog"\n'
   } >"$work/$1.toml"
@@ -70,8 +72,12 @@ t0=$(now)
 t_log=$(awk "BEGIN{printf \"%.2f\", $(now) - $t0}")
 
 t0=$(now)
-"$bin" run "$(pipeline bench_mirror bench_mirror mirror)" --once >"$work/mirror.out" 2>"$work/mirror.err"
+"$bin" run "$(pipeline bench_mirror bench_mirror mirror deletion_vectors)" --once >"$work/mirror.out" 2>"$work/mirror.err"
 t_mirror=$(awk "BEGIN{printf \"%.2f\", $(now) - $t0}")
+
+t0=$(now)
+"$bin" run "$(pipeline bench_cow bench_cow mirror copy_on_write)" --once >"$work/cow.out" 2>"$work/cow.err"
+t_cow=$(awk "BEGIN{printf \"%.2f\", $(now) - $t0}")
 
 # The same drain again, with the WAL now in the page cache as it was for Tributary.
 t0=$(now)
@@ -105,7 +111,8 @@ rps() { awk "BEGIN{printf \"%d\", $1 / $2}"; }
   echo "| pg_recvlogical to /dev/null (the limit), first read of the WAL | $t_recv | $(rps "$changes" "$t_recv") |"
   echo "| pg_recvlogical to /dev/null, WAL cached | $t_recv2 | $(rps "$changes" "$t_recv2") |"
   echo "| tributary, 4 changelog tables | $t_log | $(rps "$changes" "$t_log") |"
-  echo "| tributary, 3 mirrors (MERGE) + history changelog | $t_mirror | $(rps "$changes" "$t_mirror") |"
+  echo "| tributary, 3 mirrors (deletion vectors) + history changelog | $t_mirror | $(rps "$changes" "$t_mirror") |"
+  echo "| tributary, 3 mirrors (copy-on-write MERGE) + history changelog | $t_cow | $(rps "$changes" "$t_cow") |"
   echo
   echo "Latency at a steady \`pgbench -R $rate -c 2\` for ${load}s (continuous run, default batch"
   echo "triggers: 1s or 100k rows), Postgres commit time → Delta commit time of the row's version: $latency."

@@ -7,7 +7,9 @@
 //!     ▼
 //!  runtime/  micro-batches by rows, bytes and latency
 //!     ├─▶ sink/   dead_letters    undecodable / refused records (first, only if any)
-//!     ├─▶ sink/   [[tables]]      append | changelog | mirror (MERGE by key):
+//!     ├─▶ sink/   [[tables]]      append | changelog | mirror (by key: deletion
+//!     │                           vectors + new row images, found through a local
+//!     │                           key index; or copy-on-write MERGE):
 //!     │                           one Delta commit per batch, txn actions inside
 //!     └─▶ window/ [[aggregates]]  tumbling/hopping/session/global; late events first,
 //!                                 state snapshot, then one Delta commit per batch
@@ -22,8 +24,9 @@
 //! source shard (`appId = "{pipeline}/{shard}"`, `version` = the position to resume
 //! from) in the same transaction as the rows. On start each table reports that
 //! progress, the source resumes at the smallest of them, and each table skips the
-//! records it already holds (a mirror's MERGE included, so a replay never re-applies a
-//! change). The dead-letter table commits a micro-batch's rejects before any other
+//! records it already holds (a mirror's merge included, so a replay never re-applies a
+//! change). A mirror's key index is a rebuildable cache written only from committed
+//! versions, never a source of truth. The dead-letter table commits a micro-batch's rejects before any other
 //! table commits past them. Aggregates snapshot their state beside their table,
 //! keyed by the progress of the commit that depends on it, *before* that commit.
 //! Sources are acknowledged only after every table committed. So after a crash at any

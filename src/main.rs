@@ -415,10 +415,12 @@ async fn main() -> ExitCode {
                             continue;
                         }
                         println!(
-                            "  {:<24} files {} -> {} ({} compacted, {} vacuumed, {} old states removed), version {}",
+                            "  {:<24} files {} -> {} ({} purged of {} deleted rows, {} compacted, {} vacuumed, {} old states removed), version {}",
                             r.table,
                             r.files_before,
                             r.files_after,
+                            r.files_purged,
+                            r.rows_purged,
                             r.files_compacted,
                             r.files_vacuumed,
                             r.states_removed,

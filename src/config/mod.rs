@@ -17,7 +17,7 @@ use url::Url;
 pub use aggregate::{AggregateConfig, Measure, MeasureFn, Window, parse_measure};
 pub use kafka::{KafkaConfig, KafkaFormat, RESERVED_OPTIONS, StartAt, SubjectStrategy};
 pub use postgres::{PostgresConfig, PostgresDsn, parse_dsn, qualify};
-pub use spec::{EmitMode, FileFormat, LatePolicy, OnIncompatible, TableMode};
+pub use spec::{EmitMode, FileFormat, LatePolicy, MergeMode, OnIncompatible, TableMode};
 pub use values::{ByteSize, Secret, Span};
 
 use spec::{PipelineSpec, SourceSpec};
@@ -167,13 +167,15 @@ impl SinkConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// The process's memory budget.
     pub memory: ByteSize,
     /// Where `/metrics` and `/health` are served.
     pub metrics: Option<std::net::SocketAddr>,
     pub shutdown_timeout: Span,
+    /// Local caches (mirror key indexes); rebuildable from the tables.
+    pub cache_dir: PathBuf,
 }
 
 /// What the process needs before any record: the async runtime, clients, the Delta
@@ -187,6 +189,12 @@ impl RuntimeConfig {
     /// copies encoding and committing a micro-batch makes.
     pub fn in_flight_bytes(&self) -> u64 {
         self.memory.0.saturating_sub(PROCESS_FOOTPRINT.0) / 2
+    }
+
+    /// Page cache of one mirror's key index: an eighth of the in-flight bytes (8MiB at
+    /// the default 256MiB), taken from the encode-and-commit half, at least 4MiB.
+    pub fn key_index_cache_bytes(&self) -> usize {
+        (self.in_flight_bytes() / 8).max(ByteSize::mib(4).0) as usize
     }
 }
 
@@ -206,6 +214,9 @@ pub struct TableConfig {
     /// Key columns (`mirror` only).
     pub key: Vec<String>,
     pub on_incompatible: OnIncompatible,
+    /// `mirror` only: how changes are applied (`None`: the table's own way, and
+    /// deletion vectors for a new table).
+    pub merge: Option<MergeMode>,
 }
 
 /// Reads and resolves a pipeline file, expanding `${ENV}` from the process environment.
@@ -343,6 +354,21 @@ impl Resolver<'_> {
                 }
                 _ => {}
             }
+            if t.merge.is_some() && t.mode != TableMode::Mirror {
+                return Err(self.err(format!("{key}.merge"), "only mirror tables have a merge mode"));
+            }
+            if t.mode == TableMode::Mirror
+                && t.merge != Some(MergeMode::CopyOnWrite)
+                && let Some(c) = t.key.iter().find(|k| t.partition_by.contains(k))
+            {
+                return Err(self.err(
+                    format!("{key}.partition_by"),
+                    format!(
+                        "key column \"{c}\" cannot be a partition column of a deletion-vector mirror \
+                         (partition by another column, or set merge = \"copy_on_write\")"
+                    ),
+                ));
+            }
             if t.on_incompatible == OnIncompatible::DeadLetter && dead_letters.is_none() {
                 return Err(self.err(
                     format!("{key}.on_incompatible"),
@@ -356,6 +382,7 @@ impl Resolver<'_> {
                 partition_by: t.partition_by,
                 key: t.key,
                 on_incompatible: t.on_incompatible,
+                merge: t.merge,
             });
         }
 
@@ -405,10 +432,19 @@ impl Resolver<'_> {
                 })?)
             }
         };
+        let cache_dir = match &spec.cache_dir {
+            Some(dir) => dir.clone(),
+            None => match ((self.env)("XDG_CACHE_HOME"), (self.env)("HOME")) {
+                (Some(xdg), _) if !xdg.is_empty() => PathBuf::from(xdg).join("tributary"),
+                (_, Some(home)) if !home.is_empty() => PathBuf::from(home).join(".cache").join("tributary"),
+                _ => std::env::temp_dir().join("tributary-cache"),
+            },
+        };
         Ok(RuntimeConfig {
             memory,
             metrics,
             shutdown_timeout: spec.shutdown_timeout.unwrap_or(spec::DEFAULT_SHUTDOWN_TIMEOUT),
+            cache_dir,
         })
     }
 

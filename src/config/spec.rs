@@ -64,6 +64,10 @@ pub struct RuntimeSpec {
     /// After SIGINT/SIGTERM, how long finishing the current micro-batch may take
     /// before the run gives up on it (exit status 1, nothing committed half-way).
     pub shutdown_timeout: Option<Span>,
+    /// Local folder for caches the tables can rebuild (the key indexes of
+    /// deletion-vector mirrors); default `$XDG_CACHE_HOME/tributary` or
+    /// `~/.cache/tributary`. Losing it costs a rebuild, never data.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// `[dead_letters]`
@@ -226,6 +230,21 @@ pub struct TableSpec {
     /// What a batch whose schema the table cannot take does.
     #[serde(default)]
     pub on_incompatible: OnIncompatible,
+    /// How a `mirror` applies changes: `deletion_vectors` (merge-on-read, the default
+    /// for new tables) or `copy_on_write` (MERGE rewrites the files it touches; the
+    /// default for existing tables created that way, readable by every reader).
+    pub merge: Option<MergeMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeMode {
+    /// Mark replaced rows in deletion vectors and append new row images: a commit
+    /// costs O(changes). Tables are reader 3 / writer 7 with `deletionVectors`.
+    DeletionVectors,
+    /// Rewrite every file that holds a changed key (Delta MERGE): a commit costs
+    /// O(files touched); any Delta reader reads the table.
+    CopyOnWrite,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -385,3 +385,67 @@ fn the_runtime_section_sizes_batches_from_the_memory_budget() {
         assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
     }
 }
+
+#[test]
+fn mirrors_merge_by_deletion_vectors_unless_told_and_caches_have_a_home() {
+    let mirror = |extra: &str| {
+        GOOD.replace(
+            "[[tables]]\nname = \"raw\"\nfrom = \"clickstream\"\n",
+            &format!("[[tables]]\nname = \"raw\"\nfrom = \"clickstream\"\nmode = \"mirror\"\nkey = [\"user_id\"]\n{extra}\n"),
+        )
+    };
+    let p = parse("p.toml", &mirror(""), env).unwrap();
+    assert_eq!(p.tables[0].merge, None, "the table's own way; new tables get DVs");
+    let p = parse("p.toml", &mirror("merge = \"copy_on_write\""), env).unwrap();
+    assert_eq!(p.tables[0].merge, Some(MergeMode::CopyOnWrite));
+    let err = error_of(&mirror("merge = \"rewrite\""));
+    assert!(
+        err.contains("tables[0].merge") && err.contains("deletion_vectors"),
+        "{err}"
+    );
+    let err = error_of(&mirror("partition_by = [\"user_id\"]"));
+    assert!(
+        err.contains("tables[0].partition_by") && err.contains("copy_on_write"),
+        "{err}"
+    );
+    // With copy-on-write, partitioning by the key is allowed.
+    parse(
+        "p.toml",
+        &mirror("partition_by = [\"user_id\"]\nmerge = \"copy_on_write\""),
+        env,
+    )
+    .unwrap();
+    let err = error_of(&GOOD.replace(
+        "from = \"clickstream\"\n[[aggregates]]",
+        "from = \"clickstream\"\nmerge = \"copy_on_write\"\n[[aggregates]]",
+    ));
+    assert!(
+        err.contains("tables[0].merge") && err.contains("only mirror tables"),
+        "{err}"
+    );
+
+    // The cache folder: the setting, else XDG_CACHE_HOME, else ~/.cache.
+    let home = |n: &str| match n {
+        "HOME" => Some("/home/u".to_string()),
+        other => env(other),
+    };
+    let p = parse("p.toml", GOOD, home).unwrap();
+    assert_eq!(
+        p.runtime.cache_dir,
+        std::path::PathBuf::from("/home/u/.cache/tributary")
+    );
+    let xdg = |n: &str| match n {
+        "XDG_CACHE_HOME" => Some("/x".to_string()),
+        other => home(other),
+    };
+    assert_eq!(
+        parse("p.toml", GOOD, xdg).unwrap().runtime.cache_dir,
+        std::path::PathBuf::from("/x/tributary")
+    );
+    let set = format!("{GOOD}\n[runtime]\ncache_dir = \"/c\"\n");
+    assert_eq!(
+        parse("p.toml", &set, xdg).unwrap().runtime.cache_dir,
+        std::path::PathBuf::from("/c")
+    );
+    assert_eq!(p.runtime.key_index_cache_bytes(), 8 << 20);
+}

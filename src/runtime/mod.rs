@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use crate::config::{Pipeline, SourceConfig};
 use crate::progress::Progress;
 use crate::sink::dead_letter::{self, DeadLetters};
-use crate::sink::{DeltaSink, Sink, SinkError, TableOptions};
+use crate::sink::{DeltaSink, IndexOptions, Sink, SinkError, TableOptions};
 use crate::source::{self, Polled, RunMode, Source, SourceBatch, SourceError};
 use crate::telemetry;
 use crate::window::{OperatorStats, WindowError};
@@ -232,6 +232,11 @@ async fn run_once(
             checkpoint_every: pipeline.sink.checkpoint_every,
             target_file_size: pipeline.sink.target_file_size.0,
             null_safe_key: false,
+            merge: t.merge,
+            index: Some(IndexOptions {
+                cache_dir: pipeline.runtime.cache_dir.clone(),
+                cache_bytes: pipeline.runtime.key_index_cache_bytes(),
+            }),
         };
         let sink = open(t.name.clone(), options).await?;
         tracing::info!(table = %t.name, committed = ?sink.committed(), "table opened");

@@ -18,9 +18,11 @@ use object_store::ObjectStoreExt as _;
 use url::Url;
 
 use super::change::{self, NOT_MIRRORED, UNCHANGED_FLAG_PREFIX};
+use super::key_index::{self, KeyIndex};
+use super::merge_on_read::{self, ENABLE_DV, MergeOnRead, MorSpec};
 use super::schema::{self, Incompatible};
 use super::{Commit, Committed, Sink, SinkError, failpoint, mirror};
-use crate::config::TableMode;
+use crate::config::{MergeMode, TableMode};
 use crate::progress::{Progress, app_id};
 
 /// Folder inside a table that holds operator-state snapshots. Delta readers and VACUUM
@@ -46,6 +48,19 @@ pub struct TableOptions {
     /// `mirror` rows arrive already one per key (an aggregate's output), and a null key
     /// column matches a null: rows are merged as they are, with null-safe equality.
     pub null_safe_key: bool,
+    /// `mirror` only: how changes are applied; `None` keeps an existing table's way and
+    /// gives a new table deletion vectors.
+    pub merge: Option<MergeMode>,
+    /// Where a deletion-vector mirror keeps its key index, and its page cache size.
+    pub index: Option<IndexOptions>,
+}
+
+/// Where a deletion-vector mirror's key index lives.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// The cache root (`[runtime] cache_dir`); each table gets a folder below it.
+    pub cache_dir: std::path::PathBuf,
+    pub cache_bytes: usize,
 }
 
 impl TableOptions {
@@ -58,6 +73,8 @@ impl TableOptions {
             checkpoint_every,
             target_file_size: crate::config::spec::DEFAULT_TARGET_FILE_SIZE.0,
             null_safe_key: false,
+            merge: None,
+            index: None,
         }
     }
 
@@ -67,6 +84,8 @@ impl TableOptions {
             mode: TableMode::Mirror,
             key,
             null_safe_key: true,
+            // Aggregate rows replace few, small windows per batch: MERGE stays.
+            merge: Some(MergeMode::CopyOnWrite),
             ..Self::append(checkpoint_every)
         }
     }
@@ -80,6 +99,8 @@ pub struct DeltaSink {
     table: DeltaTable,
     committed: Progress,
     options: TableOptions,
+    /// Set when this mirror merges by deletion vectors.
+    mor: Option<MergeOnRead>,
 }
 
 impl std::fmt::Debug for DeltaSink {
@@ -159,10 +180,48 @@ impl DeltaSink {
             table,
             committed: Progress::new(),
             options,
+            mor: None,
         };
         sink.check_key().await?;
         sink.committed = sink.read_progress().await?;
+        sink.setup_merge().await?;
         Ok(sink)
+    }
+
+    /// Whether this mirror merges by deletion vectors: a new table does unless told
+    /// otherwise; an existing one keeps its way unless `merge = "deletion_vectors"`
+    /// opts a copy-on-write table in (upgraded here, once, in a commit of its own).
+    async fn setup_merge(&mut self) -> Result<(), SinkError> {
+        if self.options.mode != TableMode::Mirror || self.options.merge == Some(MergeMode::CopyOnWrite) {
+            return Ok(());
+        }
+        let Some(index) = self.options.index.clone() else {
+            return Ok(());
+        };
+        if self.table.version().is_some() && !merge_on_read::enabled(&self.table) {
+            if self.options.merge != Some(MergeMode::DeletionVectors) {
+                return Ok(());
+            }
+            tracing::info!(table = %self.name, "enabling deletion vectors (one commit)");
+            let props = HashMap::from([(ENABLE_DV.to_string(), "true".to_string())]);
+            self.table = self
+                .table
+                .clone()
+                .set_tbl_properties()
+                .with_properties(props)
+                .await
+                .map_err(self.delta_err())?;
+        }
+        let dir = key_index::dir_for(&index.cache_dir, self.table.table_url());
+        let index = KeyIndex::open(&dir, index.cache_bytes).map_err(self.delta_err())?;
+        let mut mor = MergeOnRead::new(index);
+        if !self.options.key.is_empty() {
+            mor.sync(&self.table, &self.options.key)
+                .await
+                .map_err(self.delta_err())?;
+        }
+        self.mor = Some(mor);
+        Ok(())
     }
 
     fn delta_err(&self) -> impl FnOnce(DeltaTableError) -> SinkError + '_ {
@@ -369,7 +428,7 @@ impl DeltaSink {
             write = write.with_schema_mode(SchemaMode::Merge);
         }
         if self.table.version().is_none() {
-            let config = vec![
+            let mut config = vec![
                 (
                     "delta.checkpointInterval".to_string(),
                     Some(self.options.checkpoint_every.to_string()),
@@ -379,6 +438,10 @@ impl DeltaSink {
                     Some(self.options.target_file_size.to_string()),
                 ),
             ];
+            if self.mor.is_some() {
+                // Reader 3 / writer 7 with the deletionVectors feature.
+                config.push((ENABLE_DV.to_string(), Some("true".to_string())));
+            }
             write = write.with_table_name(&self.name).with_configuration(config);
             if !self.options.partition_by.is_empty() {
                 write = write.with_partition_columns(self.options.partition_by.clone());
@@ -388,7 +451,7 @@ impl DeltaSink {
     }
 
     /// Merges the changes in `rows` by key in one commit.
-    async fn mirror(&self, rows: RecordBatch, props: CommitProperties) -> Result<DeltaTable, SinkError> {
+    async fn mirror(&mut self, rows: RecordBatch, props: CommitProperties) -> Result<DeltaTable, SinkError> {
         self.check(&rows.schema())?;
         let collapsed = if self.options.null_safe_key {
             change::Collapsed {
@@ -423,6 +486,36 @@ impl DeltaSink {
         }
         let next = self.evolved(&collapsed.batch.schema())?;
         let evolve = self.schema().is_some_and(|cur| schema::adds_columns(&cur, &next));
+        if !evolve && let Some(mor) = self.mor.as_mut() {
+            let spec = MorSpec {
+                key: &self.options.key,
+                schema: &next,
+                props,
+                writer: Self::writer_properties(),
+                target_file_size: self.options.target_file_size,
+            };
+            let (table, report) =
+                mor.commit(self.table.clone(), collapsed, spec)
+                    .await
+                    .map_err(|source| SinkError::Delta {
+                        table: self.name.clone(),
+                        source,
+                    })?;
+            tracing::debug!(
+                table = %self.name,
+                inserted = report.inserted,
+                updated = report.updated,
+                deleted = report.deleted,
+                files_marked = report.files_marked,
+                files_removed = report.files_removed,
+                files_written = report.files_written,
+                "merged by deletion vectors"
+            );
+            return Ok(table);
+        }
+        // Copy-on-write MERGE (also a deletion-vector table's schema evolution: MERGE
+        // reads through deletion vectors and removes the files it rewrites, and the
+        // key index picks up the new files at the next batch).
         let spec = mirror::MergeSpec {
             key: &self.options.key,
             schema: &next,

@@ -2,7 +2,9 @@
 //! pipeline.
 //!
 //! Streaming commits leave many small files; readers pay for each. Maintenance
-//! rewrites them towards the target file size (OPTIMIZE), writes a Delta checkpoint so
+//! first rewrites files whose deletion vectors mark a large share of their rows
+//! ([`super::purge`]), then rewrites small files towards the target file size
+//! (OPTIMIZE, which reads through deletion vectors), writes a Delta checkpoint so
 //! readers need not replay the log, and deletes files no version younger than the
 //! retention needs (VACUUM, full mode: orphans from crashed commits included), plus
 //! operator-state snapshots older than the retention that the table no longer names.
@@ -31,6 +33,9 @@ pub struct MaintainReport {
     pub files_before: usize,
     pub files_after: usize,
     pub files_compacted: u64,
+    /// Files rewritten without the rows their deletion vectors marked.
+    pub files_purged: usize,
+    pub rows_purged: u64,
     pub files_vacuumed: usize,
     pub states_removed: usize,
     pub version: Option<u64>,
@@ -56,6 +61,11 @@ pub async fn maintain(
     }
     report.exists = true;
     report.files_before = table.snapshot()?.log_data().num_files();
+
+    let (table, purged) =
+        super::purge::purge(table, super::purge::PURGE_DELETED_FRACTION, target_file_size).await?;
+    report.files_purged = purged.files_purged;
+    report.rows_purged = purged.rows_dropped;
 
     let mut optimize = table.optimize();
     if let Some(size) = NonZeroU64::new(target_file_size) {

@@ -7,11 +7,16 @@
 //! the source of truth.
 
 pub mod change;
+mod data_file;
 pub mod dead_letter;
 mod delta;
+pub mod dv;
 mod failpoint;
+pub mod key_index;
 pub mod maintain;
+pub mod merge_on_read;
 mod mirror;
+pub mod purge;
 pub mod schema;
 pub mod types;
 
@@ -23,7 +28,7 @@ use deltalake::arrow::array::RecordBatch;
 
 use crate::progress::Progress;
 
-pub use delta::{DeltaSink, KEY_FILE, TableOptions, open_table, table_progress};
+pub use delta::{DeltaSink, IndexOptions, KEY_FILE, TableOptions, open_table, table_progress};
 pub use failpoint::ENV as FAILPOINT_ENV;
 
 /// One atomic change to a table: its rows and the progress they complete.

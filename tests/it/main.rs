@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod crash;
+mod deletion_vectors;
 mod files;
 mod kafka;
 mod kafka_support;

@@ -309,7 +309,8 @@ fn an_interrupted_snapshot_is_taken_again_without_duplicates() {
 
 /// The pgbench oracle: snapshot of `pgbench -i -s 10`, then `pgbench -T 60 -c 4` while
 /// the pipeline runs and is SIGKILLed at random moments (the first during the
-/// snapshot), then a `--once` catch-up. The mirrors equal the Postgres tables (count,
+/// snapshot), its mirrors' key indexes lost or turned back to an older copy every few
+/// kills, then a `--once` catch-up. The mirrors equal the Postgres tables (count,
 /// sum of balances, hash of every row) and the history changelog holds each inserted
 /// row exactly once.
 #[test]
@@ -334,7 +335,12 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
     }
     spec +=
         "[[tables]]\nname = \"pgbench_history\"\nfrom = \"public.pgbench_history\"\nmode = \"changelog\"\n";
+    // The mirrors merge by deletion vectors (the default); their key indexes live
+    // here, so the test can lose them or turn them back between kills.
+    spec += "[runtime]\ncache_dir = \"./cache\"\n";
     let p = pipeline(dir.path(), &db, &slot, &tables, &spec);
+    let cache = dir.path().join("cache");
+    let old_cache = dir.path().join("cache-old");
 
     let spawn = || {
         std::process::Command::new(bin())
@@ -379,6 +385,21 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
         pipeline_run.kill().unwrap();
         pipeline_run.wait().unwrap();
         kills += 1;
+        // Every few kills the key indexes are lost, or replaced by an older copy.
+        match kills % 4 {
+            2 if cache.exists() => {
+                let _ = std::fs::remove_dir_all(&old_cache);
+                copy_dir(&cache, &old_cache);
+            }
+            3 => {
+                let _ = std::fs::remove_dir_all(&cache);
+            }
+            0 if old_cache.exists() => {
+                let _ = std::fs::remove_dir_all(&cache);
+                copy_dir(&old_cache, &cache);
+            }
+            _ => {}
+        }
         pipeline_run = spawn();
         wait = next(3_000, 11_000);
     }
@@ -431,6 +452,13 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
     assert_eq!(delta, truth, "pgbench_history: every inserted row exactly once");
     let transactions: i64 = truth[0].split('|').next().unwrap().parse().unwrap();
     assert!(transactions > 1000, "the load ran: {transactions} transactions");
+    let (protocol, dv_adds) = local_dv_usage(&dir.path().join("lake").join("pgbench_accounts"));
+    assert_eq!(
+        protocol,
+        Some((3, 7)),
+        "pgbench_accounts is a deletion-vector mirror"
+    );
+    assert!(dv_adds > 0, "updates were merged by deletion vectors");
 }
 
 /// Commits far slower than `wal_sender_timeout`: the status task keeps the

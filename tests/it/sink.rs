@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tributary::config::TableMode;
-use tributary::sink::{Commit, Committed, DeltaSink, Sink, SinkError, TableOptions};
+use tributary::sink::{Commit, Committed, DeltaSink, IndexOptions, Sink, SinkError, TableOptions};
 
 use deltalake::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use deltalake::arrow::datatypes::{Field, Schema};
@@ -42,6 +42,11 @@ async fn open(dir: &std::path::Path, name: &str, mode: TableMode, key: &[&str]) 
     let mut options = TableOptions::append(10);
     options.mode = mode;
     options.key = key.iter().map(|k| k.to_string()).collect();
+    // Mirrors merge by deletion vectors, their key index under the test's folder.
+    options.index = Some(IndexOptions {
+        cache_dir: dir.join("cache"),
+        cache_bytes: 4 << 20,
+    });
     let url = url::Url::from_directory_path(dir.join(name)).unwrap();
     DeltaSink::open(name, url, Default::default(), "p", &["s".to_string()], options)
         .await
@@ -117,8 +122,8 @@ async fn a_mirror_evolves_in_its_merge_and_keeps_its_key() {
         ),
     ]);
     sink.commit(commit(vec![second], 5)).await.unwrap();
-    let table = dir.path().join("accounts");
-    let table = table.to_str().unwrap();
+    let path = dir.path().join("accounts");
+    let table = path.to_str().unwrap();
     assert_eq!(
         rows(&format!(
             "SELECT id, name, tier, _position FROM {} ORDER BY id",
@@ -137,6 +142,39 @@ async fn a_mirror_evolves_in_its_merge_and_keeps_its_key() {
         columns[0][0], 4,
         "id, name, tier, _position (+_commit_ts absent here): {columns:?}"
     );
+    // The table merges by deletion vectors; the batch that added `tier` went through
+    // MERGE (over the deletion vectors of earlier commits), and the next goes back.
+    let third = batch(vec![
+        ("_op", ops(vec!["u", "d", "c", "u"])),
+        ("_position", positions(vec![5, 6, 7, 8])),
+        ("id", Arc::new(Int64Array::from(vec![3, 1, 4, 3]))),
+        ("name", Arc::new(StringArray::from(vec!["c2", "a2", "d", "c3"]))),
+        (
+            "tier",
+            Arc::new(StringArray::from(vec![None, None, Some("x"), Some("y")])),
+        ),
+    ]);
+    sink.commit(commit(vec![third], 9)).await.unwrap();
+    let fourth = batch(vec![
+        ("_op", ops(vec!["u"])),
+        ("_position", positions(vec![9])),
+        ("id", Arc::new(Int64Array::from(vec![4]))),
+        ("name", Arc::new(StringArray::from(vec!["d2"]))),
+        ("tier", Arc::new(StringArray::from(vec![Some("z")]))),
+    ]);
+    sink.commit(commit(vec![fourth], 10)).await.unwrap();
+    assert_eq!(
+        rows(&format!("SELECT id, name, tier FROM {} ORDER BY id", scan(table))),
+        vec![
+            serde_json::json!([3, "c3", "y"]),
+            serde_json::json!([4, "d2", "z"])
+        ]
+    );
+    let (protocol, dv_adds) = local_dv_usage(&path);
+    assert_eq!(protocol, Some((3, 7)));
+    // The third commit deletes both rows of the file MERGE wrote (so removes it), the
+    // fourth marks one of the third's two rows.
+    assert_eq!(dv_adds, 1, "the fourth commit marked a row");
     drop(sink);
 
     // Re-opened with another key: refused before anything is merged by the wrong key.

@@ -96,6 +96,74 @@ pub fn duck(sql: &str) -> Vec<Vec<Value>> {
     serde_json::from_slice(&out.stdout).expect("duckdb prints JSON")
 }
 
+/// Runs SQL with Python `deltalake` (delta-rs's reader, a second independent one) over
+/// `tables` (name, URI) and returns the rows.
+pub fn delta_rs(tables: &[(&str, &str)], sql: &str) -> Vec<Vec<Value>> {
+    use std::io::Write;
+    let python = stack_env("TRIBUTARY_PYTHON");
+    let mut child = Command::new(python)
+        .arg(repo().join("tests/deltalake_query.py"))
+        .args(tables.iter().map(|(n, u)| format!("{n}={u}")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(sql.as_bytes())
+        .expect("write sql");
+    let out = child.wait_with_output().expect("deltalake finishes");
+    assert!(
+        out.status.success(),
+        "Python deltalake failed on:\n{sql}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("deltalake_query prints JSON")
+}
+
+/// The protocol and the number of `add` actions with a deletion vector in a local
+/// Delta table's log (JSON commits only).
+pub fn local_dv_usage(table: &Path) -> (Option<(i64, i64)>, usize) {
+    let mut protocol = None;
+    let mut dv_adds = 0;
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.extension().is_some_and(|e| e == "json"));
+    logs.sort();
+    for log in logs {
+        for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+            let action: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+            if let Some(p) = action.get("protocol") {
+                protocol = Some((
+                    p["minReaderVersion"].as_i64().unwrap_or(0),
+                    p["minWriterVersion"].as_i64().unwrap_or(0),
+                ));
+            }
+            if action["add"]["deletionVector"].is_object() {
+                dv_adds += 1;
+            }
+        }
+    }
+    (protocol, dv_adds)
+}
+
+/// Copies a folder tree (a key-index cache, to bring it back stale later).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 /// A single integer DuckDB computes.
 pub fn duck_i64(sql: &str) -> i64 {
     let rows = duck(sql);

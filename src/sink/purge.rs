@@ -1,0 +1,146 @@
+//! Purging deletion vectors (part of `tributary maintain`): data files whose deletion
+//! vector marks a large share of their rows are rewritten with their live rows only,
+//! and lose their DV.
+//!
+//! delta-rs's OPTIMIZE bins files by size, so a full-sized file that a mirror's
+//! updates have mostly deleted is never chosen; readers would go on reading (and
+//! skipping) its dead rows forever. This rewrites exactly those files.
+//!
+//! Crash story: the new files are uploaded under fresh names, then one commit removes
+//! each old (path, DV) and adds the new files (`dataChange: false`: the table's rows
+//! are the same). A crash before the commit leaves orphans for VACUUM; the commit
+//! races ingest commits through Delta's conflict checker, and one that lost (the
+//! ingest marked more rows of a file being purged) is simply not applied: the next
+//! `maintain` tries again.
+
+use std::sync::Arc;
+
+use deltalake::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
+use deltalake::arrow::compute::{cast, filter_record_batch};
+use deltalake::arrow::datatypes::Schema;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add};
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt as _;
+
+use super::merge_on_read::{physical_rows, remove_of};
+use super::{data_file, dv};
+
+/// A file is purged once its DV deletes at least this share of its rows.
+pub const PURGE_DELETED_FRACTION: f64 = 0.1;
+
+/// What a purge did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PurgeReport {
+    pub files_purged: usize,
+    pub rows_dropped: u64,
+    pub files_written: usize,
+}
+
+/// Rewrites the files of `table` whose DV deletes at least `fraction` of their rows.
+pub async fn purge(
+    mut table: DeltaTable,
+    fraction: f64,
+    target_file_size: u64,
+) -> Result<(DeltaTable, PurgeReport), DeltaTableError> {
+    let mut report = PurgeReport::default();
+    if table.version().is_none() {
+        return Ok((table, report));
+    }
+    let snapshot = table.snapshot()?;
+    #[allow(deprecated)] // the view's own conversion keeps every field of the add
+    let chosen: Vec<Add> = snapshot
+        .log_data()
+        .iter()
+        .map(|f| f.add_action())
+        .filter(|a| {
+            let rows = physical_rows(a).unwrap_or(0);
+            a.deletion_vector
+                .as_ref()
+                .is_some_and(|d| rows == 0 || d.cardinality as f64 >= fraction * rows as f64)
+        })
+        .collect();
+    if chosen.is_empty() {
+        return Ok((table, report));
+    }
+    let store = table.log_store().object_store(None);
+    let table_schema = snapshot.snapshot().arrow_schema();
+    let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+    let mut writer = RecordBatchWriter::for_table(&table)?.with_target_file_size(target_file_size);
+    let mut actions = Vec::new();
+    for add in &chosen {
+        let deleted = match &add.deletion_vector {
+            Some(d) => dv::read(store.as_ref(), d).await?,
+            None => continue,
+        };
+        let mut stream = data_file::open(store.clone(), &add.path, add.size)
+            .await?
+            .build()?;
+        let mut row = 0u64;
+        while let Some(batch) = stream.try_next().await? {
+            let keep: BooleanArray = (row..row + batch.num_rows() as u64)
+                .map(|r| Some(!deleted.contains(r)))
+                .collect();
+            row += batch.num_rows() as u64;
+            let live = filter_record_batch(&batch, &keep)?;
+            if live.num_rows() > 0 {
+                writer
+                    .write(with_partitions(&live, add, &partitions, &table_schema)?)
+                    .await?;
+            }
+        }
+        report.rows_dropped += deleted.len();
+        report.files_purged += 1;
+        actions.push(Action::Remove(remove_of(
+            add,
+            false,
+            chrono::Utc::now().timestamp_millis(),
+        )));
+    }
+    let adds = writer.flush().await?;
+    report.files_written = adds.len();
+    actions.extend(adds.into_iter().map(|a| {
+        Action::Add(Add {
+            data_change: false,
+            ..a
+        })
+    }));
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: target_file_size as i64,
+    };
+    let committed = CommitBuilder::from(CommitProperties::default())
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await?;
+    table.update_incremental(Some(committed.version())).await?;
+    Ok((table, report))
+}
+
+/// Puts a file's partition values back as columns (a data file does not store them).
+fn with_partitions(
+    batch: &RecordBatch,
+    add: &Add,
+    partitions: &[String],
+    table: &Schema,
+) -> Result<RecordBatch, DeltaTableError> {
+    if partitions.is_empty() {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(table.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(table.fields().len());
+    for f in table.fields() {
+        if partitions.contains(f.name()) {
+            let value = add.partition_values.get(f.name()).cloned().flatten();
+            let text: ArrayRef = Arc::new(StringArray::from(vec![value; batch.num_rows()]));
+            columns.push(cast(&text, f.data_type())?);
+            fields.push(f.clone());
+        } else if let Some(c) = batch.column_by_name(f.name()) {
+            columns.push(c.clone());
+            fields.push(Arc::new(f.as_ref().clone().with_data_type(c.data_type().clone())));
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
