@@ -262,13 +262,29 @@ impl KeyIndex {
     pub fn lookup(&self, keys: &Rows) -> Result<Vec<Option<RowPos>>, DeltaTableError> {
         let r = self.db.begin_read().map_err(|e| err(&self.dir, e))?;
         let table = r.open_table(KEYS).map_err(|e| err(&self.dir, e))?;
-        let mut out = Vec::with_capacity(keys.num_rows());
-        for key in keys.iter() {
-            let pos = table.get(key.data()).map_err(|e| err(&self.dir, e))?.map(|v| {
+        let mut out = vec![None; keys.num_rows()];
+        // Keys outside the indexed range cannot be there (keys that grow, as serial
+        // ids and snapshots in key order, never reach the tree), and the rest are
+        // looked up in key order so neighbouring B-tree pages are read once.
+        let (Some(first), Some(last)) = (
+            table.first().map_err(|e| err(&self.dir, e))?,
+            table.last().map_err(|e| err(&self.dir, e))?,
+        ) else {
+            return Ok(out);
+        };
+        let (lo, hi) = (first.0.value().to_vec(), last.0.value().to_vec());
+        let mut order: Vec<usize> = (0..keys.num_rows())
+            .filter(|&i| {
+                let k = keys.row(i).data();
+                k >= lo.as_slice() && k <= hi.as_slice()
+            })
+            .collect();
+        order.sort_unstable_by(|&a, &b| keys.row(a).cmp(&keys.row(b)));
+        for i in order {
+            if let Some(v) = table.get(keys.row(i).data()).map_err(|e| err(&self.dir, e))? {
                 let (file, row) = v.value();
-                RowPos { file, row }
-            });
-            out.push(pos.filter(|p| self.files.contains_key(&p.file)));
+                out[i] = self.files.contains_key(&file).then_some(RowPos { file, row });
+            }
         }
         Ok(out)
     }
