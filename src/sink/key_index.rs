@@ -253,6 +253,11 @@ impl KeyIndex {
         Ok(())
     }
 
+    /// Whether `path` is a live file the index has indexed (as of the last sync).
+    pub fn knows(&self, path: &str) -> bool {
+        self.ids.contains_key(path)
+    }
+
     /// The path of a known file.
     pub fn path_of(&self, id: u32) -> Option<&str> {
         self.files.get(&id).map(String::as_str)

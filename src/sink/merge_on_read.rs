@@ -349,6 +349,9 @@ impl MergeOnRead {
         if let Err(e) = self.index.sync(&table, &codec).await {
             tracing::warn!(error = %e, "key index not updated after commit; the next batch catches it up");
         }
+        // Deletion vectors of files that are gone are never needed again.
+        let index = &self.index;
+        self.dvs.retain(|path, _| index.knows(path));
         Ok((table, report))
     }
 }

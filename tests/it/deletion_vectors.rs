@@ -148,16 +148,7 @@ fn maintain_purges_mostly_deleted_files_and_vacuum_keeps_live_dvs() {
     assert!(with_dv > 0, "updates left deletion vectors: {before:?}");
     let version_before = local_version(&table).unwrap();
 
-    let out = tributary(
-        dir.path(),
-        &["maintain", p.to_str().unwrap(), "--retention", "0s"],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "maintain failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = maintain_now(dir.path(), &p);
     assert!(!stdout.contains("(0 purged"), "files were purged:\n{stdout}");
     let after = live_files(&table);
     assert!(

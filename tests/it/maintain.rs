@@ -127,16 +127,7 @@ mode = "changelog"
     };
     let before = (summary("raw"), summary("raw_log"));
 
-    let out = tributary(
-        dir.path(),
-        &["maintain", p.to_str().unwrap(), "--retention", "0s"],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "maintain failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    maintain_now(dir.path(), &p);
     for t in ["raw", "raw_log"] {
         let (disk, live) = files(&lake.join(t));
         assert_eq!(

@@ -70,12 +70,14 @@ pub fn spawn_once(dir: &Path, pipeline: &Path) -> std::process::Child {
         .expect("tributary starts")
 }
 
-/// Runs SQL in DuckDB with the delta extension and returns the last statement's rows.
-pub fn duck(sql: &str) -> Vec<Vec<Value>> {
+/// Runs `script` (a reader in tests/) with `args`, SQL on stdin, and returns the JSON
+/// rows it prints.
+fn python_query(reader: &str, script: &str, args: &[String], sql: &str) -> Vec<Vec<Value>> {
     use std::io::Write;
     let python = stack_env("TRIBUTARY_PYTHON");
     let mut child = Command::new(python)
-        .arg(repo().join("tests/duckdb_query.py"))
+        .arg(repo().join("tests").join(script))
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -87,41 +89,40 @@ pub fn duck(sql: &str) -> Vec<Vec<Value>> {
         .expect("stdin")
         .write_all(sql.as_bytes())
         .expect("write sql");
-    let out = child.wait_with_output().expect("duckdb finishes");
+    let out = child.wait_with_output().expect("the reader finishes");
     assert!(
         out.status.success(),
-        "DuckDB failed on:\n{sql}\n{}",
+        "{reader} failed on:\n{sql}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("duckdb prints JSON")
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{reader} printed no JSON: {e}"))
+}
+
+/// Runs SQL in DuckDB with the delta extension and returns the last statement's rows.
+pub fn duck(sql: &str) -> Vec<Vec<Value>> {
+    python_query("DuckDB", "duckdb_query.py", &[], sql)
 }
 
 /// Runs SQL with Python `deltalake` (delta-rs's reader, a second independent one) over
 /// `tables` (name, URI) and returns the rows.
 pub fn delta_rs(tables: &[(&str, &str)], sql: &str) -> Vec<Vec<Value>> {
-    use std::io::Write;
-    let python = stack_env("TRIBUTARY_PYTHON");
-    let mut child = Command::new(python)
-        .arg(repo().join("tests/deltalake_query.py"))
-        .args(tables.iter().map(|(n, u)| format!("{n}={u}")))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(sql.as_bytes())
-        .expect("write sql");
-    let out = child.wait_with_output().expect("deltalake finishes");
+    let args: Vec<String> = tables.iter().map(|(n, u)| format!("{n}={u}")).collect();
+    python_query("Python deltalake", "deltalake_query.py", &args, sql)
+}
+
+/// Runs `tributary maintain PIPELINE --retention 0s` and returns its output.
+pub fn maintain_now(dir: &Path, pipeline: &Path) -> String {
+    let out = tributary(
+        dir,
+        &["maintain", pipeline.to_str().unwrap(), "--retention", "0s"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "Python deltalake failed on:\n{sql}\n{}",
+        "maintain failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("deltalake_query prints JSON")
+    stdout
 }
 
 /// The protocol and the number of `add` actions with a deletion vector in a local
