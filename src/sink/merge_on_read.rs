@@ -237,8 +237,9 @@ impl MergeOnRead {
 
         // New row images: every change that is not a delete.
         let upserts = match &deletes {
-            Some(d) => filter_record_batch(&rows, &not(d)?)?,
-            None => rows.clone(),
+            // No copy of a batch without deletes (a snapshot's, most streams').
+            Some(d) if d.true_count() > 0 => filter_record_batch(&rows, &not(d)?)?,
+            _ => rows.clone(),
         };
         for (i, o) in old.iter().enumerate() {
             let is_delete = deletes.as_ref().is_some_and(|d| d.value(i));
