@@ -2,7 +2,8 @@
 # Mirror cost against table size: pgbench accounts/tellers/branches mirrored (plus the
 # history changelog) on local disk at a steady `pgbench -R RATE`, for each pgbench scale
 # in SCALES and each merge mode in MODES. Per run: latency p50/p99 (Postgres commit →
-# Delta commit, from the accounts mirror's own rows), Tributary's CPU during the steady
+# Delta commit of the micro-batch, from the history changelog that commits after the
+# mirrors), Tributary's CPU during the steady
 # load (cores), and its peak RSS (VmHWM, snapshot included) against `[runtime] memory`.
 # Needs the local stack (infra/up.sh). Appends a section to BENCHMARKS.md.
 #
@@ -80,12 +81,15 @@ for scale in $scales; do
     wait "$run" || true
     hz=$(getconf CLK_TCK)
     cores=$(awk "BEGIN{printf \"%.2f\", ($c1 - $c0) / $hz / ($w1 - $w0)}")
-    latency=$("$TRIBUTARY_PYTHON" bench/delta_latency.py "$work/$mode/lake/pgbench_accounts" _commit_ts "$since_ms")
+    # Latency from the history changelog, which commits after the three mirrors in
+    # each micro-batch (a copy-on-write mirror rewrites old rows into new files, so
+    # its own files do not tell when a change landed).
+    latency=$("$TRIBUTARY_PYTHON" bench/delta_latency.py "$work/$mode/lake/pgbench_history" _commit_ts "$since_ms")
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/$mode/pgbench.log" | head -1)
     files=$(find "$work/$mode/lake/pgbench_accounts" -maxdepth 1 -name '*.parquet' | wc -l)
     rows+=("| $scale | $((scale * 100000)) | $mode | ${snapshot_s}s | ${tps:-?} | $latency | $cores | $rss MiB | $files |")
     echo "[bench] ${rows[-1]}" >&2
-    psql "$dsn" -c "SELECT pg_drop_replication_slot('$slot')" >/dev/null
+    psql "$dsn" -c "SELECT pg_drop_replication_slot('$slot')" >/dev/null 2>&1 || true
     rm -rf "$work/$mode"
   done
 done
@@ -97,7 +101,7 @@ done
   echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/{print $2}') GiB, local disk; PostgreSQL 15 on the same machine."
   echo "Command: \`SCALES=\"$scales\" MODES=\"$modes\" RATE=$rate DURATION=$duration MEMORY=$memory bench/mirror.sh\` (release build, default \`[batch]\` triggers)."
   echo "Each run: snapshot of \`pgbench -i -s SCALE\`, then \`pgbench -R $rate -c 4\` for ${duration}s into 3 mirrors + the history changelog."
-  echo "Latency: per changed accounts row, commit time of the Delta version that wrote it minus its Postgres commit time."
+  echo "Latency: per pgbench transaction, commit time of the Delta version of the history changelog holding it (committed after the three mirrors of its micro-batch) minus its Postgres commit time."
   echo "CPU: Tributary's user+system time during the steady load over its wall time. Peak RSS: VmHWM of the whole run (snapshot included), budget \`[runtime] memory = $memory\`."
   echo
   echo "| scale | accounts | merge | snapshot | pgbench tps | latency | CPU (cores) | peak RSS | accounts files |"

@@ -15,7 +15,13 @@ scale=${SCALE:-10}
 load=${SECONDS_LOAD:-30}
 rate=${RATE:-500}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}
-cargo build --locked --profile "$profile" --bin tributary >/dev/null 2>&1
+# Build through the test/bench targets: building the binary alone unifies features
+# without the dev-dependencies and would compile every dependency a second time.
+if [ "$profile" = dev ]; then
+  cargo test --locked --no-run >/dev/null 2>&1
+else
+  cargo bench --locked --no-run --bench sink >/dev/null 2>&1
+fi
 dir_profile=$([ "$profile" = dev ] && echo debug || echo "$profile")
 bin="$CARGO_TARGET_DIR/$dir_profile/tributary"
 pg=/usr/lib/postgresql/15/bin
