@@ -266,10 +266,23 @@ fn print_status(status: &runtime::Status) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime starts any thread (see the module).
+    let tuning = runtime::malloc::tune();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(tuning))
+}
+
+async fn run(tuning: runtime::malloc::Tuning) -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
+    tracing::debug!(?tuning, "allocator");
     match cli.command {
         Command::Registry { listen, store } => {
             match tributary::registry::serve(listen, &store, shutdown_signal()).await {

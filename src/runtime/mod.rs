@@ -13,6 +13,7 @@
 //! what it already holds.
 
 mod backfill;
+pub mod malloc;
 mod oracle;
 mod retry;
 mod status;
