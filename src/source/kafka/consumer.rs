@@ -21,10 +21,14 @@ use crate::config::{KafkaConfig, StartAt};
 use crate::progress::Progress;
 use crate::source::{Polled, SourceError, TableProgress};
 
-/// How long `poll` blocks for a message.
-const POLL_TIMEOUT: Duration = Duration::from_millis(50);
-/// A partition's gathered messages are handed over at least this often.
-const LINGER: Duration = Duration::from_millis(200);
+/// How long `poll` blocks for a message once the local queue is empty.
+const POLL_TIMEOUT: Duration = Duration::from_millis(20);
+/// A partition's gathered messages are handed over at least this often (it bounds
+/// what the consumer adds to a record's latency under steady traffic).
+const LINGER: Duration = Duration::from_millis(50);
+/// Messages taken between two looks at the clock: while messages are queued they are
+/// taken without a timeout, and the linger is checked every this many.
+const CLOCK_EVERY: u32 = 256;
 /// How long a revocation waits for what was sent of the partitions to be committed
 /// (well within `max.poll.interval.ms`, or the consumer would be thrown out).
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
@@ -444,24 +448,37 @@ impl State {
     }
 
     fn run(&mut self, consumer: &BaseConsumer<Context>) -> Result<(), SourceError> {
+        // Whether the last poll found the local queue empty: only then does the next
+        // one wait (a poll without a timeout reads no clock in librdkafka).
+        let mut drained = true;
+        let mut since_clock = 0u32;
         loop {
             if self.setup.shared.stopping() {
                 return Ok(());
             }
-            self.commit_acked(consumer);
-            let msg = consumer.poll(POLL_TIMEOUT);
+            let msg = consumer.poll(if drained { POLL_TIMEOUT } else { Duration::ZERO });
             // Before the message: it may belong to a partition assigned in this poll.
             if !self.take_events(consumer)? {
                 return Ok(());
             }
-            let idle = match msg {
-                None => true,
+            let flush = match msg {
+                None => {
+                    // An empty queue twice in a row (the second time after waiting)
+                    // means the partitions are caught up: hand over what is gathered.
+                    let idle = drained;
+                    drained = true;
+                    since_clock = 0;
+                    self.commit_acked(consumer);
+                    idle || self.last_flush.elapsed() >= LINGER
+                }
                 Some(Err(e)) => {
                     // librdkafka retries broker and network errors itself.
                     tracing::warn!(error = %e, "kafka consumer error");
+                    drained = true;
                     true
                 }
                 Some(Ok(m)) => {
+                    drained = false;
                     self.gather(
                         m.topic(),
                         m.partition(),
@@ -469,14 +486,22 @@ impl State {
                         m.payload(),
                         m.timestamp().to_millis(),
                     );
-                    false
+                    since_clock += 1;
+                    let full = self.last.as_ref().is_some_and(|(k, _)| {
+                        self.chunks
+                            .get(k)
+                            .is_some_and(|c| c.offsets.len() >= self.setup.chunk_rows)
+                    });
+                    if since_clock >= CLOCK_EVERY {
+                        since_clock = 0;
+                        self.commit_acked(consumer);
+                        full || self.last_flush.elapsed() >= LINGER
+                    } else {
+                        full
+                    }
                 }
             };
-            let full = self
-                .chunks
-                .values()
-                .any(|c| c.offsets.len() >= self.setup.chunk_rows);
-            if (idle || full || self.last_flush.elapsed() >= LINGER) && !self.flush()? {
+            if flush && !self.flush()? {
                 return Ok(());
             }
             if self.setup.ends.is_some()
