@@ -55,6 +55,8 @@ pub const IN_FLIGHT_LIMIT: &str = "tributary_in_flight_limit_bytes";
 pub const RESIDENT_BYTES: &str = "tributary_process_resident_memory_bytes";
 /// Runs started over after a transient failure.
 pub const RESTARTS: &str = "tributary_restarts_total";
+/// Files background compaction replaced (label `table`).
+pub const COMPACTED_FILES: &str = "tributary_compacted_files_total";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -187,6 +189,10 @@ fn describe() {
     );
     describe_gauge!(RESIDENT_BYTES, Unit::Bytes, "Resident memory of the process.");
     describe_counter!(RESTARTS, "Runs started over after a transient failure.");
+    describe_counter!(
+        COMPACTED_FILES,
+        "Small files background compaction replaced, per table."
+    );
 }
 
 /// What `/health` reports.

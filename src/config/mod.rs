@@ -4,6 +4,7 @@
 //! duration (try "5m")`.
 
 mod aggregate;
+mod compaction;
 mod kafka;
 mod postgres;
 pub mod spec;
@@ -144,6 +145,8 @@ pub struct SinkConfig {
     pub storage: BTreeMap<String, Secret>,
     pub checkpoint_every: u32,
     pub target_file_size: ByteSize,
+    /// Background compaction in continuous runs (`None`: off).
+    pub compaction: Option<crate::sink::compact::CompactionPolicy>,
 }
 
 impl SinkConfig {
@@ -202,6 +205,7 @@ impl RuntimeConfig {
 pub struct BatchConfig {
     pub max_rows: usize,
     pub max_latency: Span,
+    pub min_interval: Span,
     pub max_bytes: ByteSize,
 }
 
@@ -291,14 +295,15 @@ impl Resolver<'_> {
     fn resolve(&self, spec: PipelineSpec) -> Result<Pipeline, ConfigError> {
         self.name("name", &spec.name)?;
         let source = self.source(spec.source)?;
-        let sink = self.sink(spec.sink)?;
         let runtime = self.runtime(&spec.runtime)?;
+        let sink = self.sink(spec.sink, &runtime)?;
         // A micro-batch is gathered while the previous one commits: half of the
         // in-flight bytes each.
         let largest_batch = ByteSize(runtime.in_flight_bytes() / 2);
         let batch = BatchConfig {
             max_rows: spec.batch.max_rows.unwrap_or(spec::DEFAULT_MAX_ROWS),
             max_latency: spec.batch.max_latency.unwrap_or(spec::DEFAULT_MAX_LATENCY),
+            min_interval: spec.batch.min_interval.unwrap_or(Span::from_secs(0)),
             max_bytes: spec
                 .batch
                 .max_bytes
@@ -306,6 +311,15 @@ impl Resolver<'_> {
         };
         if batch.max_rows == 0 {
             return Err(self.err("batch.max_rows", "must be at least 1"));
+        }
+        if batch.min_interval.0 > batch.max_latency.0 {
+            return Err(self.err(
+                "batch.min_interval",
+                format!(
+                    "{:?} is longer than batch.max_latency ({:?}): a micro-batch could not close in time",
+                    batch.min_interval.0, batch.max_latency.0
+                ),
+            ));
         }
         if batch.max_bytes.0 == 0 {
             return Err(self.err("batch.max_bytes", "must be at least 1"));
@@ -672,7 +686,7 @@ impl Resolver<'_> {
         })
     }
 
-    fn sink(&self, spec: spec::SinkSpec) -> Result<SinkConfig, ConfigError> {
+    fn sink(&self, spec: spec::SinkSpec, runtime: &RuntimeConfig) -> Result<SinkConfig, ConfigError> {
         let uri = self.expand("sink.uri", &spec.uri)?;
         let root = parse_sink_uri(&uri).map_err(|m| self.err("sink.uri", m))?;
         let mut storage = BTreeMap::new();
@@ -690,11 +704,13 @@ impl Resolver<'_> {
         if target_file_size.0 < 1024 * 1024 {
             return Err(self.err("sink.target_file_size", "must be at least 1MiB"));
         }
+        let compaction = self.compaction(&spec.compaction, target_file_size, runtime)?;
         Ok(SinkConfig {
             root,
             storage,
             checkpoint_every,
             target_file_size,
+            compaction,
         })
     }
 }

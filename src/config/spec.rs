@@ -195,6 +195,22 @@ pub struct SinkSpec {
     pub checkpoint_every: Option<u32>,
     /// Size a data file is cut at (and what `maintain` compacts towards).
     pub target_file_size: Option<ByteSize>,
+    #[serde(default)]
+    pub compaction: CompactionSpec,
+}
+
+/// `[sink.compaction]`: compaction of small files while a continuous run goes on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionSpec {
+    /// On by default in continuous runs (`--once` runs leave it to `maintain`).
+    pub enabled: Option<bool>,
+    /// How often each table is looked at.
+    pub every: Option<Span>,
+    /// A table is compacted once it has this many files smaller than `file_size`.
+    pub min_files: Option<usize>,
+    /// Size of the files compaction writes (and below which a file is small).
+    pub file_size: Option<ByteSize>,
 }
 
 /// `[batch]`
@@ -203,8 +219,11 @@ pub struct SinkSpec {
 pub struct BatchSpec {
     /// Close a micro-batch at this many rows.
     pub max_rows: Option<usize>,
-    /// Close a micro-batch this long after its first record arrived.
+    /// Close a micro-batch this long after its first record arrived, at the latest.
     pub max_latency: Option<Span>,
+    /// Start micro-batches at least this far apart (default 0: a micro-batch closes as
+    /// soon as no record is waiting, so it commits right after the previous one).
+    pub min_interval: Option<Span>,
     /// Close a micro-batch once its records hold this much memory (default and
     /// largest: half of the in-flight bytes `runtime.memory` allows, 32MiB at 256MiB).
     pub max_bytes: Option<ByteSize>,

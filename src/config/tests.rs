@@ -449,3 +449,63 @@ fn mirrors_merge_by_deletion_vectors_unless_told_and_caches_have_a_home() {
     );
     assert_eq!(p.runtime.key_index_cache_bytes(), 8 << 20);
 }
+
+#[test]
+fn compaction_and_the_adaptive_trigger_resolve_against_the_budget() {
+    let p = parse("p.toml", GOOD, env).unwrap();
+    let c = p.sink.compaction.unwrap();
+    assert_eq!(c.every, std::time::Duration::from_secs(10));
+    assert_eq!(c.min_files, 10);
+    assert_eq!(
+        c.file_size,
+        16 << 20,
+        "a quarter of the 64MiB in flight, under the 128MiB target"
+    );
+    assert_eq!(
+        p.batch.min_interval.0,
+        std::time::Duration::ZERO,
+        "adaptive by default"
+    );
+
+    let off = parse(
+        "p.toml",
+        &format!("{GOOD}\n[sink.compaction]\nenabled = false\n"),
+        env,
+    )
+    .unwrap();
+    assert!(off.sink.compaction.is_none());
+    let set = format!(
+        "{GOOD}\n[sink.compaction]\nevery = \"30s\"\nmin_files = 4\nfile_size = \"8MiB\"\n[batch]\nmin_interval = \"500ms\"\n"
+    );
+    let p = parse("p.toml", &set, env).unwrap();
+    let c = p.sink.compaction.unwrap();
+    assert_eq!((c.every.as_secs(), c.min_files, c.file_size), (30, 4, 8 << 20));
+    assert_eq!(p.batch.min_interval.0, std::time::Duration::from_millis(500));
+
+    for (extra, key, says) in [
+        (
+            "[sink.compaction]\nfile_size = \"64MiB\"",
+            "sink.compaction.file_size",
+            "does not fit the memory budget",
+        ),
+        (
+            "[sink.compaction]\nevery = \"0s\"",
+            "sink.compaction.every",
+            "enabled = false",
+        ),
+        (
+            "[sink.compaction]\nmin_files = 1",
+            "sink.compaction.min_files",
+            "at least 2",
+        ),
+        ("[sink.compaction]\nmin_size = 1", "min_size", "unknown field"),
+        (
+            "[batch]\nmin_interval = \"2s\"",
+            "batch.min_interval",
+            "longer than batch.max_latency",
+        ),
+    ] {
+        let e = error_of(&format!("{GOOD}\n{extra}\n"));
+        assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
+    }
+}

@@ -13,6 +13,7 @@
 //! what it already holds.
 
 mod backfill;
+mod compaction;
 pub mod malloc;
 mod oracle;
 mod retry;
@@ -333,12 +334,20 @@ async fn run_once(
     let (ack_tx, ack_rx) = watch::channel(resume.clone());
     let source_task = tokio::spawn(drive_source(source, tx, ack_rx, budget.clone()));
     let time_column = pipeline.source.source_time_column();
+    // Scheduled `--once` runs leave compaction to `maintain`.
+    let _compaction = match mode {
+        RunMode::Continuous => compaction::spawn(pipeline),
+        RunMode::Once => None,
+    };
     telemetry::set_state(telemetry::State::Running);
 
     let mut summary = RunSummary::default();
     let retry = RetryPolicy::default();
     let max_rows = pipeline.batch.max_rows;
     let max_latency = pipeline.batch.max_latency.0;
+    let min_interval = pipeline.batch.min_interval.0;
+    // When the previous micro-batch started committing.
+    let mut last_start: Option<tokio::time::Instant> = None;
     let max_bytes = usize::try_from(pipeline.batch.max_bytes.0).unwrap_or(usize::MAX);
     let mut carry: Option<(SourceBatch, Option<OwnedSemaphorePermit>)> = None;
     let mut acked = resume;
@@ -364,9 +373,22 @@ async fn run_once(
             pending.push(b);
             held.extend(permit);
         }
+        // The adaptive trigger: a micro-batch closes as soon as nothing more is waiting
+        // (and `min_interval` has passed since the previous one started), so under load
+        // batches grow with the commit time and at low rates records do not wait for a
+        // timer; `max_latency`, `max_rows` and `max_bytes` bound it.
+        let ready_at = last_start.map(|t| t + min_interval);
         while rows < max_rows && bytes < max_bytes {
+            let now = tokio::time::Instant::now();
+            if !pending.is_empty() && rx.is_empty() && ready_at.is_none_or(|r| now >= r) {
+                break;
+            }
+            let wake = match (deadline, ready_at) {
+                (Some(d), Some(r)) if r > now => Some(d.min(r)),
+                (d, _) => d,
+            };
             let timer = async {
-                match deadline {
+                match wake {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
@@ -433,7 +455,13 @@ async fn run_once(
                     }
                     Some((Err(e), _)) => return Err(e.into()),
                 },
-                () = timer => break,
+                () = timer => {
+                    // `min_interval` is over: the check above closes the batch once
+                    // what is waiting is in; `max_latency` closes it now.
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        break;
+                    }
+                }
             }
         }
         if pending.is_empty() && !ended && !stopping {
@@ -446,6 +474,7 @@ async fn run_once(
         // --- commit it ------------------------------------------------------------------
         summary.micro_batches += 1;
         let started = Instant::now();
+        last_start = Some(tokio::time::Instant::now());
         // Dead letters first: a table past a position implies its dead letters are in.
         let mut routed = DeadLetters::default();
         let mut prepared = Vec::with_capacity(tables.len());
@@ -455,10 +484,15 @@ async fn run_once(
         if let Some(d) = &mut dead {
             d.commit(&pending, routed, &retry).await?;
         }
-        for (t, p) in tables.iter_mut().zip(prepared) {
-            if let Some(p) = p {
-                t.commit(p, &retry).await?;
-            }
+        // Tables commit side by side: each holds its own progress, so their order does
+        // not matter, and one table's encoding and uploads overlap another's. All of
+        // them finish (none is cut off mid-commit) before an error ends the run.
+        let commits = tables
+            .iter_mut()
+            .zip(prepared)
+            .filter_map(|(t, p)| p.map(|p| t.commit(p, &retry)));
+        for outcome in futures::future::join_all(commits).await {
+            outcome?;
         }
         for a in &mut aggregates {
             a.process(&pending, ended || stopping, &retry).await?;

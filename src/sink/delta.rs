@@ -563,9 +563,18 @@ impl Sink for DeltaSink {
                 Transaction::new_with_last_update(app_id(&self.pipeline, shard), *next, Some(now_ms))
             })
             .collect();
-        let props = CommitProperties::default()
+        let mut props = CommitProperties::default()
             .with_application_transactions(txns)
             .with_metadata(commit.info.clone());
+        if commit.replace || self.options.mode == TableMode::Mirror {
+            // A commit that removes files is never rebased over a commit that beat it
+            // (a compaction, `maintain`): it fails, and the retry starts from the new
+            // snapshot. delta-rs's conflict checker ignores `dataChange: false` removes;
+            // it does refuse such a commit over the files a compaction added, but only as
+            // far as the commit's read predicate says it read them. Were a rebase let
+            // through, the rows of a file the compaction rewrote would live on twice.
+            props = props.with_max_retries(0);
+        }
         let Some(rows) = self.unify(&commit.batches)? else {
             return Err(SinkError::Delta {
                 table: self.name.clone(),

@@ -7,6 +7,7 @@
 //! the source of truth.
 
 pub mod change;
+pub mod compact;
 mod data_file;
 pub mod dead_letter;
 mod delta;

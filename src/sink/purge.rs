@@ -41,7 +41,7 @@ pub struct PurgeReport {
 
 /// Rewrites the files of `table` whose DV deletes at least `fraction` of their rows.
 pub async fn purge(
-    mut table: DeltaTable,
+    table: DeltaTable,
     fraction: f64,
     target_file_size: u64,
 ) -> Result<(DeltaTable, PurgeReport), DeltaTableError> {
@@ -65,34 +65,70 @@ pub async fn purge(
     if chosen.is_empty() {
         return Ok((table, report));
     }
+    let (table, rewritten) = rewrite(table, &chosen, target_file_size).await?;
+    report.files_purged = chosen.len();
+    report.rows_dropped = rewritten.rows_dropped;
+    report.files_written = rewritten.files_written;
+    Ok((table, report))
+}
+
+/// What [`rewrite`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Rewritten {
+    pub rows_written: u64,
+    /// Rows the files' deletion vectors marked, left out.
+    pub rows_dropped: u64,
+    pub files_written: usize,
+}
+
+/// Rewrites the live rows of `files` (live `add`s of `table`'s snapshot) into new files
+/// of about `target_file_size`, in one commit that removes them (`dataChange: false`:
+/// the table's rows are the same). Reads stream batch by batch; what is held is the
+/// writer's buffered output (at most `target_file_size` per partition).
+///
+/// The commit goes through Delta's conflict checker: an ingest commit that removed or
+/// re-marked one of `files` meanwhile (`dataChange: true`) makes it fail, and nothing
+/// changes. (The reverse is the ingest's to guard: delta-rs ignores `dataChange: false`
+/// removes when it checks a commit against the ones that beat it, so mirror and
+/// replace commits are single-attempt, see `DeltaSink::commit`.)
+pub async fn rewrite(
+    mut table: DeltaTable,
+    files: &[Add],
+    target_file_size: u64,
+) -> Result<(DeltaTable, Rewritten), DeltaTableError> {
+    let mut report = Rewritten::default();
+    let snapshot = table.snapshot()?;
     let store = table.log_store().object_store(None);
     let table_schema = snapshot.snapshot().arrow_schema();
     let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
     let mut writer = RecordBatchWriter::for_table(&table)?.with_target_file_size(target_file_size);
     let mut actions = Vec::new();
-    for add in &chosen {
+    for add in files {
         let deleted = match &add.deletion_vector {
             Some(d) => dv::read(store.as_ref(), d).await?,
-            None => continue,
+            None => Default::default(),
         };
         let mut stream = data_file::open(store.clone(), &add.path, add.size)
             .await?
             .build()?;
         let mut row = 0u64;
         while let Some(batch) = stream.try_next().await? {
-            let keep: BooleanArray = (row..row + batch.num_rows() as u64)
-                .map(|r| Some(!deleted.contains(r)))
-                .collect();
-            row += batch.num_rows() as u64;
-            let live = filter_record_batch(&batch, &keep)?;
+            let n = batch.num_rows() as u64;
+            let live = if deleted.is_empty() {
+                batch
+            } else {
+                let keep: BooleanArray = (row..row + n).map(|r| Some(!deleted.contains(r))).collect();
+                filter_record_batch(&batch, &keep)?
+            };
+            row += n;
             if live.num_rows() > 0 {
+                report.rows_written += live.num_rows() as u64;
                 writer
                     .write(with_partitions(&live, add, &partitions, &table_schema)?)
                     .await?;
             }
         }
         report.rows_dropped += deleted.len();
-        report.files_purged += 1;
         actions.push(Action::Remove(remove_of(
             add,
             false,

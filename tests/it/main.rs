@@ -4,6 +4,7 @@
 // Test helpers panic on the unexpected by design: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod compaction;
 mod crash;
 mod deletion_vectors;
 mod files;

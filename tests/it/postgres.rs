@@ -338,6 +338,9 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
     // The mirrors merge by deletion vectors (the default); their key indexes live
     // here, so the test can lose them or turn them back between kills.
     spec += "[runtime]\ncache_dir = \"./cache\"\n";
+    // Compaction looks every second, so kills land in it too, and its commits race
+    // the mirrors' (a mirror commit that loses starts over from the new snapshot).
+    spec += "[sink.compaction]\nevery = \"1s\"\nmin_files = 4\n";
     let p = pipeline(dir.path(), &db, &slot, &tables, &spec);
     let cache = dir.path().join("cache");
     let old_cache = dir.path().join("cache-old");
@@ -468,6 +471,20 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
         "pgbench_accounts is a deletion-vector mirror"
     );
     assert!(dv_adds > 0, "updates were merged by deletion vectors");
+    let compactions: usize = std::fs::read_dir(dir.path().join("lake/pgbench_accounts/_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .contains("\"operation\":\"OPTIMIZE\"")
+        })
+        .count();
+    assert!(
+        compactions > 0,
+        "background compaction never committed to the accounts mirror"
+    );
 }
 
 /// Commits far slower than `wal_sender_timeout`: the status task keeps the

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: running the real binary, and asking DuckDB
 //! (the independent reader) about the tables it wrote.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -297,4 +298,36 @@ pub fn kill_after_commits(dir: &Path, pipeline: &Path, table: &str, commits: u64
     std::thread::sleep(Duration::from_millis(u64::from(jitter)));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+}
+
+/// Live files of a local table, as (path, DV pathOrInlineDv), replayed from its JSON
+/// commits (per commit: removes, then adds, as the protocol reconciles them).
+pub fn live_files(table: &Path) -> HashSet<(String, Option<String>)> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    logs.sort();
+    let mut live = HashSet::new();
+    for log in logs {
+        let actions: Vec<Value> = std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let entry = |a: &Value| {
+            (
+                a["path"].as_str().unwrap().to_string(),
+                a["deletionVector"]["pathOrInlineDv"].as_str().map(str::to_string),
+            )
+        };
+        for a in actions.iter().filter(|a| a["remove"].is_object()) {
+            live.remove(&entry(&a["remove"]));
+        }
+        for a in actions.iter().filter(|a| a["add"].is_object()) {
+            live.insert(entry(&a["add"]));
+        }
+    }
+    live
 }

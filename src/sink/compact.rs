@@ -1,0 +1,130 @@
+//! Automatic compaction of a table's small files (`[sink.compaction]`), run by a
+//! continuous pipeline in the background, off the commit path.
+//!
+//! Streaming commits write one small file per table per micro-batch, and the adaptive
+//! trigger commits as often as the sink can. A round here takes the table's files
+//! smaller than the policy's `file_size`, smallest first, up to `file_size` bytes, and
+//! rewrites their live rows into one file (per partition) through the same rewrite
+//! `maintain` uses to purge deletion vectors ([`super::purge::rewrite`]); rounds repeat
+//! while `min_files` small files remain. So a table holds at most `min_files` small
+//! files plus what arrived since the last look, and everything else is about
+//! `file_size`. Memory is bounded by one round: the writer buffers at most `file_size`
+//! of output, reads stream batch by batch.
+//!
+//! Why not delta-rs's OPTIMIZE: it takes every file under the target size each time, so
+//! a file that has grown to just under 128MiB is read and written again on every run
+//! (write amplification that grows with the table), and its memory is not bounded by
+//! ours.
+//!
+//! Crash story and concurrency: a round uploads new files under fresh names, then
+//! commits remove + add (`dataChange: false`) in one Delta transaction. A crash before
+//! the commit leaves orphans for `maintain`'s VACUUM. Against ingest commits:
+//! appends only add files, so a round rebases over them (Delta's conflict check);
+//! a mirror or replace commit that removed or re-marked one of the round's files wins
+//! and the round fails (it is tried again at the next look); a round that wins makes
+//! such an ingest commit fail instead, since those commit in a single attempt (see
+//! `DeltaSink::commit`), and the ingest retries from the new snapshot. Either way no row
+//! is lost or kept twice, and progress (`txn`) is never touched here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use deltalake::kernel::Add;
+use deltalake::{DeltaTable, DeltaTableError};
+
+use super::purge;
+
+/// `[sink.compaction]`, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// How often each table is looked at.
+    pub every: Duration,
+    /// A table is compacted once it has this many small files.
+    pub min_files: usize,
+    /// Files below this size are small; a round writes files of about this size.
+    pub file_size: u64,
+}
+
+/// What the rounds on one table did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CompactReport {
+    pub rounds: usize,
+    pub files_removed: usize,
+    pub files_written: usize,
+    pub rows_written: u64,
+    /// Rows of removed files their deletion vectors marked, left out.
+    pub rows_dropped: u64,
+}
+
+/// Compacts `table` by `policy` until fewer than `min_files` small files remain, at
+/// most `max_rounds` rounds (so one look at a busy table ends).
+pub async fn compact(
+    mut table: DeltaTable,
+    policy: &CompactionPolicy,
+    max_rounds: usize,
+) -> Result<(DeltaTable, CompactReport), DeltaTableError> {
+    let mut report = CompactReport::default();
+    while report.rounds < max_rounds {
+        if table.version().is_none() {
+            break;
+        }
+        let chosen = choose(&table, policy)?;
+        if chosen.is_empty() {
+            break;
+        }
+        let (next, rewritten) = purge::rewrite(table, &chosen, policy.file_size).await?;
+        table = next;
+        report.rounds += 1;
+        report.files_removed += chosen.len();
+        report.files_written += rewritten.files_written;
+        report.rows_written += rewritten.rows_written;
+        report.rows_dropped += rewritten.rows_dropped;
+    }
+    Ok((table, report))
+}
+
+/// The files of one round: when at least `min_files` files are small, the smallest
+/// ones of the partition holding the most of them, up to `file_size` bytes (at least
+/// two, or a round would only copy a file). One partition per round, so a round always
+/// turns several files into one.
+fn choose(table: &DeltaTable, policy: &CompactionPolicy) -> Result<Vec<Add>, DeltaTableError> {
+    let snapshot = table.snapshot()?;
+    #[allow(deprecated)] // the view's own conversion keeps every field of the add
+    let small: Vec<Add> = snapshot
+        .log_data()
+        .iter()
+        .map(|f| f.add_action())
+        .filter(|a| (a.size.max(0) as u64) < policy.file_size)
+        .collect();
+    if small.len() < policy.min_files.max(2) {
+        return Ok(Vec::new());
+    }
+    let mut by_partition: BTreeMap<Vec<(String, Option<String>)>, Vec<Add>> = BTreeMap::new();
+    for add in small {
+        let mut key: Vec<(String, Option<String>)> = add
+            .partition_values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        key.sort();
+        by_partition.entry(key).or_default().push(add);
+    }
+    let Some(mut files) = by_partition.into_values().max_by_key(Vec::len) else {
+        return Ok(Vec::new());
+    };
+    if files.len() < 2 {
+        return Ok(Vec::new());
+    }
+    files.sort_by_key(|a| (a.size, a.modification_time));
+    let mut bytes = 0u64;
+    let mut chosen = Vec::new();
+    for add in files {
+        let size = add.size.max(0) as u64;
+        if chosen.len() >= 2 && bytes + size > policy.file_size {
+            break;
+        }
+        bytes += size;
+        chosen.push(add);
+    }
+    Ok(chosen)
+}

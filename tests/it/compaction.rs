@@ -1,0 +1,201 @@
+//! Background compaction (`[sink.compaction]`): a continuous run keeps a table's file
+//! count under its policy while DuckDB sees every row exactly once; and a compaction
+//! that beats a mirror's commit to the log makes that commit start over from the new
+//! snapshot instead of bringing back rows the compaction moved. Postgres mirrors racing
+//! compaction under SIGKILLs are in `postgres::pgbench_with_sigkills_ends_equal_to_postgres`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deltalake::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use deltalake::arrow::datatypes::{Field, Schema};
+use serde_json::Value;
+use tributary::config::TableMode;
+use tributary::sink::compact::{CompactionPolicy, compact};
+use tributary::sink::{Commit, DeltaSink, IndexOptions, Sink, TableOptions, open_table};
+
+use crate::pg::txn_version;
+use crate::support::*;
+
+/// One change per id: `op` for each, values `v`.
+fn changes(ids: &[i64], op: &str, v: i64, first_position: i64) -> RecordBatch {
+    let n = ids.len();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("_op", Arc::new(StringArray::from(vec![op; n]))),
+        (
+            "_position",
+            Arc::new(Int64Array::from_iter_values(
+                first_position..first_position + n as i64,
+            )),
+        ),
+        ("id", Arc::new(Int64Array::from(ids.to_vec()))),
+        ("v", Arc::new(Int64Array::from(vec![v; n]))),
+    ];
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, a)| Field::new(*name, a.data_type().clone(), true))
+        .collect();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap()
+}
+
+fn commit(batch: RecordBatch, next: i64) -> Commit {
+    Commit {
+        batches: vec![batch],
+        progress: vec![("s".to_string(), next)],
+        info: BTreeMap::new(),
+        replace: false,
+    }
+}
+
+#[tokio::test]
+async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = TableOptions::append(100);
+    options.mode = TableMode::Mirror;
+    options.key = vec!["id".into()];
+    options.index = Some(IndexOptions {
+        cache_dir: dir.path().join("cache"),
+        cache_bytes: 4 << 20,
+    });
+    let url = url::Url::from_directory_path(dir.path().join("m")).unwrap();
+    let mut sink = DeltaSink::open("m", url.clone(), Default::default(), "p", &["s".into()], options)
+        .await
+        .unwrap();
+    // Five small files of ten keys each; the model is id → v.
+    let mut model: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut position = 0;
+    for f in 0..5 {
+        let ids: Vec<i64> = (f * 10 + 1..=f * 10 + 10).collect();
+        sink.commit(commit(changes(&ids, "c", 0, position), position + 10))
+            .await
+            .unwrap();
+        position += 10;
+        model.extend(ids.iter().map(|id| (*id, 0)));
+    }
+    // Another handle compacts them; the sink's snapshot still names the old files.
+    let policy = CompactionPolicy {
+        every: Duration::from_secs(1),
+        min_files: 3,
+        file_size: 8 << 20,
+    };
+    let table = open_table(url, Default::default()).await.unwrap();
+    let (_, report) = compact(table, &policy, 8).await.unwrap();
+    assert_eq!(
+        (report.rounds, report.files_removed, report.rows_written),
+        (1, 5, 50)
+    );
+
+    // Update a key of the first file and delete one of the third: both files are gone.
+    let mut batch = changes(&[3, 27], "u", 7, position);
+    batch = RecordBatch::try_new(
+        batch.schema(),
+        vec![
+            Arc::new(StringArray::from(vec!["u", "d"])),
+            batch.column(1).clone(),
+            batch.column(2).clone(),
+            batch.column(3).clone(),
+        ],
+    )
+    .unwrap();
+    let change = commit(batch, position + 2);
+    let first = sink.commit(change.clone()).await;
+    let err = first.expect_err("a commit over files a compaction replaced must not land");
+    assert!(err.is_transient(), "the runtime retries it: {err}");
+    // The retry (as the runtime's retry policy does it) starts from the new snapshot.
+    sink.commit(change).await.unwrap();
+    model.insert(3, 7);
+    model.remove(&27);
+
+    let table = dir.path().join("m");
+    let sql = format!("SELECT id, v FROM {} ORDER BY id", scan(table.to_str().unwrap()));
+    let want: Vec<Vec<Value>> = model
+        .iter()
+        .map(|(k, v)| vec![Value::from(*k), Value::from(*v)])
+        .collect();
+    assert_eq!(duck(&sql), want, "DuckDB: every key once, as the model has it");
+    let path = table.to_str().unwrap().to_string();
+    assert_eq!(
+        delta_rs(&[("m", &path)], "SELECT id, v FROM m ORDER BY id"),
+        want,
+        "Python deltalake agrees"
+    );
+}
+
+#[test]
+fn a_continuous_run_keeps_files_under_the_policy_and_every_row_once() {
+    const MIN_FILES: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = write_file(
+        dir.path(),
+        "pipeline.toml",
+        &format!(
+            "name = \"compacting\"\n[source]\nkind = \"generator\"\nrate = 4000\nseed = 7\n\
+             [sink]\nuri = \"./lake\"\n[sink.compaction]\nevery = \"1s\"\nmin_files = {MIN_FILES}\n\
+             [batch]\nmin_interval = \"250ms\"\n\
+             [[tables]]\nname = \"clicks\"\nfrom = \"clickstream\"\n"
+        ),
+    );
+    let mut child = std::process::Command::new(bin())
+        .args(["run", pipeline.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("run.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let table = dir.path().join("lake").join("clicks");
+    let started = Instant::now();
+    // At most 4 commits a second (min_interval): between two looks a second apart (plus
+    // the look itself) a few files arrive on top of the fewer than MIN_FILES small
+    // files a look leaves.
+    let bound = MIN_FILES + 12;
+    let mut most = 0;
+    while started.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(child.try_wait().unwrap().is_none(), "the run died");
+        if started.elapsed() > Duration::from_secs(4) && table.join("_delta_log").exists() {
+            most = most.max(live_files(&table).len());
+        }
+    }
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    let added = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .map(|text| {
+            text.lines()
+                .filter(|l| l.contains("\"add\"") && l.contains("\"dataChange\":true"))
+                .count()
+        })
+        .sum::<usize>();
+    assert!(
+        added > 3 * bound,
+        "only {added} files written: the policy was never tested\n{log}"
+    );
+    assert!(
+        most <= bound,
+        "{most} live files at one point, over {bound} (min_files {MIN_FILES} + a second of commits)\n{log}"
+    );
+    assert!(log.contains("compacted small files"), "{log}");
+    let committed = txn_version(&table, "compacting/clickstream").unwrap();
+    let row = &duck(&format!(
+        "SELECT count(*), count(DISTINCT event_id) FROM {}",
+        scan(table.to_str().unwrap())
+    ))[0];
+    assert_eq!(
+        (row[0].as_i64(), row[1].as_i64()),
+        (Some(committed), Some(committed)),
+        "every generated event up to the committed position, once"
+    );
+    assert!(committed > 20_000, "the run generated {committed} events");
+}
