@@ -1,7 +1,8 @@
 """End-to-end latency of a Tributary table: for every row, the Delta commit time of
 the version that first added its file minus the row's source time (`_commit_ts` for
 Postgres, `_timestamp` for Kafka). A deletion-vector mirror adds a file again when it
-marks rows of it deleted; only the first add wrote the rows. Prints p50/p99/max over
+marks rows of it deleted, and compaction rewrites rows into new files
+(`dataChange: false`); only the first add wrote the rows. Prints p50/p99/max over
 rows, of those whose source time is at or after SINCE_MS when given.
 
     delta_latency.py TABLE [COLUMN [SINCE_MS]]      TABLE: a folder or s3://bucket/prefix
@@ -52,7 +53,9 @@ for text in log_entries():
         action = json.loads(line)
         if "commitInfo" in action:
             ts = action["commitInfo"].get("timestamp")
-        if "add" in action:
+        # Compaction re-adds rows already committed (`dataChange: false`): only the
+        # first add of a row counts.
+        if "add" in action and action["add"].get("dataChange", True):
             adds.append(action["add"]["path"])
     for path in adds:
         file_time.setdefault(path, ts)

@@ -10,10 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f infra/env.sh ] || { echo "run infra/up.sh first" >&2; exit 1; }
 source infra/env.sh
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}
 # The bench build also builds the binary, with the same features (a separate `cargo build
 # --bin` would unify them without dev-dependencies and rebuild every dependency).
 cargo bench --locked --no-run --bench kafka 2>/dev/null
-export TRIBUTARY_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/tributary"
+export TRIBUTARY_BIN="$CARGO_TARGET_DIR/release/tributary"
 out=$(cargo bench --locked --bench kafka 2>/dev/null)
 {
   echo

@@ -24,6 +24,7 @@ export TRIBUTARY_BIN="$bin"
 kafka=$(cargo bench --locked --bench latency 2>/dev/null)
 val() { sed -n "s/^$1=//p" <<<"$kafka"; }
 kafka_latency=$("$TRIBUTARY_PYTHON" bench/delta_latency.py "$(val uri)/clicks" _timestamp)
+kafka_files=$("$TRIBUTARY_PYTHON" bench/delta_files.py "$(val uri)/clicks")
 
 # --- Postgres ------------------------------------------------------------------------------
 pg=/usr/lib/postgresql/15/bin
@@ -60,19 +61,23 @@ kill -TERM "$run"
 wait "$run"
 txns=$(psql "$dsn" -c "SELECT count(*) FROM pgbench_history")
 pg_latency=$("$TRIBUTARY_PYTHON" bench/delta_latency.py "$work/lake/pgbench_history" _commit_ts)
+pg_files=""
+for t in pgbench_accounts pgbench_tellers pgbench_branches pgbench_history; do
+  pg_files="$pg_files $t $("$TRIBUTARY_PYTHON" bench/delta_files.py "$work/lake/$t"),"
+done
 
 {
   echo
   echo "## Steady-state latency and memory, $(date -u +%Y-%m-%d) @ $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo
   echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/{print $2}') GiB; tansu (memory), moto S3, PostgreSQL 15 and the producer on the same machine."
-  echo "Command: \`RATE=$RATE PG_RATE=$pg_rate DURATION=$DURATION bench/latency.sh\` (release build, default \`[batch]\` triggers: 1s or 100k rows, \`[runtime] memory = 256MiB\`)."
+  echo "Command: \`RATE=$RATE PG_RATE=$pg_rate DURATION=$DURATION bench/latency.sh\` (release build, default settings: adaptive \`[batch]\` trigger, \`[sink.compaction]\` every 10s at 10 small files, \`[runtime] memory = 256MiB\`)."
   echo "Latency per row: commit time of the Delta version holding the row minus its source time (Kafka timestamp, Postgres commit time), from the tables."
   echo
-  echo "| run | rate | rows | latency | peak RSS |"
-  echo "|---|---|---|---|---|"
-  echo "| Kafka (3 partitions) → Delta on moto S3 | $(val achieved_rate) events/s | $(val events) | $kafka_latency | $(val peak_rss_mib) MiB |"
-  echo "| Postgres (pgbench, 3 mirrors + history changelog) → Delta on local disk | pgbench -R $pg_rate | $txns transactions ($((txns * 4)) changes) | $pg_latency | $pg_rss MiB |"
+  echo "| run | rate | rows | latency | peak RSS | files at the end |"
+  echo "|---|---|---|---|---|---|"
+  echo "| Kafka (3 partitions) → Delta on moto S3 | $(val achieved_rate) events/s | $(val events) | $kafka_latency | $(val peak_rss_mib) MiB | $kafka_files |"
+  echo "| Postgres (pgbench, 3 mirrors + history changelog) → Delta on local disk | pgbench -R $pg_rate | $txns transactions ($((txns * 4)) changes) | $pg_latency | $pg_rss MiB |${pg_files%,} |"
   echo
   echo "The Kafka run's own \`tributary_end_to_end_latency_seconds\` histogram gave a mean of $(val metrics_mean_latency_ms) ms over $(val commits) commits."
 } | tee -a BENCHMARKS.md

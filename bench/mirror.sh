@@ -10,6 +10,7 @@
 #   bench/mirror.sh                                   # SCALES="5 50", both modes
 #   SCALES="5 50 500" MODES=deletion_vectors bench/mirror.sh
 #   RATE=1000 DURATION=60 MEMORY=256MiB bench/mirror.sh
+#   BIN=/tmp/tributary-old SCALES=500 MEMORY=512MiB bench/mirror.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/env.sh
@@ -19,9 +20,12 @@ rate=${RATE:-1000}
 duration=${DURATION:-60}
 memory=${MEMORY:-256MiB}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}
-# One build for the binary and the benches (see bench/latency.sh).
-cargo bench --locked --no-run --bench sink 2>/dev/null
-bin="$CARGO_TARGET_DIR/release/tributary"
+# One build for the binary and the benches (see bench/latency.sh); BIN=path runs a
+# binary built before (a comparison across commits) without building.
+if [ -z "${BIN:-}" ]; then
+  cargo bench --locked --no-run --bench sink 2>/dev/null
+fi
+bin="${BIN:-$CARGO_TARGET_DIR/release/tributary}"
 pg=/usr/lib/postgresql/15/bin
 base="$TRIBUTARY_PG_DSN"
 db=bench_mirror
@@ -81,7 +85,7 @@ for scale in $scales; do
     wait "$run" || true
     hz=$(getconf CLK_TCK)
     cores=$(awk "BEGIN{printf \"%.2f\", ($c1 - $c0) / $hz / ($w1 - $w0)}")
-    # Latency from the history changelog, which commits after the three mirrors in
+    # Latency from the history changelog, which commits with the three mirrors of
     # each micro-batch (a copy-on-write mirror rewrites old rows into new files, so
     # its own files do not tell when a change landed).
     latency=$("$TRIBUTARY_PYTHON" bench/delta_latency.py "$work/$mode/lake/pgbench_history" _commit_ts "$since_ms")
@@ -101,7 +105,7 @@ done
   echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/{print $2}') GiB, local disk; PostgreSQL 15 on the same machine."
   echo "Command: \`SCALES=\"$scales\" MODES=\"$modes\" RATE=$rate DURATION=$duration MEMORY=$memory bench/mirror.sh\` (release build, default \`[batch]\` triggers)."
   echo "Each run: snapshot of \`pgbench -i -s SCALE\`, then \`pgbench -R $rate -c 4\` for ${duration}s into 3 mirrors + the history changelog."
-  echo "Latency: per pgbench transaction, commit time of the Delta version of the history changelog holding it (committed after the three mirrors of its micro-batch) minus its Postgres commit time."
+  echo "Latency: per pgbench transaction, commit time of the Delta version of the history changelog holding it (the four tables of a micro-batch commit side by side, so it lands with the mirrors, not necessarily after them) minus its Postgres commit time."
   echo "CPU: Tributary's user+system time during the steady load over its wall time. Peak RSS: VmHWM of the whole run (snapshot included), budget \`[runtime] memory = $memory\`."
   echo
   echo "| scale | accounts | merge | snapshot | pgbench tps | latency | CPU (cores) | peak RSS | accounts files |"

@@ -6,6 +6,8 @@
 #   PROFILE=dev bench/sink.sh  # dependencies optimised (opt-level 2), our crate not
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Builds share the persistent target dir the tests and CI use (a cold one takes ~34 min).
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}
 profile=${PROFILE:-release}
 out=$(cargo bench --locked --profile "$profile" --bench sink 2>/dev/null)
 {

@@ -6,6 +6,8 @@
 #   bench/windows.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Builds share the persistent target dir the tests and CI use (a cold one takes ~34 min).
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}
 out=$(cargo bench --locked --bench windows 2>/dev/null)
 {
   echo

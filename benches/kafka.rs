@@ -1,8 +1,12 @@
 //! Kafka → Delta throughput for the clickstream schema, beside its limits:
 //! - decode only: Confluent frames → Arrow with the direct decoder Tributary uses,
 //!   and with apache-avro `Value`s appended to Arrow builders (the alternative);
-//! - drain: an rdkafka consumer reading the topic and doing nothing else;
-//! - end to end: `tributary run --once` from the topic into Delta on moto S3.
+//! - drain: an rdkafka consumer reading the topic and doing nothing else, with the
+//!   settings Tributary uses (the limit) and with librdkafka's defaults;
+//! - a hand-written Python consumer (confluent-kafka + fastavro + `deltalake` append,
+//!   bench/kafka_python.py) into Delta on moto S3;
+//! - end to end: `tributary run --once` from the topic into Delta on moto S3, with its
+//!   CPU time and peak RSS, and every row counted back by DuckDB.
 //!
 //! Needs the local stack (`infra/up.sh`, `source infra/env.sh`) and the release binary.
 //! Run with `bench/kafka.sh`; results go to BENCHMARKS.md.
@@ -150,29 +154,52 @@ fn main() {
     producer.flush(Duration::from_secs(120)).unwrap();
     let produce = t.elapsed();
 
-    // --- raw drain: the limit ---------------------------------------------------------
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("{topic}-drain"))
-        .set("fetch.wait.max.ms", "10")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let t = Instant::now();
-    let (mut n, mut bytes) = (0u64, 0usize);
-    while n < events {
-        if let Some(m) = consumer.poll(Duration::from_secs(5)) {
-            bytes += rdkafka::Message::payload(&m.unwrap()).map_or(0, <[u8]>::len);
-            n += 1;
+    // --- raw drain: the limit, and with librdkafka's defaults -------------------------
+    let drain = |group: &str, tuned: bool| {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("{topic}-{group}"))
+            .set("fetch.wait.max.ms", "10")
+            .set("enable.auto.commit", "false");
+        if tuned {
+            config.set("fetch.queue.backoff.ms", "0");
         }
-    }
-    let drain = t.elapsed();
-    drop(consumer);
+        let consumer: BaseConsumer = config.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let t = Instant::now();
+        let (mut n, mut bytes) = (0u64, 0usize);
+        while n < events {
+            if let Some(m) = consumer.poll(Duration::from_secs(5)) {
+                bytes += rdkafka::Message::payload(&m.unwrap()).map_or(0, <[u8]>::len);
+                n += 1;
+            }
+        }
+        (t.elapsed(), bytes)
+    };
+    let (drain_tuned, bytes) = drain("drain", true);
+    let (drain_default, _) = drain("drain-default", false);
+
+    // --- the hand-written Python consumer -----------------------------------------------
+    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args([
+            "bench/kafka_python.py",
+            &topic,
+            &events.to_string(),
+            &format!("s3://tributary/{topic}-python"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let py_secs = Duration::from_secs_f64(py["seconds"].as_f64().unwrap());
+    let py_cpu = py["cpu_seconds"].as_f64().unwrap() / py_secs.as_secs_f64();
+    assert_eq!(py["rows"].as_u64(), Some(events));
 
     // --- end to end ---------------------------------------------------------------------
     let dir = std::env::temp_dir().join(&topic);
@@ -192,13 +219,69 @@ fn main() {
     .unwrap();
     let bin = std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| "target/release/tributary".into());
     let t = Instant::now();
-    let out = std::process::Command::new(&bin)
+    let mut child = std::process::Command::new(&bin)
         .args(["run", pipeline.to_str().unwrap(), "--once"])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // CPU ticks and peak RSS, sampled until the process exits.
+    let (mut ticks, mut peak_kib) = (0u64, 0u64);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", child.id())) {
+            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            // utime and stime are fields 14 and 15; after the command, 12 and 13 here.
+            ticks = fields
+                .get(11)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(ticks)
+                + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            && let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            peak_kib = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(peak_kib);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let e2e = t.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+    // Every row, counted by DuckDB from the table.
+    let mut duck = std::process::Command::new(&python)
+        .arg("tests/duckdb_query.py")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        duck.stdin.as_mut().unwrap(),
+        format!("SELECT count(*), count(DISTINCT (_partition, _offset)) FROM delta_scan('s3://tributary/{topic}/clicks')").as_bytes(),
+    )
+    .unwrap();
+    drop(duck.stdin.take());
+    let counted = duck.wait_with_output().unwrap();
+    let counted: serde_json::Value = serde_json::from_slice(&counted.stdout).unwrap();
+    assert_eq!(
+        counted[0][0].as_u64(),
+        Some(events),
+        "rows in the table: {counted}"
+    );
+    assert_eq!(
+        counted[0][1].as_u64(),
+        Some(events),
+        "distinct offsets: {counted}"
+    );
+    let cores = ticks as f64 / 100.0 / e2e.as_secs_f64();
 
     println!(
         "| Stage ({events} clickstream events, {PARTITIONS} partitions, {:.0} B/record) | Time | Events/s |",
@@ -221,13 +304,30 @@ fn main() {
         rate(events, produce)
     );
     println!(
-        "| Raw drain: rdkafka consumer, no work (the limit) | {:.2} s | {} |",
-        drain.as_secs_f64(),
-        rate(events, drain)
+        "| Raw drain: rdkafka consumer, no work, `fetch.queue.backoff.ms=0` (the limit) | {:.2} s | {} |",
+        drain_tuned.as_secs_f64(),
+        rate(events, drain_tuned)
     );
     println!(
-        "| Tributary `run --once`: Kafka → Delta on moto S3 (startup included) | {:.2} s | {} |",
+        "| Raw drain: rdkafka consumer, no work, librdkafka defaults | {:.2} s | {} |",
+        drain_default.as_secs_f64(),
+        rate(events, drain_default)
+    );
+    println!(
+        "| Python: confluent-kafka + fastavro + `deltalake` append (same consumer settings), {py_cpu:.2} cores | {:.2} s | {} |",
+        py_secs.as_secs_f64(),
+        rate(events, py_secs)
+    );
+    println!(
+        "| Tributary `run --once`: Kafka → Delta on moto S3 (startup included), {cores:.2} cores, peak RSS {} MiB | {:.2} s | {} |",
+        peak_kib / 1024,
         e2e.as_secs_f64(),
         rate(events, e2e)
+    );
+    println!();
+    println!(
+        "Tributary: {:.0} % of the raw drain, {:.1}× the Python consumer; DuckDB counted {events} rows, each offset once.",
+        100.0 * drain_tuned.as_secs_f64() / e2e.as_secs_f64(),
+        py_secs.as_secs_f64() / e2e.as_secs_f64()
     );
 }

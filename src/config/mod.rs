@@ -303,7 +303,7 @@ impl Resolver<'_> {
         let batch = BatchConfig {
             max_rows: spec.batch.max_rows.unwrap_or(spec::DEFAULT_MAX_ROWS),
             max_latency: spec.batch.max_latency.unwrap_or(spec::DEFAULT_MAX_LATENCY),
-            min_interval: spec.batch.min_interval.unwrap_or(Span::from_secs(0)),
+            min_interval: spec.batch.min_interval.unwrap_or(spec::DEFAULT_MIN_INTERVAL),
             max_bytes: spec
                 .batch
                 .max_bytes

@@ -461,11 +461,7 @@ fn compaction_and_the_adaptive_trigger_resolve_against_the_budget() {
         16 << 20,
         "a quarter of the 64MiB in flight, under the 128MiB target"
     );
-    assert_eq!(
-        p.batch.min_interval.0,
-        std::time::Duration::ZERO,
-        "adaptive by default"
-    );
+    assert_eq!(p.batch.min_interval.0, std::time::Duration::from_millis(250));
 
     let off = parse(
         "p.toml",

@@ -149,7 +149,7 @@ fn a_continuous_run_keeps_files_under_the_policy_and_every_row_once() {
         .unwrap();
     let table = dir.path().join("lake").join("clicks");
     let started = Instant::now();
-    // At most 4 commits a second (min_interval): between two looks a second apart (plus
+    // At most 4 commits a second (the default min_interval): between two looks a second apart (plus
     // the look itself) a few files arrive on top of the fewer than MIN_FILES small
     // files a look leaves.
     let bound = MIN_FILES + 12;
