@@ -246,6 +246,8 @@ async fn run_once(
             cfg: t.clone(),
             summary: summary(&t.name),
             sink,
+            gate: (t.mode == crate::config::TableMode::Mirror).then(Default::default),
+            gate_epoch: 0,
         });
     }
     let mut aggregates = Vec::with_capacity(pipeline.aggregates.len());
@@ -336,7 +338,13 @@ async fn run_once(
     let time_column = pipeline.source.source_time_column();
     // Scheduled `--once` runs leave compaction to `maintain`.
     let _compaction = match mode {
-        RunMode::Continuous => compaction::spawn(pipeline),
+        RunMode::Continuous => {
+            let gates = tables
+                .iter()
+                .filter_map(|t| t.gate.clone().map(|g| (t.cfg.name.clone(), g)))
+                .collect();
+            compaction::spawn(pipeline, &gates)
+        }
         RunMode::Once => None,
     };
     telemetry::set_state(telemetry::State::Running);

@@ -25,6 +25,10 @@ pub(super) struct TableTarget {
     pub cfg: TableConfig,
     pub sink: DeltaSink,
     pub summary: TableSummary,
+    /// A mirror's: background compaction rounds and this table's commits take turns.
+    pub gate: Option<std::sync::Arc<super::compaction::Gate>>,
+    /// Compaction rounds seen (the gate's epoch when the sink last read the table).
+    pub gate_epoch: u64,
 }
 
 /// What a table will commit for one micro-batch.
@@ -252,6 +256,19 @@ impl TableTarget {
             progress: prepared.progress,
             info: BTreeMap::new(),
             replace: prepared.replace,
+        };
+        let gate = self.gate.clone();
+        let _turn = match &gate {
+            Some(g) => {
+                let (turn, compacted) = g.enter(self.gate_epoch).await;
+                if let Some(epoch) = compacted {
+                    // A round replaced files: commit against the table as it is now.
+                    self.sink.refresh().await?;
+                    self.gate_epoch = epoch;
+                }
+                Some(turn)
+            }
+            None => None,
         };
         let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
         count(&mut self.summary, outcome, prepared.rows);

@@ -57,18 +57,20 @@ pub struct CompactReport {
 }
 
 /// Compacts `table` by `policy` until fewer than `min_files` small files remain, at
-/// most `max_rounds` rounds (so one look at a busy table ends).
+/// most `max_rounds` rounds (so one look at a busy table ends) of at most `max_files`
+/// files each.
 pub async fn compact(
     mut table: DeltaTable,
     policy: &CompactionPolicy,
     max_rounds: usize,
+    max_files: usize,
 ) -> Result<(DeltaTable, CompactReport), DeltaTableError> {
     let mut report = CompactReport::default();
     while report.rounds < max_rounds {
         if table.version().is_none() {
             break;
         }
-        let chosen = choose(&table, policy)?;
+        let chosen = choose(&table, policy, max_files.max(2))?;
         if chosen.is_empty() {
             break;
         }
@@ -87,15 +89,12 @@ pub async fn compact(
 /// ones of the partition holding the most of them, up to `file_size` bytes (at least
 /// two, or a round would only copy a file). One partition per round, so a round always
 /// turns several files into one.
-fn choose(table: &DeltaTable, policy: &CompactionPolicy) -> Result<Vec<Add>, DeltaTableError> {
-    let snapshot = table.snapshot()?;
-    #[allow(deprecated)] // the view's own conversion keeps every field of the add
-    let small: Vec<Add> = snapshot
-        .log_data()
-        .iter()
-        .map(|f| f.add_action())
-        .filter(|a| (a.size.max(0) as u64) < policy.file_size)
-        .collect();
+fn choose(
+    table: &DeltaTable,
+    policy: &CompactionPolicy,
+    max_files: usize,
+) -> Result<Vec<Add>, DeltaTableError> {
+    let small = purge::live_adds(table, |a| (a.size.max(0) as u64) < policy.file_size)?;
     if small.len() < policy.min_files.max(2) {
         return Ok(Vec::new());
     }
@@ -120,7 +119,7 @@ fn choose(table: &DeltaTable, policy: &CompactionPolicy) -> Result<Vec<Add>, Del
     let mut chosen = Vec::new();
     for add in files {
         let size = add.size.max(0) as u64;
-        if chosen.len() >= 2 && bytes + size > policy.file_size {
+        if chosen.len() >= max_files || (chosen.len() >= 2 && bytes + size > policy.file_size) {
             break;
         }
         bytes += size;

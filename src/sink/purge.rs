@@ -49,19 +49,12 @@ pub async fn purge(
     if table.version().is_none() {
         return Ok((table, report));
     }
-    let snapshot = table.snapshot()?;
-    #[allow(deprecated)] // the view's own conversion keeps every field of the add
-    let chosen: Vec<Add> = snapshot
-        .log_data()
-        .iter()
-        .map(|f| f.add_action())
-        .filter(|a| {
-            let rows = physical_rows(a).unwrap_or(0);
-            a.deletion_vector
-                .as_ref()
-                .is_some_and(|d| rows == 0 || d.cardinality as f64 >= fraction * rows as f64)
-        })
-        .collect();
+    let chosen = live_adds(&table, |a| {
+        let rows = physical_rows(a).unwrap_or(0);
+        a.deletion_vector
+            .as_ref()
+            .is_some_and(|d| rows == 0 || d.cardinality as f64 >= fraction * rows as f64)
+    })?;
     if chosen.is_empty() {
         return Ok((table, report));
     }
@@ -70,6 +63,19 @@ pub async fn purge(
     report.rows_dropped = rewritten.rows_dropped;
     report.files_written = rewritten.files_written;
     Ok((table, report))
+}
+
+/// The live `add`s of `table`'s snapshot that `keep` takes.
+pub fn live_adds(table: &DeltaTable, keep: impl Fn(&Add) -> bool) -> Result<Vec<Add>, DeltaTableError> {
+    #[allow(deprecated)] // the view's own conversion keeps every field of the add
+    let adds = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| f.add_action())
+        .filter(|a| keep(a))
+        .collect();
+    Ok(adds)
 }
 
 /// What [`rewrite`] did.

@@ -84,7 +84,7 @@ async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
         file_size: 8 << 20,
     };
     let table = open_table(url, Default::default()).await.unwrap();
-    let (_, report) = compact(table, &policy, 8).await.unwrap();
+    let (_, report) = compact(table, &policy, 8, usize::MAX).await.unwrap();
     assert_eq!(
         (report.rounds, report.files_removed, report.rows_written),
         (1, 5, 50)
