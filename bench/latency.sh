@@ -8,6 +8,7 @@
 #
 #   bench/latency.sh
 #   RATE=20000 PG_RATE=500 DURATION=30 bench/latency.sh
+#   EXTRA="[sink.compaction]\\nenabled = false" bench/latency.sh   # appended to the Kafka pipeline
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/env.sh
@@ -71,7 +72,7 @@ done
   echo "## Steady-state latency and memory, $(date -u +%Y-%m-%d) @ $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo
   echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/{print $2}') GiB; tansu (memory), moto S3, PostgreSQL 15 and the producer on the same machine."
-  echo "Command: \`RATE=$RATE PG_RATE=$pg_rate DURATION=$DURATION bench/latency.sh\` (release build, default settings: adaptive \`[batch]\` trigger, \`[sink.compaction]\` every 10s at 10 small files, \`[runtime] memory = 256MiB\`)."
+  echo "Command: \`${EXTRA:+EXTRA=\"$EXTRA\" }RATE=$RATE PG_RATE=$pg_rate DURATION=$DURATION bench/latency.sh\` (release build, default settings: adaptive \`[batch]\` trigger, \`[sink.compaction]\` every 10s at 10 small files, \`[runtime] memory = 256MiB\`)."
   echo "Latency per row: commit time of the Delta version holding the row minus its source time (Kafka timestamp, Postgres commit time), from the tables."
   echo
   echo "| run | rate | rows | latency | peak RSS | files at the end |"

@@ -120,7 +120,7 @@ rps() { awk "BEGIN{printf \"%d\", $1 / $2}"; }
   echo "| tributary, 3 mirrors (deletion vectors) + history changelog | $t_mirror | $(rps "$changes" "$t_mirror") |"
   echo "| tributary, 3 mirrors (copy-on-write MERGE) + history changelog | $t_cow | $(rps "$changes" "$t_cow") |"
   echo
-  echo "Latency at a steady \`pgbench -R $rate -c 2\` for ${load}s (continuous run, default batch"
-  echo "triggers: 1s or 100k rows), Postgres commit time → Delta commit time of the row's version: $latency."
+  echo "Latency at a steady \`pgbench -R $rate -c 2\` for ${load}s (continuous run, default"
+  echo "adaptive trigger, 250ms floor), Postgres commit time → Delta commit time of the row's version: $latency."
 } | tee -a BENCHMARKS.md
 drop_all >/dev/null

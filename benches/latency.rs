@@ -60,6 +60,8 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let pipeline = dir.join("p.toml");
     let uri = format!("s3://tributary/{topic}");
+    // `EXTRA` is appended to the pipeline file (e.g. "[sink.compaction]\nenabled = false").
+    let extra = std::env::var("EXTRA").unwrap_or_default().replace("\\n", "\n");
     std::fs::write(
         &pipeline,
         format!(
@@ -68,7 +70,7 @@ fn main() {
              [sink]\nuri = \"{uri}\"\n[sink.storage]\nAWS_ENDPOINT_URL = \"${{AWS_ENDPOINT_URL}}\"\n\
              AWS_ACCESS_KEY_ID = \"${{AWS_ACCESS_KEY_ID}}\"\nAWS_SECRET_ACCESS_KEY = \"${{AWS_SECRET_ACCESS_KEY}}\"\n\
              AWS_REGION = \"${{AWS_REGION}}\"\nAWS_ALLOW_HTTP = \"true\"\n\
-             [[tables]]\nname = \"clicks\"\nfrom = \"{topic}\"\n"
+             [[tables]]\nname = \"clicks\"\nfrom = \"{topic}\"\n{extra}\n"
         ),
     )
     .unwrap();

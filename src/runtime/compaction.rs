@@ -9,7 +9,11 @@
 //! accounts mirror went from 0 to 1,032 files in 5 minutes with every round refused).
 //! A mirror therefore has a [`Gate`]: a round takes it, and the ingest waits for it
 //! before committing, then re-reads the table if a round committed meanwhile. Rounds
-//! on a gated table are capped ([`GATED_MAX_FILES`]) so the wait stays short. A failed
+//! on a gated table are capped ([`GATED_MAX_FILES`]) and take only files under an
+//! eighth of `file_size` (a mirror's per-batch files of changed rows, not the files of
+//! its snapshot), so the wait stays short: with the snapshot's files counted as small,
+//! a 50M-row mirror's ingest waited behind rounds rewriting them and its p99 latency
+//! went from 1.6s to 14.8s. A failed
 //! look is logged and tried again at the next one. The task ends with the run; a round
 //! cut off mid-way leaves only uploaded files no commit names, which `maintain`'s
 //! VACUUM deletes.
@@ -92,16 +96,24 @@ async fn run(tables: Vec<Entry>, storage: HashMap<String, String>, policy: Compa
                 Some(g) => Some(g.lock.lock().await),
                 None => None,
             };
-            let (rounds, files) = match gate {
-                Some(_) => (GATED_MAX_ROUNDS, GATED_MAX_FILES),
-                None => (MAX_ROUNDS, usize::MAX),
+            let limits = match gate {
+                Some(_) => compact::Limits {
+                    rounds: GATED_MAX_ROUNDS,
+                    files: GATED_MAX_FILES,
+                    small_below: policy.file_size / 8,
+                },
+                None => compact::Limits {
+                    rounds: MAX_ROUNDS,
+                    files: usize::MAX,
+                    small_below: policy.file_size,
+                },
             };
             let table = match open.remove(name) {
                 Some(mut t) => t.update_incremental(None).await.map(|()| t),
                 None => open_table(url.clone(), storage.clone()).await,
             };
             let outcome = match table {
-                Ok(t) => compact::compact(t, &policy, rounds, files).await,
+                Ok(t) => compact::compact(t, &policy, limits).await,
                 Err(e) => Err(e),
             };
             match outcome {

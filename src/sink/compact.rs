@@ -24,7 +24,8 @@
 //! and the round fails (it is tried again at the next look); a round that wins makes
 //! such an ingest commit fail instead, since those commit in a single attempt (see
 //! `DeltaSink::commit`), and the ingest retries from the new snapshot. Either way no row
-//! is lost or kept twice, and progress (`txn`) is never touched here.
+//! is lost or kept twice, and progress (`txn`) is never touched here. (A running
+//! pipeline does not let its mirrors race at all: see `runtime::compaction`.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -56,21 +57,31 @@ pub struct CompactReport {
     pub rows_dropped: u64,
 }
 
-/// Compacts `table` by `policy` until fewer than `min_files` small files remain, at
-/// most `max_rounds` rounds (so one look at a busy table ends) of at most `max_files`
-/// files each.
+/// How much of a look [`compact`] may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Rounds per look (so one look at a busy table ends).
+    pub rounds: usize,
+    /// Files per round.
+    pub files: usize,
+    /// Files at least this big are left alone (at most the policy's `file_size`).
+    pub small_below: u64,
+}
+
+/// Compacts `table` by `policy` until fewer than `min_files` small files remain,
+/// within `limits`.
 pub async fn compact(
     mut table: DeltaTable,
     policy: &CompactionPolicy,
-    max_rounds: usize,
-    max_files: usize,
+    limits: Limits,
 ) -> Result<(DeltaTable, CompactReport), DeltaTableError> {
+    let max_rounds = limits.rounds;
     let mut report = CompactReport::default();
     while report.rounds < max_rounds {
         if table.version().is_none() {
             break;
         }
-        let chosen = choose(&table, policy, max_files.max(2))?;
+        let chosen = choose(&table, policy, &limits)?;
         if chosen.is_empty() {
             break;
         }
@@ -92,9 +103,11 @@ pub async fn compact(
 fn choose(
     table: &DeltaTable,
     policy: &CompactionPolicy,
-    max_files: usize,
+    limits: &Limits,
 ) -> Result<Vec<Add>, DeltaTableError> {
-    let small = purge::live_adds(table, |a| (a.size.max(0) as u64) < policy.file_size)?;
+    let max_files = limits.files.max(2);
+    let below = limits.small_below.min(policy.file_size);
+    let small = purge::live_adds(table, |a| (a.size.max(0) as u64) < below)?;
     if small.len() < policy.min_files.max(2) {
         return Ok(Vec::new());
     }

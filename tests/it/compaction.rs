@@ -12,7 +12,7 @@ use deltalake::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use deltalake::arrow::datatypes::{Field, Schema};
 use serde_json::Value;
 use tributary::config::TableMode;
-use tributary::sink::compact::{CompactionPolicy, compact};
+use tributary::sink::compact::{CompactionPolicy, Limits, compact};
 use tributary::sink::{Commit, DeltaSink, IndexOptions, Sink, TableOptions, open_table};
 
 use crate::pg::txn_version;
@@ -84,7 +84,17 @@ async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
         file_size: 8 << 20,
     };
     let table = open_table(url, Default::default()).await.unwrap();
-    let (_, report) = compact(table, &policy, 8, usize::MAX).await.unwrap();
+    let (_, report) = compact(
+        table,
+        &policy,
+        Limits {
+            rounds: 8,
+            files: usize::MAX,
+            small_below: u64::MAX,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (report.rounds, report.files_removed, report.rows_written),
         (1, 5, 50)
