@@ -153,12 +153,46 @@ pub async fn rewrite(
         predicate: None,
         target_size: target_file_size as i64,
     };
-    let committed = CommitBuilder::from(CommitProperties::default())
-        .with_actions(actions)
-        .build(Some(snapshot), table.log_store(), operation)
-        .await?;
-    table.update_incremental(Some(committed.version())).await?;
-    Ok((table, report))
+    // Committed in a single attempt and rebased here, not by delta-rs: its conflict
+    // check ignores `dataChange: false` removes, so two rewrites of the same files
+    // (two processes of a group compacting one table) would both land and every row
+    // of those files would be there twice. A rebase goes ahead only while each
+    // rewritten file is still live with the deletion vector it was read with, i.e.
+    // only appends came between.
+    for attempt in 1.. {
+        let outcome = CommitBuilder::from(CommitProperties::default().with_max_retries(0))
+            .with_actions(actions.clone())
+            .build(Some(table.snapshot()?), table.log_store(), operation.clone())
+            .await;
+        match outcome {
+            Ok(committed) => {
+                table.update_incremental(Some(committed.version())).await?;
+                return Ok((table, report));
+            }
+            Err(e) => {
+                let read = table.version();
+                table.update_incremental(None).await?;
+                if attempt >= REBASES || table.version() == read || !unchanged(&table, files)? {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Attempts of one rewrite's commit (the first and its rebases).
+const REBASES: usize = 5;
+
+/// Whether every one of `files` is still live in `table` with the same deletion vector.
+fn unchanged(table: &DeltaTable, files: &[Add]) -> Result<bool, DeltaTableError> {
+    let live: std::collections::HashMap<String, Option<_>> = live_adds(table, |_| true)?
+        .into_iter()
+        .map(|a| (a.path, a.deletion_vector))
+        .collect();
+    Ok(files
+        .iter()
+        .all(|f| live.get(&f.path).is_some_and(|dv| *dv == f.deletion_vector)))
 }
 
 /// Puts a file's partition values back as columns (a data file does not store them).
