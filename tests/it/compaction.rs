@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use deltalake::arrow::datatypes::{Field, Schema};
 use serde_json::Value;
 use tributary::config::TableMode;
 use tributary::sink::compact::{CompactionPolicy, Limits, compact};
-use tributary::sink::{Commit, DeltaSink, IndexOptions, Sink, TableOptions, open_table};
+use tributary::sink::{DeltaSink, IndexOptions, Sink, TableOptions, open_table};
 
 use crate::pg::txn_version;
+use crate::sink::{batch, commit};
 use crate::support::*;
 
 /// One change per id: `op` for each, values `v`.
@@ -32,24 +32,7 @@ fn changes(ids: &[i64], op: &str, v: i64, first_position: i64) -> RecordBatch {
         ("id", Arc::new(Int64Array::from(ids.to_vec()))),
         ("v", Arc::new(Int64Array::from(vec![v; n]))),
     ];
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|(name, a)| Field::new(*name, a.data_type().clone(), true))
-        .collect();
-    RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns.into_iter().map(|(_, a)| a).collect(),
-    )
-    .unwrap()
-}
-
-fn commit(batch: RecordBatch, next: i64) -> Commit {
-    Commit {
-        batches: vec![batch],
-        progress: vec![("s".to_string(), next)],
-        info: BTreeMap::new(),
-        replace: false,
-    }
+    batch(columns)
 }
 
 #[tokio::test]
@@ -71,7 +54,7 @@ async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
     let mut position = 0;
     for f in 0..5 {
         let ids: Vec<i64> = (f * 10 + 1..=f * 10 + 10).collect();
-        sink.commit(commit(changes(&ids, "c", 0, position), position + 10))
+        sink.commit(commit(vec![changes(&ids, "c", 0, position)], position + 10))
             .await
             .unwrap();
         position += 10;
@@ -112,7 +95,7 @@ async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
         ],
     )
     .unwrap();
-    let change = commit(batch, position + 2);
+    let change = commit(vec![batch], position + 2);
     let first = sink.commit(change.clone()).await;
     let err = first.expect_err("a commit over files a compaction replaced must not land");
     assert!(err.is_transient(), "the runtime retries it: {err}");

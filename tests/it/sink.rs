@@ -12,7 +12,8 @@ use deltalake::arrow::datatypes::{Field, Schema};
 
 use crate::support::*;
 
-fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+/// A batch of nullable columns (shared with the compaction tests).
+pub(crate) fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
     let fields: Vec<Field> = columns
         .iter()
         .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
@@ -29,7 +30,8 @@ fn rows(sql: &str) -> Vec<serde_json::Value> {
     duck(sql).into_iter().map(serde_json::Value::Array).collect()
 }
 
-fn commit(batches: Vec<RecordBatch>, next: i64) -> Commit {
+/// A commit of `batches` completing shard `s` up to `next`.
+pub(crate) fn commit(batches: Vec<RecordBatch>, next: i64) -> Commit {
     Commit {
         batches,
         progress: vec![("s".to_string(), next)],
