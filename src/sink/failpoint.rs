@@ -3,7 +3,11 @@
 //! `TRIBUTARY_FAILPOINT=before_commit:N` aborts the process right before the N-th Delta
 //! commit entry it would write (counting every table), i.e. after that commit's data
 //! files are in storage and before the log names them: the worst moment for an
-//! exactly-once writer. `TRIBUTARY_FAILPOINT=delay_commit:MS` instead holds every
+//! exactly-once writer. `before_commit:N@TABLE` counts only the commits of the table
+//! whose folder is named TABLE, and holds its abort back for a second first: tables
+//! commit a micro-batch side by side, so the pause lets the other tables' commits of
+//! the same micro-batch land and the crash deterministically leaves them one ahead.
+//! `TRIBUTARY_FAILPOINT=delay_commit:MS` instead holds every
 //! commit entry back for MS milliseconds (a slow object store). It wraps the table's
 //! [`LogStore`] so that every write path (append, MERGE, maintenance) crosses it.
 //! Unset, nothing is wrapped.
@@ -25,24 +29,34 @@ static COMMITS: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, Copy)]
 enum Armed {
-    /// Abort before this commit number (1-based, per process).
+    /// Abort before this commit number (1-based, per process, every table).
     Abort(u64),
+    /// Abort before this commit number of one table (1-based, per process): only
+    /// that table's store is wrapped, so [`COMMITS`] counts its commits alone.
+    AbortTable(u64),
     /// Sleep this long before every commit entry.
     Delay(std::time::Duration),
 }
 
-fn armed() -> Option<Armed> {
+fn armed(root: &url::Url) -> Option<Armed> {
     let v = std::env::var(ENV).ok()?;
     if let Some(n) = v.strip_prefix("before_commit:") {
-        return n.parse().ok().map(Armed::Abort);
+        return match n.split_once('@') {
+            None => n.parse().ok().map(Armed::Abort),
+            Some((n, table)) => {
+                let name = root.path_segments()?.rfind(|s| !s.is_empty())?;
+                (name == table).then_some(())?;
+                n.parse().ok().map(Armed::AbortTable)
+            }
+        };
     }
     let ms = v.strip_prefix("delay_commit:")?.parse().ok()?;
     Some(Armed::Delay(std::time::Duration::from_millis(ms)))
 }
 
-/// `store`, wrapped when a failpoint is armed.
+/// `store`, wrapped when a failpoint is armed for it.
 pub fn wrap(store: LogStoreRef) -> LogStoreRef {
-    match armed() {
+    match armed(store.root_url()) {
         Some(at) => Arc::new(Failpoint { inner: store, at }),
         None => store,
     }
@@ -51,6 +65,11 @@ pub fn wrap(store: LogStoreRef) -> LogStoreRef {
 struct Failpoint {
     inner: LogStoreRef,
     at: Armed,
+}
+
+fn abort(at: u64, version: Version) -> ! {
+    eprintln!("{ENV}: aborting before commit {at} (table version {version})");
+    std::process::abort();
 }
 
 #[async_trait]
@@ -74,12 +93,13 @@ impl LogStore for Failpoint {
         operation_id: Uuid,
     ) -> Result<(), TransactionError> {
         match self.at {
-            Armed::Abort(at) if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 == at => {
-                eprintln!("{ENV}: aborting before commit {at} (table version {version})");
-                std::process::abort();
+            Armed::Abort(at) if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 == at => abort(at, version),
+            Armed::AbortTable(at) if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 == at => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                abort(at, version)
             }
             Armed::Delay(d) => tokio::time::sleep(d).await,
-            Armed::Abort(_) => {}
+            Armed::Abort(_) | Armed::AbortTable(..) => {}
         }
         self.inner
             .write_commit_entry(version, commit_or_bytes, operation_id)

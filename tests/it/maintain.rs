@@ -84,11 +84,11 @@ from = "clickstream"
 mode = "changelog"
 "#;
     let p = pipeline(dir.path(), "crashy", lake.to_str().unwrap(), 3, tables);
-    // Commits alternate raw, raw_log: the 6th is raw_log's third, so raw ends one
-    // micro-batch ahead and raw_log's data files are written but never committed.
+    // Abort before raw_log's third commit, after raw's: raw ends one micro-batch
+    // ahead and raw_log's data files are written but never committed.
     let out = Command::new(bin())
         .args(["run", p.to_str().unwrap(), "--once"])
-        .env("TRIBUTARY_FAILPOINT", "before_commit:6")
+        .env("TRIBUTARY_FAILPOINT", "before_commit:3@raw_log")
         .current_dir(dir.path())
         .output()
         .unwrap();

@@ -144,8 +144,8 @@ fn disturb(dir: &Path, pipeline: &Path, round: usize) {
     let cache = dir.join("cache");
     match round {
         2 | 5 => {
-            // Commits go dead letters (when any), accounts, accounts_log: abort before
-            // the first or the second.
+            // Dead letters (when any) commit first, then accounts and accounts_log side
+            // by side: abort before the first or the second commit entry.
             let out = std::process::Command::new(bin())
                 .args(["run", pipeline.to_str().unwrap(), "--once"])
                 .env("TRIBUTARY_FAILPOINT", format!("before_commit:{}", round / 2))
