@@ -1,5 +1,6 @@
 //! The consumer thread: owns the librdkafka consumer, answers rebalances, gathers
-//! messages per partition, decodes them and hands batches to the runtime.
+//! messages per partition and hands them to the decode thread ([`super::decoding`]),
+//! which sends the batches on to the runtime.
 //!
 //! librdkafka calls rebalance callbacks from inside `poll`, on this thread, which is
 //! not a tokio thread: the callbacks may block on async work (reading the tables'
@@ -15,6 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use super::decoding::{Decoding, Queued};
 use super::schemas::{Chunk, TopicDecoder};
 use super::{METADATA_TIMEOUT, kafka_err, shard_name};
 use crate::config::{KafkaConfig, StartAt};
@@ -128,6 +130,8 @@ struct Context {
     handle: tokio::runtime::Handle,
     /// Per shard, one past the last offset handed to the runtime.
     sent: Arc<Mutex<HashMap<String, i64>>>,
+    /// Chunks handed to the decode thread and not yet sent on.
+    queued: Arc<Queued>,
     events: Mutex<Events>,
 }
 
@@ -221,7 +225,10 @@ impl ConsumerContext for Context {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 // Hand over cleanly: what was sent of these partitions is committed
-                // before the next owner reads where the tables stand.
+                // before the next owner reads where the tables stand. Chunks still
+                // with the decode thread are sent first.
+                let started = Instant::now();
+                self.queued.wait_empty(REVOKE_WAIT);
                 let sent: HashMap<String, i64> = {
                     let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
                     revoked
@@ -232,7 +239,10 @@ impl ConsumerContext for Context {
                         })
                         .collect()
                 };
-                if !self.shared.wait_acked(&sent, REVOKE_WAIT) {
+                if !self
+                    .shared
+                    .wait_acked(&sent, REVOKE_WAIT.saturating_sub(started.elapsed()))
+                {
                     tracing::warn!(?revoked, "partitions revoked before their records were committed");
                 }
                 let acked = self.shared.lock().clone();
@@ -256,6 +266,11 @@ fn assign_all(
 ) -> Result<(), SourceError> {
     let mut tpl = TopicPartitionList::new();
     for (t, ps) in partitions {
+        // The partitions' leaders must be known when they are assigned: librdkafka
+        // otherwise schedules their first offset lookup half a second later.
+        consumer
+            .fetch_metadata(Some(t), METADATA_TIMEOUT)
+            .map_err(kafka_err(&format!("metadata of {t}")))?;
         for p in ps {
             tpl.add_partition(t, *p);
         }
@@ -320,7 +335,7 @@ pub async fn watermarks(
     let (cfg, topics) = (cfg.clone(), topics.clone());
     tokio::task::spawn_blocking(move || {
         let mut client = super::client_config(&cfg);
-        client.set("statistics.interval.ms", "100");
+        client.set("statistics.interval.ms", "10");
         let consumer: BaseConsumer<FetchedHighs> = client
             .create_with_context(FetchedHighs::default())
             .map_err(kafka_err("cannot create a consumer"))?;
@@ -340,7 +355,7 @@ pub async fn watermarks(
         consumer.assign(&probe).map_err(kafka_err("watermark probe"))?;
         let deadline = Instant::now() + FETCH_PROBE;
         while Instant::now() < deadline {
-            let _ = consumer.poll(Duration::from_millis(50));
+            let _ = consumer.poll(Duration::from_millis(10));
             if consumer
                 .context()
                 .0
@@ -358,6 +373,8 @@ pub async fn watermarks(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        // Assigned without the group: it commits nothing and may go in the background.
+        super::dispose(consumer);
         Ok(marks
             .into_iter()
             .map(|((t, p), (low, high))| {
@@ -373,12 +390,14 @@ pub async fn watermarks(
 /// Starts the consumer thread.
 pub fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
     let sent = Arc::new(Mutex::new(HashMap::new()));
+    let queued = Arc::new(Queued::default());
     let context = Context {
         cfg: setup.cfg.clone(),
         oracle: setup.oracle.clone(),
         shared: setup.shared.clone(),
         handle: setup.handle.clone(),
         sent: sent.clone(),
+        queued: queued.clone(),
         events: Mutex::new(Events::default()),
     };
     let consumer: BaseConsumer<Context> = setup
@@ -392,19 +411,26 @@ pub fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
         let topics: Vec<&str> = setup.cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_err("subscribe"))?;
     }
+    let mut setup = setup;
+    let decoding = Decoding::spawn(
+        std::mem::take(&mut setup.decoders),
+        setup.dead_letters,
+        setup.tx.clone(),
+        sent,
+        queued,
+    )?;
     std::thread::Builder::new()
         .name("kafka-consumer".into())
         .spawn(move || {
-            let tx = setup.tx.clone();
             if setup.ends.is_some()
                 && let Err(e) = assign_all(&consumer, &setup.partitions)
             {
-                let _ = tx.blocking_send(Err(e));
+                decoding.send(Err(e));
                 return;
             }
             let mut st = State {
                 setup,
-                sent,
+                decoding,
                 chunks: HashMap::new(),
                 assigned: HashSet::new(),
                 starts: HashMap::new(),
@@ -414,7 +440,7 @@ pub fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
                 last: None,
             };
             if let Err(e) = st.run(&consumer) {
-                let _ = tx.blocking_send(Err(e));
+                st.decoding.send(Err(e));
             }
             st.leave(&consumer);
         })
@@ -428,7 +454,7 @@ const FETCH_BEFORE: i64 = 65_536;
 /// borrows the consumer while the state changes.
 struct State {
     setup: Setup,
-    sent: Arc<Mutex<HashMap<String, i64>>>,
+    decoding: Decoding,
     /// Per partition (topic, partition): what is gathered and not handed over yet.
     chunks: HashMap<(String, i32), Chunk>,
     assigned: HashSet<(String, i32)>,
@@ -444,7 +470,7 @@ struct State {
 
 impl State {
     fn send(&self, p: Polled) -> Result<bool, SourceError> {
-        Ok(self.setup.tx.blocking_send(Ok(p)).is_ok())
+        Ok(self.decoding.send(Ok(p)))
     }
 
     fn run(&mut self, consumer: &BaseConsumer<Context>) -> Result<(), SourceError> {
@@ -538,7 +564,7 @@ impl State {
             return Ok(true);
         }
         {
-            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sent = self.decoding.sent();
             for (t, p, start) in &ev.assigned {
                 let shard = shard_name(t, *p);
                 sent.remove(&shard);
@@ -611,7 +637,10 @@ impl State {
         }
         let chunk = match self.chunks.get_mut(key) {
             Some(c) => c,
-            None => self.chunks.entry(key.clone()).or_default(),
+            None => self
+                .chunks
+                .entry(key.clone())
+                .or_insert_with(|| self.decoding.empty_chunk()),
         };
         chunk.next = offset + 1;
         // A tombstone (no value) is a compaction marker, not a record.
@@ -622,35 +651,20 @@ impl State {
         }
     }
 
-    /// Decodes and hands over every partition's gathered messages.
+    /// Hands every partition's gathered messages to the decode thread.
     fn flush(&mut self) -> Result<bool, SourceError> {
         self.last_flush = Instant::now();
         let keys: Vec<(String, i32)> = self.chunks.keys().cloned().collect();
         for key in keys {
-            let Some(mut chunk) = self.chunks.remove(&key) else {
+            let Some(chunk) = self.chunks.remove(&key) else {
                 continue;
             };
             if chunk.offsets.is_empty() {
                 continue;
             }
-            let shard: Arc<str> = Arc::from(shard_name(&key.0, key.1));
-            let decoder = self
-                .setup
-                .decoders
-                .get_mut(&key.0)
-                .ok_or_else(|| SourceError::Kafka(format!("no decoder for topic {}", key.0)))?;
-            tracing::trace!(%shard, first = chunk.offsets[0], next = chunk.next, "chunk");
-            let batch = decoder.decode(&chunk, key.1, &shard, self.setup.dead_letters)?;
-            chunk.clear();
-            if let Some(b) = batch {
-                let next = b.next;
-                if !self.send(Polled::Batch(b))? {
-                    return Ok(false);
-                }
-                self.sent
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(shard.to_string(), next);
+            tracing::trace!(topic = %key.0, partition = key.1, first = chunk.offsets[0], next = chunk.next, "chunk");
+            if !self.decoding.chunk(&key.0, key.1, chunk) {
+                return Ok(false);
             }
         }
         Ok(true)

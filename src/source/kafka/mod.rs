@@ -5,7 +5,8 @@
 //!  consumer thread (librdkafka poll loop)                       runtime task
 //!   rebalance: assign at the tables' progress (Delta txn) ─┐
 //!              revoke after what was sent is committed     │
-//!   messages → per-partition Frames → decode → SourceBatch ┴─▶ channel ─▶ poll()
+//!   messages → per-partition Frames ─▶ decode thread ──────┴─▶ channel ─▶ poll()
+//!              (Arrow SourceBatch, in hand-over order)
 //!   acknowledged progress → Kafka offset commit ◀────────────────────── acknowledge()
 //! ```
 //!
@@ -20,6 +21,7 @@
 //! runtime starts over from the tables.
 
 mod consumer;
+mod decoding;
 mod schemas;
 
 use std::collections::{BTreeMap, HashMap};
@@ -100,6 +102,15 @@ fn kafka_err(context: &str) -> impl Fn(rdkafka::error::KafkaError) -> SourceErro
     move |e| SourceError::Kafka(format!("{context}: {e}"))
 }
 
+/// Drops a short-lived client on a thread of its own: librdkafka's destroy waits
+/// about 100 ms for its threads, time a run's start need not spend. Only for clients
+/// that hold nothing to hand back (no group membership, no offsets to commit).
+fn dispose<C: Send + 'static>(client: C) {
+    let _ = std::thread::Builder::new()
+        .name("rdkafka-destroy".into())
+        .spawn(move || drop(client));
+}
+
 /// Partitions of every topic, from the brokers.
 async fn partitions(cfg: &KafkaConfig) -> Result<BTreeMap<String, Vec<i32>>, SourceError> {
     let cfg = cfg.clone();
@@ -131,6 +142,7 @@ async fn partitions(cfg: &KafkaConfig) -> Result<BTreeMap<String, Vec<i32>>, Sou
             ps.sort_unstable();
             out.insert(topic.clone(), ps);
         }
+        dispose(consumer);
         Ok(out)
     })
     .await
@@ -265,6 +277,8 @@ impl Source for KafkaSource {
 
     async fn close(&mut self) {
         self.shared.stop();
+        // The threads may be blocked handing over a batch nobody will take.
+        self.rx.close();
         // Leaving the group commits the last offsets and lets the others take over.
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
