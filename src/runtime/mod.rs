@@ -336,7 +336,25 @@ async fn run_once(
     let (ack_tx, ack_rx) = watch::channel(resume.clone());
     let source_task = tokio::spawn(drive_source(source, tx, ack_rx, budget.clone()));
     let time_column = pipeline.source.source_time_column();
-    // Scheduled `--once` runs leave compaction to `maintain`.
+    // Scheduled `--once` runs leave compaction to `maintain`; a continuous run's
+    // compaction task also deletes expired log entries, off the commit path.
+    if mode == RunMode::Continuous {
+        let covered = compaction::covers(pipeline);
+        let sinks = dead
+            .iter_mut()
+            .map(|d| &mut d.sink)
+            .chain(tables.iter_mut().map(|t| &mut t.sink))
+            .chain(
+                aggregates
+                    .iter_mut()
+                    .flat_map(|a| std::iter::once(&mut a.sink).chain(a.late.as_mut().map(|l| &mut l.sink))),
+            );
+        for sink in sinks {
+            if covered.iter().any(|n| n == sink.name()) {
+                sink.leave_log_cleanup();
+            }
+        }
+    }
     let _compaction = match mode {
         RunMode::Continuous => {
             let gates = tables

@@ -7,8 +7,10 @@
 //! rewrites their live rows into one file (per partition) through the same rewrite
 //! `maintain` uses to purge deletion vectors ([`super::purge::rewrite`]); rounds repeat
 //! while `min_files` small files remain. So a table holds at most `min_files` small
-//! files plus what arrived since the last look, and everything else is about
-//! `file_size`. Memory is bounded by one round: the writer buffers at most `file_size`
+//! files plus what arrived since the last look, and everything else is at least
+//! [`Limits::small_below`] (a continuous run passes half of `file_size`, so that a
+//! file near `file_size` is not rewritten with every few new ones: see
+//! `runtime::compaction`). Memory is bounded by one round: the writer buffers at most `file_size`
 //! of output, reads stream batch by batch.
 //!
 //! Why not delta-rs's OPTIMIZE: it takes every file under the target size each time, so

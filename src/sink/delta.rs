@@ -101,6 +101,9 @@ pub struct DeltaSink {
     options: TableOptions,
     /// Set when this mirror merges by deletion vectors.
     mor: Option<MergeOnRead>,
+    /// Whether commits that write a checkpoint also delete expired log entries; off
+    /// when a background task does it ([`DeltaSink::leave_log_cleanup`]).
+    cleans_logs: bool,
 }
 
 impl std::fmt::Debug for DeltaSink {
@@ -181,11 +184,18 @@ impl DeltaSink {
             committed: Progress::new(),
             options,
             mor: None,
+            cleans_logs: true,
         };
         sink.check_key().await?;
         sink.committed = sink.read_progress().await?;
         sink.setup_merge().await?;
         Ok(sink)
+    }
+
+    /// Leaves deleting expired log entries to someone else (a continuous run's
+    /// background task): finding them lists the whole `_delta_log`.
+    pub fn leave_log_cleanup(&mut self) {
+        self.cleans_logs = false;
     }
 
     /// Whether this mirror merges by deletion vectors: a new table does unless told
@@ -563,9 +573,13 @@ impl Sink for DeltaSink {
                 Transaction::new_with_last_update(app_id(&self.pipeline, shard), *next, Some(now_ms))
             })
             .collect();
+        let next = self.table.version().map_or(0, |v| v + 1);
         let mut props = CommitProperties::default()
             .with_application_transactions(txns)
-            .with_metadata(commit.info.clone());
+            .with_metadata(commit.info.clone())
+            .with_cleanup_expired_logs(Some(
+                self.cleans_logs && checkpoints_at(next, self.options.checkpoint_every),
+            ));
         if commit.replace || self.options.mode == TableMode::Mirror {
             // A commit that removes files is never rebased over a commit that beat it
             // (a compaction, `maintain`): it fails, and the retry starts from the new
@@ -662,5 +676,28 @@ impl Sink for DeltaSink {
             key: key.to_string(),
             source,
         })
+    }
+}
+
+/// Whether the commit of `version` writes a checkpoint (delta-rs writes one after every
+/// `every`-th version). Expired log entries are cleaned up only then, if at all:
+/// delta-rs would otherwise list the whole `_delta_log` after every commit to find
+/// them, a cost that grows with the table's history (measured on moto: a LIST of every
+/// commit so far, each micro-batch), while nothing can be deleted before a checkpoint.
+pub(crate) fn checkpoints_at(version: u64, every: u32) -> bool {
+    (version + 1).is_multiple_of(u64::from(every.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checkpoints_at;
+
+    #[test]
+    fn expired_logs_are_cleaned_up_only_with_a_checkpoint() {
+        // delta-rs checkpoints version v when v + 1 is a multiple of the interval.
+        let at: Vec<u64> = (0..35).filter(|v| checkpoints_at(*v, 10)).collect();
+        assert_eq!(at, [9, 19, 29]);
+        assert!((0..5).all(|v| checkpoints_at(v, 1)));
+        assert!(checkpoints_at(0, 0), "an interval of 0 is read as 1");
     }
 }

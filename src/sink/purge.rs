@@ -160,10 +160,15 @@ pub async fn rewrite(
     // rewritten file is still live with the deletion vector it was read with, i.e.
     // only appends came between.
     for attempt in 1.. {
-        let outcome = CommitBuilder::from(CommitProperties::default().with_max_retries(0))
-            .with_actions(actions.clone())
-            .build(Some(table.snapshot()?), table.log_store(), operation.clone())
-            .await;
+        let outcome = CommitBuilder::from(
+            CommitProperties::default()
+                .with_max_retries(0)
+                // Left to the ingest commits that write checkpoints.
+                .with_cleanup_expired_logs(Some(false)),
+        )
+        .with_actions(actions.clone())
+        .build(Some(table.snapshot()?), table.log_store(), operation.clone())
+        .await;
         match outcome {
             Ok(committed) => {
                 table.update_incremental(Some(committed.version())).await?;

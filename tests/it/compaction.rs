@@ -1,7 +1,8 @@
 //! Background compaction (`[sink.compaction]`): a continuous run keeps a table's file
 //! count under its policy while DuckDB sees every row exactly once; and a compaction
 //! that beats a mirror's commit to the log makes that commit start over from the new
-//! snapshot instead of bringing back rows the compaction moved. Postgres mirrors racing
+//! snapshot instead of bringing back rows the compaction moved; the same background task
+//! deletes expired log entries. Postgres mirrors racing
 //! compaction under SIGKILLs are in `postgres::pgbench_with_sigkills_ends_equal_to_postgres`.
 
 use std::collections::BTreeMap;
@@ -191,4 +192,84 @@ fn a_continuous_run_keeps_files_under_the_policy_and_every_row_once() {
         "every generated event up to the committed position, once"
     );
     assert!(committed > 20_000, "the run generated {committed} events");
+}
+
+#[test]
+fn a_continuous_run_deletes_expired_log_entries_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |events: &str, compaction: &str| {
+        format!(
+            "name = \"expiring\"\n[source]\nkind = \"generator\"\nrate = 4000\nseed = 3\n{events}\n\
+             [sink]\nuri = \"./lake\"\ncheckpoint_every = 2\n{compaction}\n\
+             [batch]\nmax_rows = 200\nmin_interval = \"100ms\"\n\
+             [[tables]]\nname = \"clicks\"\nfrom = \"clickstream\"\n"
+        )
+    };
+    // A scheduled run creates the table and its history; its commits write checkpoints
+    // but never find anything expired (the default retention is 30 days).
+    let once = write_file(dir.path(), "once.toml", &pipeline("events = 2000", ""));
+    run_once(dir.path(), &once);
+    let table = dir.path().join("lake").join("clicks");
+    let first = table.join("_delta_log").join(format!("{:020}.json", 0));
+    assert!(first.exists());
+    let python = stack_env("TRIBUTARY_PYTHON");
+    let altered = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys; from deltalake import DeltaTable, PostCommitHookProperties; \
+             DeltaTable(sys.argv[1]).alter.set_table_properties(\
+             {'delta.logRetentionDuration': 'interval 0 seconds'}, \
+             post_commithook_properties=PostCommitHookProperties(cleanup_expired_logs=False))",
+            table.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        altered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&altered.stderr)
+    );
+
+    let continuous = write_file(
+        dir.path(),
+        "continuous.toml",
+        &pipeline("", "[sink.compaction]\nevery = \"1s\""),
+    );
+    let mut child = std::process::Command::new(bin())
+        .args(["run", continuous.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("run.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while first.exists() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(child.try_wait().unwrap().is_none(), "the run died");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(!first.exists(), "version 0 is still in the log\n{log}");
+    assert!(log.contains("deleted expired log entries"), "{log}");
+    // Readers start from a checkpoint: every event up to the committed position, once
+    // (less one: position 2000 was the bounded run's end-of-input marker, no event).
+    let committed = txn_version(&table, "expiring/clickstream").unwrap();
+    let row = &duck(&format!(
+        "SELECT count(*), count(DISTINCT event_id) FROM {}",
+        scan(table.to_str().unwrap())
+    ))[0];
+    assert_eq!(
+        (row[0].as_i64(), row[1].as_i64()),
+        (Some(committed - 1), Some(committed - 1)),
+        "every generated event up to the committed position, once"
+    );
+    assert!(
+        committed > 2001,
+        "the continuous run committed nothing: {committed}"
+    );
 }

@@ -28,7 +28,11 @@ use crate::source::{Polled, SourceError};
 const QUEUE: usize = 2;
 
 enum Work {
-    Chunk { topic: String, partition: i32, chunk: Chunk },
+    Chunk {
+        topic: String,
+        partition: i32,
+        chunk: Chunk,
+    },
     Polled(Result<Polled, SourceError>),
 }
 
