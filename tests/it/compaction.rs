@@ -134,13 +134,7 @@ fn a_continuous_run_keeps_files_under_the_policy_and_every_row_once() {
              [[tables]]\nname = \"clicks\"\nfrom = \"clickstream\"\n"
         ),
     );
-    let mut child = std::process::Command::new(bin())
-        .args(["run", pipeline.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("run.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start(dir.path(), &pipeline);
     let table = dir.path().join("lake").join("clicks");
     let started = Instant::now();
     // At most 4 commits a second (the default min_interval): between two looks a second apart (plus
@@ -155,12 +149,7 @@ fn a_continuous_run_keeps_files_under_the_policy_and_every_row_once() {
             most = most.max(live_files(&table).len());
         }
     }
-    std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    let log = stop(dir.path(), child);
     let added = std::fs::read_dir(table.join("_delta_log"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -182,15 +171,7 @@ fn a_continuous_run_keeps_files_under_the_policy_and_every_row_once() {
     );
     assert!(log.contains("compacted small files"), "{log}");
     let committed = txn_version(&table, "compacting/clickstream").unwrap();
-    let row = &duck(&format!(
-        "SELECT count(*), count(DISTINCT event_id) FROM {}",
-        scan(table.to_str().unwrap())
-    ))[0];
-    assert_eq!(
-        (row[0].as_i64(), row[1].as_i64()),
-        (Some(committed), Some(committed)),
-        "every generated event up to the committed position, once"
-    );
+    assert_events_once(&table, committed);
     assert!(committed > 20_000, "the run generated {committed} events");
 }
 
@@ -235,41 +216,56 @@ fn a_continuous_run_deletes_expired_log_entries_in_the_background() {
         "continuous.toml",
         &pipeline("", "[sink.compaction]\nevery = \"1s\""),
     );
-    let mut child = std::process::Command::new(bin())
-        .args(["run", continuous.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("run.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start(dir.path(), &continuous);
     let started = Instant::now();
     while first.exists() && started.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(200));
         assert!(child.try_wait().unwrap().is_none(), "the run died");
     }
     std::thread::sleep(Duration::from_secs(1));
-    std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    let log = stop(dir.path(), child);
     assert!(!first.exists(), "version 0 is still in the log\n{log}");
     assert!(log.contains("deleted expired log entries"), "{log}");
     // Readers start from a checkpoint: every event up to the committed position, once
     // (less one: position 2000 was the bounded run's end-of-input marker, no event).
     let committed = txn_version(&table, "expiring/clickstream").unwrap();
+    assert_events_once(&table, committed - 1);
+    assert!(
+        committed > 2001,
+        "the continuous run committed nothing: {committed}"
+    );
+}
+
+/// Starts a continuous run of `pipeline` in `dir`, logging to `run.log`.
+fn start(dir: &std::path::Path, pipeline: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args(["run", pipeline.to_str().unwrap()])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops `child` with SIGTERM; it must exit 0. Its log.
+fn stop(dir: &std::path::Path, mut child: std::process::Child) -> String {
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(dir.join("run.log")).unwrap()
+}
+
+/// DuckDB reads `events` rows from `table`, each event once.
+fn assert_events_once(table: &std::path::Path, events: i64) {
     let row = &duck(&format!(
         "SELECT count(*), count(DISTINCT event_id) FROM {}",
         scan(table.to_str().unwrap())
     ))[0];
     assert_eq!(
         (row[0].as_i64(), row[1].as_i64()),
-        (Some(committed - 1), Some(committed - 1)),
+        (Some(events), Some(events)),
         "every generated event up to the committed position, once"
-    );
-    assert!(
-        committed > 2001,
-        "the continuous run committed nothing: {committed}"
     );
 }
