@@ -31,6 +31,10 @@ const LINGER: Duration = Duration::from_millis(50);
 /// Messages taken between two looks at the clock: while messages are queued they are
 /// taken without a timeout, and the linger is checked every this many.
 const CLOCK_EVERY: u32 = 256;
+/// A partition's gathered messages are handed over at this many payload bytes, if not
+/// at `chunk_rows` before: gathered and queued chunks sit outside the in-flight budget,
+/// so large records must not make them large.
+pub(super) const CHUNK_BYTES: usize = 4 << 20;
 /// How long a revocation waits for what was sent of the partitions to be committed
 /// (well within `max.poll.interval.ms`, or the consumer would be thrown out).
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
@@ -514,9 +518,9 @@ impl State {
                     );
                     since_clock += 1;
                     let full = self.last.as_ref().is_some_and(|(k, _)| {
-                        self.chunks
-                            .get(k)
-                            .is_some_and(|c| c.offsets.len() >= self.setup.chunk_rows)
+                        self.chunks.get(k).is_some_and(|c| {
+                            c.offsets.len() >= self.setup.chunk_rows || c.frames.data.len() >= CHUNK_BYTES
+                        })
                     });
                     if since_clock >= CLOCK_EVERY {
                         since_clock = 0;

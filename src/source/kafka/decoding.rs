@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::consumer::CHUNK_BYTES;
 use super::schemas::{Chunk, TopicDecoder};
 use super::shard_name;
 use crate::source::{Polled, SourceError};
@@ -137,8 +138,12 @@ impl Decoding {
                                     false
                                 }
                             };
-                            chunk.clear();
-                            let _ = back.try_send(chunk);
+                            // A chunk grown past twice the hand-over size (records
+                            // larger than it) gives its memory back instead.
+                            if chunk.frames.data.capacity() <= 2 * CHUNK_BYTES {
+                                chunk.clear();
+                                let _ = back.try_send(chunk);
+                            }
                             pending.done();
                             go_on
                         }
