@@ -163,7 +163,8 @@ pub async fn rewrite(
         let outcome = CommitBuilder::from(
             CommitProperties::default()
                 .with_max_retries(0)
-                // Left to the ingest commits that write checkpoints.
+                // Left to the ingest commits that write checkpoints, or to a
+                // continuous run's compaction task.
                 .with_cleanup_expired_logs(Some(false)),
         )
         .with_actions(actions.clone())

@@ -77,24 +77,15 @@ impl Shared {
         self.stop.load(Ordering::SeqCst)
     }
 
-    /// Waits until every shard of `sent` is acknowledged up to its offset, or `limit`.
+    /// Waits until every shard of `sent` is acknowledged up to its offset, or `limit`
+    /// (or a stop); whether they all are.
     fn wait_acked(&self, sent: &HashMap<String, i64>, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut acked = self.lock();
-        loop {
-            if sent.iter().all(|(s, n)| acked.get(s).is_some_and(|a| a >= *n)) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline || self.stopping() {
-                return false;
-            }
-            acked = self
-                .changed
-                .wait_timeout(acked, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
+        let all = |acked: &Progress| sent.iter().all(|(s, n)| acked.get(s).is_some_and(|a| a >= *n));
+        let acked = self
+            .changed
+            .wait_timeout_while(self.lock(), limit, |acked| !all(acked) && !self.stopping())
+            .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+        all(&acked)
     }
 }
 
@@ -392,7 +383,7 @@ pub async fn watermarks(
 }
 
 /// Starts the consumer thread.
-pub fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
+pub fn spawn(mut setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
     let sent = Arc::new(Mutex::new(HashMap::new()));
     let queued = Arc::new(Queued::default());
     let context = Context {
@@ -415,7 +406,6 @@ pub fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
         let topics: Vec<&str> = setup.cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_err("subscribe"))?;
     }
-    let mut setup = setup;
     let decoding = Decoding::spawn(
         std::mem::take(&mut setup.decoders),
         setup.dead_letters,

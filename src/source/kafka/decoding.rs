@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -63,20 +63,11 @@ impl Queued {
 
     /// Waits until every handed-over chunk is sent on, or `limit`; `false` on timeout.
     pub fn wait_empty(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut n = self.lock();
-        while *n > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            n = self
-                .empty
-                .wait_timeout(n, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-        true
+        let n = self
+            .empty
+            .wait_timeout_while(self.lock(), limit, |n| *n > 0)
+            .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+        *n == 0
     }
 }
 
