@@ -6,6 +6,7 @@
 #
 #   bench/kafka.sh                 # 1M events
 #   EVENTS=200000 bench/kafka.sh
+#   FORMAT=json bench/kafka.sh     # the same events as JSON (no Python row)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f infra/env.sh ] || { echo "run infra/up.sh first" >&2; exit 1; }
@@ -21,7 +22,7 @@ out=$(cargo bench --locked --bench kafka 2>/dev/null)
   echo "## Kafka → Delta, $(date -u +%Y-%m-%d) @ $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo
   echo "Machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/{print $2}') GiB; tansu (memory storage), moto S3 and the registry on loopback."
-  echo "Command: \`EVENTS=${EVENTS:-1000000} bench/kafka.sh\` (benches/kafka.rs, release)."
+  echo "Command: \`${FORMAT:+FORMAT=$FORMAT }EVENTS=${EVENTS:-1000000} bench/kafka.sh\` (benches/kafka.rs, release)."
   echo
   echo "$out"
 } | tee -a BENCHMARKS.md

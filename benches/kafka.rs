@@ -8,6 +8,9 @@
 //! - end to end: `tributary run --once` from the topic into Delta on moto S3, with its
 //!   CPU time and peak RSS, and every row counted back by DuckDB.
 //!
+//! With `FORMAT=json` the topic holds the same events as JSON text (RFC 3339 times),
+//! decode-only measures arrow-json against the schema file, and there is no Python row.
+//!
 //! Needs the local stack (`infra/up.sh`, `source infra/env.sh`) and the release binary.
 //! Run with `bench/kafka.sh`; results go to BENCHMARKS.md.
 
@@ -25,9 +28,26 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tributary::decode::confluent::{ConfluentDecoder, FixedSchemas, Frames};
+use tributary::decode::json::{JsonDecoder, json_schema};
 
 mod common;
-use common::{PARTITIONS, click, env, frames};
+use common::{PARTITIONS, click, click_json, env, frames};
+
+/// Decodes JSON messages with the decoder Tributary uses; returns the rows kept.
+fn decode_json(reader: &str, all: &[Vec<u8>]) -> usize {
+    let schema = json_schema(&ConfluentDecoder::new(reader, 1).unwrap().schema());
+    let d = JsonDecoder::new(schema, false, 8192).unwrap();
+    let mut rows = 0;
+    for chunk in all.chunks(8192) {
+        let mut frames = Frames::default();
+        for f in chunk {
+            frames.push(f);
+        }
+        let which: Vec<usize> = (0..frames.len()).collect();
+        rows += d.decode(&frames, &which).unwrap().batch.num_rows();
+    }
+    rows
+}
 
 fn rate(n: u64, d: Duration) -> String {
     let r = n as f64 / d.as_secs_f64();
@@ -94,21 +114,51 @@ fn decode_direct(reader: &str, id: u32, writer: &str, all: &[Vec<u8>]) -> usize 
     rows
 }
 
+/// The hand-written Python consumer over the topic: seconds and cores.
+fn python_consumer(python: &str, topic: &str, events: u64) -> (Duration, f64) {
+    let out = std::process::Command::new(python)
+        .args([
+            "bench/kafka_python.py",
+            topic,
+            &events.to_string(),
+            &format!("s3://tributary/{topic}-python"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let py_secs = Duration::from_secs_f64(py["seconds"].as_f64().unwrap());
+    let py_cpu = py["cpu_seconds"].as_f64().unwrap() / py_secs.as_secs_f64();
+    assert_eq!(py["rows"].as_u64(), Some(events));
+    (py_secs, py_cpu)
+}
+
 fn main() {
     let events: u64 = std::env::var("EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let json = std::env::var("FORMAT").is_ok_and(|f| f == "json");
     let text = std::fs::read_to_string("schemas/clickstream.avsc").unwrap();
     let schema = Schema::parse_str(&text).unwrap();
 
     // --- decode only ------------------------------------------------------------------
-    let sample = frames(&schema, 1, 200_000);
+    let sample = if json {
+        (0..200_000).map(click_json).collect()
+    } else {
+        frames(&schema, 1, 200_000)
+    };
     let t = Instant::now();
-    assert_eq!(decode_direct(&text, 1, &text, &sample), sample.len());
+    if json {
+        assert_eq!(decode_json(&text, &sample), sample.len());
+    } else {
+        assert_eq!(decode_direct(&text, 1, &text, &sample), sample.len());
+    }
     let direct = t.elapsed();
     let t = Instant::now();
-    assert_eq!(decode_values(&schema, &sample), sample.len());
+    if !json {
+        assert_eq!(decode_values(&schema, &sample), sample.len());
+    }
     let values = t.elapsed();
 
     // --- produce the topic ------------------------------------------------------------
@@ -126,7 +176,9 @@ fn main() {
         .unwrap();
     let t = Instant::now();
     for i in 0..events {
-        let f = {
+        let f = if json {
+            click_json(i)
+        } else {
             let mut f = vec![0u8];
             f.extend_from_slice(&id.to_be_bytes());
             f.extend(
@@ -184,32 +236,33 @@ fn main() {
     let (drain_tuned, bytes) = drain("drain", true);
     let (drain_default, _) = drain("drain-default", false);
 
-    // --- the hand-written Python consumer -----------------------------------------------
+    // --- the hand-written Python consumer (Avro only) -----------------------------------
     let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(&python)
-        .args([
-            "bench/kafka_python.py",
-            &topic,
-            &events.to_string(),
-            &format!("s3://tributary/{topic}-python"),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let py_secs = Duration::from_secs_f64(py["seconds"].as_f64().unwrap());
-    let py_cpu = py["cpu_seconds"].as_f64().unwrap() / py_secs.as_secs_f64();
-    assert_eq!(py["rows"].as_u64(), Some(events));
+    let (py_secs, py_cpu) = if json {
+        (Duration::ZERO, 0.0)
+    } else {
+        python_consumer(&python, &topic, events)
+    };
 
     // --- end to end ---------------------------------------------------------------------
     let dir = std::env::temp_dir().join(&topic);
     std::fs::create_dir_all(&dir).unwrap();
     let pipeline = dir.join("p.toml");
+    let format = if json {
+        format!(
+            "format = \"json\"\nschema = \"{}\"",
+            std::fs::canonicalize("schemas/clickstream.avsc")
+                .unwrap()
+                .display()
+        )
+    } else {
+        format!("format = \"avro\"\nschema_registry = \"{registry}\"")
+    };
     std::fs::write(
         &pipeline,
         format!(
             "name = \"bench\"\n[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n\
-             group_id = \"{topic}\"\nformat = \"avro\"\nschema_registry = \"{registry}\"\n\
+             group_id = \"{topic}\"\n{format}\n\
              [sink]\nuri = \"s3://tributary/{topic}\"\n[sink.storage]\nAWS_ENDPOINT_URL = \"${{AWS_ENDPOINT_URL}}\"\n\
              AWS_ACCESS_KEY_ID = \"${{AWS_ACCESS_KEY_ID}}\"\nAWS_SECRET_ACCESS_KEY = \"${{AWS_SECRET_ACCESS_KEY}}\"\n\
              AWS_REGION = \"${{AWS_REGION}}\"\nAWS_ALLOW_HTTP = \"true\"\n[batch]\nmax_rows = 200000\n\
@@ -284,20 +337,29 @@ fn main() {
     let cores = ticks as f64 / 100.0 / e2e.as_secs_f64();
 
     println!(
-        "| Stage ({events} clickstream events, {PARTITIONS} partitions, {:.0} B/record) | Time | Events/s |",
+        "| Stage ({events} clickstream events as {}, {PARTITIONS} partitions, {:.0} B/record) | Time | Events/s |",
+        if json { "JSON" } else { "Avro" },
         bytes as f64 / events as f64
     );
     println!("|---|---:|---:|");
-    println!(
-        "| Decode only, direct Avro → Arrow (arrow-avro + frame check), 200k frames | {:.2} s | {} |",
-        direct.as_secs_f64(),
-        rate(sample.len() as u64, direct)
-    );
-    println!(
-        "| Decode only, apache-avro `Value`s → Arrow builders, 200k frames | {:.2} s | {} |",
-        values.as_secs_f64(),
-        rate(sample.len() as u64, values)
-    );
+    if json {
+        println!(
+            "| Decode only, JSON → Arrow (arrow-json against the .avsc), 200k messages | {:.2} s | {} |",
+            direct.as_secs_f64(),
+            rate(sample.len() as u64, direct)
+        );
+    } else {
+        println!(
+            "| Decode only, direct Avro → Arrow (arrow-avro + frame check), 200k frames | {:.2} s | {} |",
+            direct.as_secs_f64(),
+            rate(sample.len() as u64, direct)
+        );
+        println!(
+            "| Decode only, apache-avro `Value`s → Arrow builders, 200k frames | {:.2} s | {} |",
+            values.as_secs_f64(),
+            rate(sample.len() as u64, values)
+        );
+    }
     println!(
         "| Produce (rdkafka, acks=1) | {:.2} s | {} |",
         produce.as_secs_f64(),
@@ -313,11 +375,13 @@ fn main() {
         drain_default.as_secs_f64(),
         rate(events, drain_default)
     );
-    println!(
-        "| Python: confluent-kafka + fastavro + `deltalake` append (same consumer settings), {py_cpu:.2} cores | {:.2} s | {} |",
-        py_secs.as_secs_f64(),
-        rate(events, py_secs)
-    );
+    if !json {
+        println!(
+            "| Python: confluent-kafka + fastavro + `deltalake` append (same consumer settings), {py_cpu:.2} cores | {:.2} s | {} |",
+            py_secs.as_secs_f64(),
+            rate(events, py_secs)
+        );
+    }
     println!(
         "| Tributary `run --once`: Kafka → Delta on moto S3 (startup included), {cores:.2} cores, peak RSS {} MiB | {:.2} s | {} |",
         peak_kib / 1024,
@@ -325,9 +389,16 @@ fn main() {
         rate(events, e2e)
     );
     println!();
-    println!(
-        "Tributary: {:.0} % of the raw drain, {:.1}× the Python consumer; DuckDB counted {events} rows, each offset once.",
-        100.0 * drain_tuned.as_secs_f64() / e2e.as_secs_f64(),
-        py_secs.as_secs_f64() / e2e.as_secs_f64()
-    );
+    if json {
+        println!(
+            "Tributary: {:.0} % of the raw drain; DuckDB counted {events} rows, each offset once.",
+            100.0 * drain_tuned.as_secs_f64() / e2e.as_secs_f64(),
+        );
+    } else {
+        println!(
+            "Tributary: {:.0} % of the raw drain, {:.1}× the Python consumer; DuckDB counted {events} rows, each offset once.",
+            100.0 * drain_tuned.as_secs_f64() / e2e.as_secs_f64(),
+            py_secs.as_secs_f64() / e2e.as_secs_f64()
+        );
+    }
 }

@@ -40,6 +40,26 @@ pub fn click(i: u64) -> Value {
     ])
 }
 
+/// Event `i` as the JSON a `json.dumps` producer writes: the same values, the time as
+/// RFC 3339 text.
+pub fn click_json(i: u64) -> Vec<u8> {
+    let micros = 1_767_225_600_000_000 + i as i64 * 1000;
+    let ts = chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    format!(
+        r#"{{"event_id": "{}", "user_id": "u{}", "page": "/p/{}", "action": "{}", "session_id": "s{}", "device": "{}", "country": "{}", "event_timestamp": "{ts}"}}"#,
+        uuid::Uuid::from_u64_pair(7, i),
+        i % 5000,
+        i % 100,
+        ["view", "click", "add_to_cart", "purchase"][(i % 4) as usize],
+        i % 20_000,
+        ["mobile", "desktop", "tablet"][(i % 3) as usize],
+        ["NL", "DE", "US", "FR"][(i % 4) as usize],
+    )
+    .into_bytes()
+}
+
 pub fn frames(schema: &Schema, id: u32, n: u64) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {

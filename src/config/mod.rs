@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 use url::Url;
 
 pub use aggregate::{AggregateConfig, Measure, MeasureFn, Window, parse_measure};
-pub use kafka::{KafkaConfig, KafkaFormat, RESERVED_OPTIONS, StartAt, SubjectStrategy};
+pub use kafka::{
+    HEADERS_COLUMN, KEY_COLUMN, KafkaConfig, KafkaFormat, KeyConfig, KeyFormat, RESERVED_OPTIONS, StartAt,
+    SubjectStrategy, UnknownFields,
+};
 pub use postgres::{PostgresConfig, PostgresDsn, parse_dsn, qualify};
 pub use spec::{EmitMode, FileFormat, LatePolicy, MergeMode, OnIncompatible, TableMode};
 pub use values::{ByteSize, Secret, Span};
@@ -102,9 +105,10 @@ impl SourceConfig {
     pub fn source_time_column(&self) -> Option<&'static str> {
         match self {
             SourceConfig::Postgres(_) => Some("_commit_ts"),
-            SourceConfig::Kafka(k) => Some(match k.format {
-                KafkaFormat::Avro => "_timestamp",
-                KafkaFormat::DebeziumAvro => "_commit_ts",
+            SourceConfig::Kafka(k) => Some(if k.format.changes(k.upsert) {
+                "_commit_ts"
+            } else {
+                "_timestamp"
             }),
             SourceConfig::Generator(_) | SourceConfig::File(_) => None,
         }
@@ -112,7 +116,18 @@ impl SourceConfig {
 
     /// Whether records carry their key (a mirror table may then omit `key`).
     pub fn supplies_keys(&self) -> bool {
-        matches!(self, SourceConfig::Postgres(_))
+        match self {
+            SourceConfig::Postgres(_) => true,
+            // Upsert topics' keys, and Debezium events' record keys (the primary key).
+            SourceConfig::Kafka(k) => {
+                k.upsert
+                    || (k.format.is_debezium()
+                        && k.key
+                            .as_ref()
+                            .is_some_and(|key| matches!(key.format, KeyFormat::Json | KeyFormat::Avro)))
+            }
+            SourceConfig::Generator(_) | SourceConfig::File(_) => false,
+        }
     }
 }
 
@@ -488,95 +503,6 @@ impl Resolver<'_> {
             )),
             _ => Ok(()),
         }
-    }
-
-    fn kafka(&self, k: spec::KafkaSpec) -> Result<KafkaConfig, ConfigError> {
-        let brokers = self.expand("source.brokers", &k.brokers)?;
-        if brokers.trim().is_empty() {
-            return Err(self.err(
-                "source.brokers",
-                "name at least one broker, e.g. \"127.0.0.1:9092\"",
-            ));
-        }
-        if k.topics.is_empty() {
-            return Err(self.err("source.topics", "name at least one topic"));
-        }
-        let mut seen = BTreeSet::new();
-        for (i, t) in k.topics.iter().enumerate() {
-            // Kafka's own rule for topic names.
-            let legal = !t.is_empty()
-                && t.len() <= 249
-                && t.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-            if !legal {
-                return Err(self.err(
-                    format!("source.topics[{i}]"),
-                    format!("\"{t}\" is not a valid topic name"),
-                ));
-            }
-            if !seen.insert(t) {
-                return Err(self.err(format!("source.topics[{i}]"), format!("\"{t}\" is listed twice")));
-            }
-        }
-        if k.group_id.is_empty() {
-            return Err(self.err("source.group_id", "must not be empty"));
-        }
-        let registry = self.expand("source.schema_registry", &k.schema_registry)?;
-        match Url::parse(&registry) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => {
-                return Err(self.err(
-                    "source.schema_registry",
-                    format!("\"{registry}\" is not an http(s) URL"),
-                ));
-            }
-        }
-        let strategy = k.subject_strategy.unwrap_or(SubjectStrategy::Topic);
-        let mut reader_schemas = BTreeMap::new();
-        for (topic, path) in &k.reader_schemas {
-            let key = format!("source.reader_schemas.{topic}");
-            if !k.topics.contains(topic) {
-                return Err(self.err(&key, format!("\"{topic}\" is not one of source.topics")));
-            }
-            let path = self.expand(&key, &path.to_string_lossy())?;
-            let text = std::fs::read_to_string(&path).map_err(|e| self.err(&key, format!("{path}: {e}")))?;
-            let schema = apache_avro::Schema::parse_str(&text)
-                .map_err(|e| self.err(&key, format!("{path}: not an Avro schema: {e}")))?;
-            if !matches!(schema, apache_avro::Schema::Record(_)) {
-                return Err(self.err(&key, format!("{path}: the reader schema must be a record")));
-            }
-            reader_schemas.insert(topic.clone(), text);
-        }
-        if strategy != SubjectStrategy::Topic
-            && let Some(t) = k.topics.iter().find(|t| !reader_schemas.contains_key(*t))
-        {
-            return Err(self.err(
-                format!("source.reader_schemas.{t}"),
-                "with a record subject strategy there is no subject to take the reader schema from: name a .avsc file",
-            ));
-        }
-        let mut options = BTreeMap::new();
-        for (name, value) in &k.options {
-            let key = format!("source.options.\"{name}\"");
-            if RESERVED_OPTIONS.contains(&name.as_str()) {
-                return Err(self.err(
-                    &key,
-                    "is set by Tributary (use brokers, group_id or auto_offset_reset)",
-                ));
-            }
-            options.insert(name.clone(), Secret::new(self.expand(&key, value)?));
-        }
-        Ok(KafkaConfig {
-            brokers,
-            topics: k.topics,
-            group_id: k.group_id,
-            format: k.format,
-            schema_registry: registry,
-            subject_strategy: strategy,
-            reader_schemas,
-            start_at: k.auto_offset_reset.unwrap_or(StartAt::Earliest),
-            options,
-        })
     }
 
     fn postgres(&self, p: spec::PostgresSpec) -> Result<PostgresConfig, ConfigError> {

@@ -92,7 +92,8 @@ pub enum SourceSpec {
     File(FileSpec),
     /// PostgreSQL logical replication (`pgoutput`), with an optional initial snapshot.
     Postgres(PostgresSpec),
-    /// Kafka topics of Confluent-framed Avro, read as a consumer group.
+    /// Kafka topics (Avro, JSON, Debezium change events, upsert topics), read as a
+    /// consumer group.
     Kafka(KafkaSpec),
 }
 
@@ -105,10 +106,31 @@ pub struct KafkaSpec {
     pub topics: Vec<String>,
     /// Consumer group; several processes with one group share the partitions.
     pub group_id: String,
-    /// `avro` (Confluent wire format) or `debezium-avro` (Debezium change events).
+    /// `avro` (Confluent wire format), `json` (one JSON object per message),
+    /// `debezium-avro` or `debezium-json` (Debezium change events).
     pub format: super::kafka::KafkaFormat,
-    /// Schema registry base URL; `${ENV}` is expanded.
-    pub schema_registry: String,
+    /// Schema registry base URL; `${ENV}` is expanded. Needed for Avro values or keys.
+    pub schema_registry: Option<String>,
+    /// The values' schema (`.avsc`) for every topic not in `reader_schemas`; for JSON
+    /// it is the schema messages are read against (default: the columns of a table
+    /// the topic already feeds).
+    pub schema: Option<PathBuf>,
+    /// JSON: `ignore` (default) or `dead_letter` fields the schema does not have.
+    pub unknown_fields: Option<super::kafka::UnknownFields>,
+    /// `string`, `bytes`, `json` or `avro`: read message keys (absent: keys ignored).
+    pub key_format: Option<super::kafka::KeyFormat>,
+    /// Keys' schema (`.avsc` record) for `key_format = "json"` (required) or `"avro"`
+    /// (default: the latest schema of the `{topic}-key` subject).
+    pub key_schema: Option<PathBuf>,
+    /// Prefix of the columns a record key's fields become (default none).
+    pub key_prefix: Option<String>,
+    /// Expose the message headers as a `_headers` map column.
+    #[serde(default)]
+    pub headers: bool,
+    /// The topics are upsert (compacted, latest-state) topics: the key is the row's
+    /// key, a value replaces it, a tombstone deletes it.
+    #[serde(default)]
+    pub upsert: bool,
     /// `topic` (default), `record` or `topic_record`: the subject writer schemas must be
     /// registered under.
     pub subject_strategy: Option<super::kafka::SubjectStrategy>,

@@ -234,6 +234,46 @@ fn kafka_mistakes_name_their_key() {
             "format = \"avro\"\nsubject_strategy = \"record\"",
             "source.reader_schemas.clicks",
         ),
+        (
+            "schema_registry = \"http://127.0.0.1:18081\"",
+            "",
+            "source.schema_registry: Avro values are read with writer schemas",
+        ),
+        (
+            "group_id = \"g\"",
+            "group_id = \"g\"\nunknown_fields = \"dead_letter\"",
+            "source.unknown_fields",
+        ),
+        (
+            "group_id = \"g\"",
+            "group_id = \"g\"\nkey_prefix = \"k_\"",
+            "source.key_prefix: set key_format",
+        ),
+        (
+            "group_id = \"g\"",
+            "group_id = \"g\"\nkey_format = \"json\"",
+            "source.key_schema: JSON keys are read against a declared schema",
+        ),
+        (
+            "group_id = \"g\"",
+            "group_id = \"g\"\nkey_format = \"string\"\nkey_prefix = \"k_\"",
+            "source.key_prefix: only record keys",
+        ),
+        (
+            "group_id = \"g\"",
+            "group_id = \"g\"\nupsert = true",
+            "source.upsert: an upsert topic's key is its rows' key",
+        ),
+        (
+            "group_id = \"g\"",
+            "group_id = \"g\"\nupsert = true\nkey_format = \"string\"",
+            "source.upsert: Debezium events are changes already",
+        ),
+        (
+            "group_id = \"g\"",
+            "group_id = \"g\"\nheaders = true",
+            "source.headers",
+        ),
     ];
     for (from, to, expect) in cases {
         let text = KAFKA.replace(from, to);
@@ -504,4 +544,67 @@ fn compaction_and_the_adaptive_trigger_resolve_against_the_budget() {
         let e = error_of(&format!("{GOOD}\n{extra}\n"));
         assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
     }
+}
+
+#[test]
+fn json_upsert_topics_resolve_and_supply_the_mirror_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let avsc = dir.path().join("v.avsc");
+    std::fs::write(
+        &avsc,
+        r#"{"type":"record","name":"V","fields":[{"name":"n","type":"long"}]}"#,
+    )
+    .unwrap();
+    let text = KAFKA
+        .replace("format = \"debezium-avro\"", "format = \"json\"")
+        .replace(
+            "schema_registry = \"http://127.0.0.1:18081\"",
+            &format!(
+                "schema = \"{}\"\nkey_format = \"string\"\nupsert = true\nheaders = true",
+                avsc.display()
+            ),
+        )
+        .replace("key = [\"id\"]", "");
+    let p = parse("p.toml", &text, env).unwrap();
+    let SourceConfig::Kafka(k) = &p.source else {
+        panic!("not kafka")
+    };
+    assert!(k.schema_registry.is_none());
+    assert!(k.upsert && k.headers);
+    assert_eq!(k.key.as_ref().map(|k| k.format), Some(KeyFormat::String));
+    // Every topic reads against the one schema.
+    assert_eq!(k.reader_schemas.len(), 2);
+    assert_eq!(p.source.source_time_column(), Some("_commit_ts"));
+    // Without the upsert, a mirror needs its key spelled out again.
+    let e = error_of(&text.replace("upsert = true\n", ""));
+    assert!(e.contains("tables[0].key: a mirror table needs its key"), "{e}");
+}
+
+#[test]
+fn every_example_pipeline_resolves() {
+    let env = |name: &str| {
+        Some(
+            match name {
+                "KAFKA_BROKERS" => "127.0.0.1:19092",
+                "SCHEMA_REGISTRY_URL" => "http://127.0.0.1:18081",
+                "TRIBUTARY_PG_DSN" => "host=127.0.0.1 port=15432 user=postgres dbname=postgres",
+                "AWS_ENDPOINT_URL" => "http://127.0.0.1:19000",
+                _ => "x",
+            }
+            .to_string(),
+        )
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = parse(&path.display().to_string(), &text, env) {
+                panic!("{e}");
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 7, "{n} example pipelines");
 }

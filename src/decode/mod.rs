@@ -4,6 +4,7 @@
 pub mod avro_check;
 pub mod confluent;
 pub mod debezium;
+pub mod json;
 
 use std::fs::File;
 use std::io::BufReader;

@@ -301,6 +301,7 @@ async fn run_once(
             .chain(aggregates.iter().map(|a| a.sink.committed().clone()))
             .collect(),
         oracle: Some(std::sync::Arc::new(oracle::Oracle::new(pipeline, &shard_info))),
+        schemas: tables::stream_schemas(&tables),
     };
     // A source that prefetches on its own (librdkafka) gets a quarter of the
     // in-flight bytes for it; the runtime's own queue and batches the rest.

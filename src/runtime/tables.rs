@@ -130,6 +130,18 @@ fn count(summary: &mut TableSummary, outcome: Committed, rows: usize) {
     }
 }
 
+/// Per stream, the schema of the first table it feeds that has one (a committed
+/// table): see [`crate::source::Resume::schemas`].
+pub(super) fn stream_schemas(tables: &[TableTarget]) -> BTreeMap<String, SchemaRef> {
+    let mut out = BTreeMap::new();
+    for t in tables {
+        if let Some(s) = t.sink.schema() {
+            out.entry(t.cfg.from.clone()).or_insert(s);
+        }
+    }
+    out
+}
+
 impl TableTarget {
     /// The rows of `pending` this table does not hold yet, in the shape its mode
     /// writes. Rows the table cannot take go to `dead` when the table routes them

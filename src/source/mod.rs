@@ -210,6 +210,9 @@ pub struct Resume {
     /// Reads the tables' progress afresh, for sources whose shards move between
     /// processes (Kafka consumer groups).
     pub oracle: Option<Arc<dyn TableProgress>>,
+    /// Per stream, the schema of a table it already feeds: what a source reading
+    /// against a declared schema (JSON topics) reads with when none is configured.
+    pub schemas: std::collections::BTreeMap<String, SchemaRef>,
 }
 
 /// Reads, from the tables themselves, where each shard resumes: the smallest progress

@@ -9,6 +9,7 @@ mod crash;
 mod deletion_vectors;
 mod files;
 mod kafka;
+mod kafka_json;
 mod kafka_support;
 mod maintain;
 mod mirror;

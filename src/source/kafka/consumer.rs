@@ -12,12 +12,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::decoding::{Decoding, Queued};
-use super::schemas::{Chunk, TopicDecoder};
+use super::headers;
+use super::schemas::{Chunk, Gather, TopicDecoder};
 use super::{METADATA_TIMEOUT, kafka_err, shard_name};
 use crate::config::{KafkaConfig, StartAt};
 use crate::progress::Progress;
@@ -406,6 +407,11 @@ pub fn spawn(mut setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceErro
         let topics: Vec<&str> = setup.cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_err("subscribe"))?;
     }
+    let gathers = setup
+        .decoders
+        .iter()
+        .map(|(t, d)| (t.clone(), d.gathers()))
+        .collect();
     let decoding = Decoding::spawn(
         std::mem::take(&mut setup.decoders),
         setup.dead_letters,
@@ -431,6 +437,7 @@ pub fn spawn(mut setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceErro
                 done: HashSet::new(),
                 last_flush: Instant::now(),
                 acked_seen: Progress::new(),
+                gathers,
                 last: None,
             };
             if let Err(e) = st.run(&consumer) {
@@ -458,8 +465,10 @@ struct State {
     done: HashSet<(String, i32)>,
     last_flush: Instant,
     acked_seen: Progress,
-    /// The partition of the last message and its `--once` end.
-    last: Option<((String, i32), Option<i64>)>,
+    /// Per topic, what is gathered of its messages besides values.
+    gathers: HashMap<String, Gather>,
+    /// The partition of the last message, its `--once` end and what is gathered.
+    last: Option<((String, i32), Option<i64>, Gather)>,
 }
 
 impl State {
@@ -499,15 +508,9 @@ impl State {
                 }
                 Some(Ok(m)) => {
                     drained = false;
-                    self.gather(
-                        m.topic(),
-                        m.partition(),
-                        m.offset(),
-                        m.payload(),
-                        m.timestamp().to_millis(),
-                    );
+                    self.gather(&m);
                     since_clock += 1;
-                    let full = self.last.as_ref().is_some_and(|(k, _)| {
+                    let full = self.last.as_ref().is_some_and(|(k, _, _)| {
                         self.chunks.get(k).is_some_and(|c| {
                             c.offsets.len() >= self.setup.chunk_rows || c.frames.data.len() >= CHUNK_BYTES
                         })
@@ -585,22 +588,26 @@ impl State {
         self.send(Polled::Reassigned)
     }
 
-    fn gather(&mut self, topic: &str, partition: i32, offset: i64, payload: Option<&[u8]>, ts: Option<i64>) {
+    fn gather(&mut self, m: &BorrowedMessage<'_>) {
+        let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
         // Messages come in runs of one partition: the key (and its `--once` end) is
         // built when the partition changes, not per message.
         if self
             .last
             .as_ref()
-            .is_none_or(|(k, _)| k.1 != partition || k.0 != topic)
+            .is_none_or(|(k, _, _)| k.1 != partition || k.0 != topic)
         {
             let end = self
                 .setup
                 .ends
                 .as_ref()
                 .map(|ends| ends.get(&shard_name(topic, partition)).map_or(0, |e| e.1));
-            self.last = Some(((topic.to_string(), partition), end));
+            let gather = self.gathers.get(topic).copied().unwrap_or_default();
+            self.last = Some(((topic.to_string(), partition), end, gather));
         }
-        let Some((key, end)) = &self.last else { return };
+        let Some((key, end, gather)) = &self.last else {
+            return;
+        };
         if !self.assigned.contains(key) || self.done.contains(key) {
             return;
         }
@@ -637,11 +644,23 @@ impl State {
                 .or_insert_with(|| self.decoding.empty_chunk()),
         };
         chunk.next = offset + 1;
-        // A tombstone (no value) is a compaction marker, not a record.
-        if let Some(payload) = payload {
-            chunk.frames.push(payload);
-            chunk.offsets.push(offset);
-            chunk.timestamps.push(ts);
+        // A tombstone (no value) is a compaction marker, not a record, except on an
+        // upsert topic, where it deletes its key.
+        let payload = m.payload();
+        if payload.is_none() && !gather.tombstones {
+            return;
+        }
+        chunk.frames.push(payload.unwrap_or_default());
+        chunk.has_value.push(payload.is_some());
+        chunk.offsets.push(offset);
+        chunk.timestamps.push(m.timestamp().to_millis());
+        if gather.keys {
+            let key = m.key();
+            chunk.keys.push(key.unwrap_or_default());
+            chunk.has_key.push(key.is_some());
+        }
+        if gather.headers {
+            headers::append(m, chunk.headers.get_or_insert_with(headers::builder));
         }
     }
 

@@ -32,7 +32,7 @@ enum Work {
     Chunk {
         topic: String,
         partition: i32,
-        chunk: Chunk,
+        chunk: Box<Chunk>,
     },
     Polled(Result<Polled, SourceError>),
 }
@@ -108,7 +108,7 @@ impl Decoding {
                         } => {
                             let shard: Arc<str> = Arc::from(shard_name(&topic, partition));
                             let decoded = match decoders.get_mut(&topic) {
-                                Some(d) => d.decode(&chunk, partition, &shard, dead_letters),
+                                Some(d) => d.decode(&mut chunk, partition, &shard, dead_letters),
                                 None => Err(SourceError::Kafka(format!("no decoder for topic {topic}"))),
                             };
                             let go_on = match decoded {
@@ -133,7 +133,7 @@ impl Decoding {
                             // larger than it) gives its memory back instead.
                             if chunk.frames.data.capacity() <= 2 * CHUNK_BYTES {
                                 chunk.clear();
-                                let _ = back.try_send(chunk);
+                                let _ = back.try_send(*chunk);
                             }
                             pending.done();
                             go_on
@@ -164,7 +164,7 @@ impl Decoding {
         let work = Work::Chunk {
             topic: topic.to_string(),
             partition,
-            chunk,
+            chunk: Box::new(chunk),
         };
         if self.tx.send(work).is_err() {
             self.queued.done();

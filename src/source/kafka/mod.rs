@@ -1,5 +1,5 @@
-//! `[source] kind = "kafka"`: topics of Confluent-framed Avro (plain records or
-//! Debezium change events), read as a consumer group.
+//! `[source] kind = "kafka"`: topics of Confluent-framed Avro or JSON (plain records,
+//! upsert topics or Debezium change events), read as a consumer group.
 //!
 //! ```text
 //!  consumer thread (librdkafka poll loop)                       runtime task
@@ -22,7 +22,10 @@
 
 mod consumer;
 mod decoding;
+mod headers;
+mod keys;
 mod schemas;
+mod values;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -176,6 +179,8 @@ pub struct KafkaSource {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
     schemas: BTreeMap<String, SchemaRef>,
+    /// Per topic, the key its records carry (upsert and keyed Debezium topics).
+    keys: BTreeMap<String, Vec<String>>,
 }
 
 impl KafkaSource {
@@ -196,9 +201,13 @@ impl KafkaSource {
         let topics = partitions(cfg).await?;
         let mut decoders = BTreeMap::new();
         let mut schemas = BTreeMap::new();
+        let mut keys = BTreeMap::new();
         for topic in &cfg.topics {
-            let d = schemas::TopicDecoder::open(cfg, topic, chunk_rows).await?;
+            let d = schemas::TopicDecoder::open(cfg, topic, resume.schemas.get(topic), chunk_rows).await?;
             schemas.insert(topic.clone(), d.schema());
+            if let Some(k) = d.key() {
+                keys.insert(topic.clone(), k);
+            }
             decoders.insert(topic.clone(), d);
         }
         // `--once` stops at the high watermarks of now.
@@ -246,6 +255,7 @@ impl KafkaSource {
             shared,
             thread: Some(thread),
             schemas,
+            keys,
         })
     }
 }
@@ -260,6 +270,10 @@ impl Source for KafkaSource {
         (self.schemas.len() == 1)
             .then(|| self.schemas.values().next().cloned())
             .flatten()
+    }
+
+    fn key(&self, stream: &str) -> Option<Vec<String>> {
+        self.keys.get(stream).cloned()
     }
 
     async fn poll(&mut self) -> Result<Polled, SourceError> {

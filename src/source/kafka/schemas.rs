@@ -1,15 +1,31 @@
-//! Per topic: the reader schema, writer schemas from the registry, and the step from
-//! a partition's frames to a [`SourceBatch`] (plain records or Debezium changes).
+//! Per topic: the layout of its records and the step from a partition's gathered
+//! messages to a [`SourceBatch`], in one of three layouts:
+//! - plain rows: `_partition`, `_offset`, `_timestamp`, then the key's columns, `_headers`
+//!   and the value's fields;
+//! - Debezium changes: the change-row layout of [`crate::sink::change`], from the envelope;
+//! - upsert changes (`upsert = true`): the same change-row layout, `_op` = `u` for a
+//!   value and `d` for a tombstone, the key's columns, `_headers`, then the value's
+//!   fields (null for a tombstone). A mirror takes the key's columns as its key.
+//!
+//! A key column and a value field of the same name are one column: the key's (their
+//! types must agree; `key_prefix` tells them apart otherwise).
 
 use std::sync::Arc;
 
-use deltalake::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use deltalake::arrow::array::{
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+};
+use deltalake::arrow::compute::take;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::config::{KafkaConfig, KafkaFormat, SubjectStrategy};
-use crate::decode::confluent::{ConfluentDecoder, Frames, WriterSchemas};
+use super::headers::{self, HeadersBuilder};
+use super::keys::KeyDecoder;
+use super::values::{Declared, ValueDecoder};
+use crate::config::{HEADERS_COLUMN, KEY_COLUMN, KafkaConfig, SubjectStrategy};
+use crate::decode::confluent::{Frames, WriterSchemas};
 use crate::decode::debezium;
 use crate::registry::client::{Client, ClientError};
+use crate::sink::change::{COMMIT_TS, OP, POSITION, SOURCE};
 use crate::sink::dead_letter::{DeadLetters, ErrorKind};
 use crate::source::{SourceBatch, SourceError};
 
@@ -25,6 +41,8 @@ pub struct RegistrySchemas {
     client: Client,
     topic: String,
     strategy: SubjectStrategy,
+    /// Key schemas (`{topic}-key`) rather than value schemas.
+    key: bool,
     handle: tokio::runtime::Handle,
 }
 
@@ -39,7 +57,21 @@ impl RegistrySchemas {
             client,
             topic: topic.to_string(),
             strategy,
+            key: false,
             handle,
+        }
+    }
+
+    /// Writer schemas of a topic's keys.
+    pub fn for_keys(
+        client: Client,
+        topic: &str,
+        strategy: SubjectStrategy,
+        handle: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            key: true,
+            ..Self::new(client, topic, strategy, handle)
         }
     }
 }
@@ -60,7 +92,7 @@ impl WriterSchemas for RegistrySchemas {
             Ok(_) => return Ok(Err(format!("schema id {id} is not a record schema"))),
             Err(e) => return Ok(Err(format!("schema id {id} is not a valid Avro schema: {e}"))),
         };
-        let subject = self.strategy.subject(&self.topic, &record);
+        let subject = self.strategy.subject_of(&self.topic, &record, self.key);
         match self.handle.block_on(self.client.lookup(&subject, &text)) {
             Ok(_) => Ok(Ok(text)),
             Err(e) if e.is_not_found() => Ok(Err(format!(
@@ -74,7 +106,16 @@ impl WriterSchemas for RegistrySchemas {
 /// What the consumer thread gathered of one partition.
 #[derive(Debug, Default)]
 pub struct Chunk {
+    /// Values; a tombstone (kept on upsert topics only) is an empty frame.
     pub frames: Frames,
+    /// Per record: whether it has a value (false for a tombstone).
+    pub has_value: Vec<bool>,
+    /// Keys, when the topic's keys are read (an absent key is an empty frame).
+    pub keys: Frames,
+    /// Per record, when keys are read: whether it has a key.
+    pub has_key: Vec<bool>,
+    /// Headers, when they are read: one map per record.
+    pub headers: Option<HeadersBuilder>,
     pub offsets: Vec<i64>,
     /// Kafka record timestamps (milliseconds), when the record has one.
     pub timestamps: Vec<Option<i64>>,
@@ -85,29 +126,71 @@ pub struct Chunk {
 impl Chunk {
     pub fn clear(&mut self) {
         self.frames.clear();
+        self.has_value.clear();
+        self.keys.clear();
+        self.has_key.clear();
+        if let Some(h) = &mut self.headers {
+            // Finishing is how a builder is emptied.
+            let _ = h.finish();
+        }
         self.offsets.clear();
         self.timestamps.clear();
     }
+}
+
+/// Which layout a topic's records take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Plain,
+    Debezium,
+    Upsert,
 }
 
 /// Decodes one topic's records.
 #[derive(Debug)]
 pub struct TopicDecoder {
     topic: Arc<str>,
-    format: KafkaFormat,
-    decoder: ConfluentDecoder,
-    schemas: Option<RegistrySchemas>,
+    layout: Layout,
+    values: ValueDecoder,
+    /// Keys decoded into columns (plain and upsert layouts).
+    keys: Option<KeyDecoder>,
+    headers: bool,
+    /// The value columns kept (a key column of the same name replaces one).
+    value_columns: Vec<usize>,
+    /// The columns a mirror of this topic is keyed by, when the records say.
+    key_names: Option<Vec<String>>,
     schema: SchemaRef,
 }
 
 impl TopicDecoder {
-    /// Takes the reader schema from the configuration or, failing that, the latest
-    /// version of the topic's subject.
-    pub async fn open(cfg: &KafkaConfig, topic: &str, chunk_rows: usize) -> Result<Self, SourceError> {
-        let client = Client::new(&cfg.schema_registry);
-        let reader = match cfg.reader_schemas.get(topic) {
-            Some(text) => text.clone(),
-            None => {
+    /// Takes the values' schema from the configuration or, failing that, for JSON the
+    /// schema of a table the topic feeds (`table`), for Avro the latest version of the
+    /// topic's subject.
+    pub async fn open(
+        cfg: &KafkaConfig,
+        topic: &str,
+        table: Option<&SchemaRef>,
+        chunk_rows: usize,
+    ) -> Result<Self, SourceError> {
+        let client = cfg.schema_registry.as_deref().map(Client::new);
+        let declared = match (cfg.reader_schemas.get(topic), &client) {
+            (Some(text), _) => Declared::Avro(text.clone()),
+            (None, _) if cfg.format.is_json() => match table {
+                Some(schema) => Declared::Table(values_of(schema, cfg)),
+                None => {
+                    return Err(SourceError::Setup(format!(
+                        "topic {topic}: JSON messages are read against a declared schema: set \
+                         source.schema (or source.reader_schemas.{topic}) to a .avsc file; once a \
+                         table fed by the topic exists, its columns serve"
+                    )));
+                }
+            },
+            (None, None) => {
+                return Err(SourceError::Setup(format!(
+                    "topic {topic}: no schema for its values (set source.schema)"
+                )));
+            }
+            (None, Some(client)) => Declared::Avro({
                 let subject = cfg.subject_strategy.subject(topic, "");
                 client
                     .latest(&subject)
@@ -123,49 +206,120 @@ impl TopicDecoder {
                         SourceError::Registry(format!("topic {topic}: reader schema from subject {subject}: {e}{hint}"))
                     })?
                     .schema
-            }
+            }),
         };
-        let decoder = ConfluentDecoder::new(&reader, chunk_rows)
-            .map_err(|e| SourceError::Setup(format!("topic {topic}: {e}")))?;
-        let schema = match cfg.format {
-            KafkaFormat::Avro => {
-                let mut fields = vec![
-                    Field::new(PARTITION, DataType::Int32, false),
-                    Field::new(OFFSET, DataType::Int64, false),
-                    Field::new(
-                        TIMESTAMP,
-                        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                        true,
-                    ),
-                ];
-                let inner = decoder.schema();
-                if let Some(f) = inner
-                    .fields()
-                    .iter()
-                    .find(|f| [PARTITION, OFFSET, TIMESTAMP].contains(&f.name().as_str()))
-                {
-                    return Err(SourceError::Setup(format!(
-                        "topic {topic}: the record has a field {} that Tributary adds itself",
-                        f.name()
+        let registry = client
+            .clone()
+            .map(|c| RegistrySchemas::new(c, topic, cfg.subject_strategy, tokio::runtime::Handle::current()));
+        let values = ValueDecoder::open(cfg, topic, declared, registry, chunk_rows)?;
+        let layout = if cfg.format.is_debezium() {
+            Layout::Debezium
+        } else if cfg.upsert {
+            Layout::Upsert
+        } else {
+            Layout::Plain
+        };
+        let keys = match &cfg.key {
+            Some(k) => Some(KeyDecoder::open(cfg, k, topic, client.as_ref(), chunk_rows).await?),
+            None => None,
+        };
+        let setup = |e: String| SourceError::Setup(format!("topic {topic}: {e}"));
+        let inner = values.schema();
+        if layout == Layout::Debezium {
+            let schema = debezium::change_schema(&inner).map_err(setup)?;
+            // A Debezium key is the table's primary key: its field names are columns
+            // of the row image.
+            let key_names = match &keys {
+                Some(k @ (KeyDecoder::Json { .. } | KeyDecoder::Avro { .. })) => {
+                    let prefix = cfg.key.as_ref().map_or("", |k| k.prefix.as_str());
+                    let names: Vec<String> = k
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().strip_prefix(prefix).unwrap_or(f.name()).to_string())
+                        .collect();
+                    if let Some(n) = names.iter().find(|n| schema.field_with_name(n).is_err()) {
+                        return Err(setup(format!("the key's field `{n}` is not a column of the row")));
+                    }
+                    Some(names)
+                }
+                _ => None,
+            };
+            return Ok(Self {
+                topic: Arc::from(topic),
+                layout,
+                values,
+                keys: None,
+                headers: false,
+                value_columns: Vec::new(),
+                key_names,
+                schema,
+            });
+        }
+        let mut fields: Vec<Field> = match layout {
+            Layout::Upsert => change_fields(),
+            _ => vec![
+                Field::new(PARTITION, DataType::Int32, false),
+                Field::new(OFFSET, DataType::Int64, false),
+                Field::new(
+                    TIMESTAMP,
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    true,
+                ),
+            ],
+        };
+        let meta: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
+        let key_fields = keys.as_ref().map(KeyDecoder::fields).unwrap_or_default();
+        let mut value_columns = Vec::new();
+        for (j, f) in inner.fields().iter().enumerate() {
+            if meta.contains(f.name()) || [KEY_COLUMN, HEADERS_COLUMN].contains(&f.name().as_str()) {
+                return Err(setup(format!(
+                    "the record has a field {} that Tributary adds itself",
+                    f.name()
+                )));
+            }
+            match key_fields.iter().find(|k| k.name() == f.name()) {
+                Some(k) if k.data_type() == f.data_type() => {}
+                Some(k) => {
+                    return Err(setup(format!(
+                        "the key's field `{}` ({}) and the value's ({}) differ: set source.key_prefix",
+                        k.name(),
+                        k.data_type(),
+                        f.data_type()
                     )));
                 }
-                fields.extend(inner.fields().iter().map(|f| f.as_ref().clone()));
-                Arc::new(Schema::new(fields))
+                None => value_columns.push(j),
             }
-            KafkaFormat::DebeziumAvro => debezium::change_schema(&decoder.schema())
-                .map_err(|e| SourceError::Setup(format!("topic {topic}: {e}")))?,
-        };
+        }
+        if let Some(k) = key_fields.iter().find(|k| meta.contains(k.name())) {
+            return Err(setup(format!(
+                "the key has a field {} that Tributary adds itself",
+                k.name()
+            )));
+        }
+        let key_names =
+            (layout == Layout::Upsert).then(|| key_fields.iter().map(|f| f.name().clone()).collect());
+        fields.extend(key_fields);
+        if cfg.headers {
+            fields.push(Field::new(HEADERS_COLUMN, headers::data_type(), true));
+        }
+        fields.extend(value_columns.iter().map(|&j| {
+            let f = inner.field(j).clone();
+            // A tombstone has no value.
+            if layout == Layout::Upsert {
+                f.with_nullable(true)
+            } else {
+                f
+            }
+        }));
         Ok(Self {
             topic: Arc::from(topic),
-            format: cfg.format,
-            decoder,
-            schemas: Some(RegistrySchemas::new(
-                client,
-                topic,
-                cfg.subject_strategy,
-                tokio::runtime::Handle::current(),
-            )),
-            schema,
+            layout,
+            values,
+            keys,
+            headers: cfg.headers,
+            value_columns,
+            key_names,
+            schema: Arc::new(Schema::new(fields)),
         })
     }
 
@@ -173,51 +327,77 @@ impl TopicDecoder {
         self.schema.clone()
     }
 
+    /// The columns a mirror of this topic takes as its key, when the records carry it
+    /// (upsert topics, Debezium topics with record keys).
+    pub fn key(&self) -> Option<Vec<String>> {
+        self.key_names.clone()
+    }
+
+    /// Whether the consumer thread must gather keys, tombstones and headers.
+    pub fn gathers(&self) -> Gather {
+        Gather {
+            keys: self.keys.is_some(),
+            tombstones: self.layout == Layout::Upsert,
+            headers: self.headers,
+        }
+    }
+
     /// The batch of a partition's chunk; `None` when it holds nothing to hand over.
     pub fn decode(
         &mut self,
-        chunk: &Chunk,
+        chunk: &mut Chunk,
         partition: i32,
         shard: &Arc<str>,
         dead_letters: bool,
     ) -> Result<Option<SourceBatch>, SourceError> {
-        if chunk.offsets.is_empty() {
+        let n = chunk.offsets.len();
+        if n == 0 {
             return Ok(None);
         }
-        let schemas: &mut dyn WriterSchemas = match self.schemas.as_mut() {
-            Some(s) => s,
-            None => return Err(SourceError::Setup("no writer schemas".into())),
-        };
-        let decoded = self
-            .decoder
-            .decode(&chunk.frames, 0..chunk.frames.len(), schemas)
-            .map_err(|e| SourceError::Registry(format!("topic {}: {e}", self.topic)))?;
-        let mut rejected: Vec<(usize, String)> = decoded.rejected;
-        let positions = Int64Array::from_iter_values(decoded.kept.iter().map(|&i| chunk.offsets[i]));
-        let (records, positions) = match self.format {
-            KafkaFormat::Avro => {
-                let n = decoded.kept.len();
-                let mut columns: Vec<ArrayRef> = vec![
-                    Arc::new(Int32Array::from_iter_values(std::iter::repeat_n(partition, n))),
-                    Arc::new(positions.clone()),
-                    Arc::new(
-                        TimestampMicrosecondArray::from_iter(
-                            decoded
-                                .kept
-                                .iter()
-                                .map(|&i| chunk.timestamps[i].and_then(|ms| ms.checked_mul(1000))),
-                        )
-                        .with_timezone("UTC"),
-                    ),
-                ];
-                columns.extend(decoded.batch.columns().iter().cloned());
-                let batch = RecordBatch::try_new(self.schema.clone(), columns)
-                    .map_err(|e| SourceError::Setup(format!("topic {}: {e}", self.topic)))?;
-                (batch, positions)
+        let registry = |e: String| SourceError::Registry(format!("topic {}: {e}", self.topic));
+        let setup = |e: String| SourceError::Setup(format!("topic {}: {e}", self.topic));
+        let all: Vec<usize> = (0..n).collect();
+        let mut rejected: Vec<(usize, String)> = Vec::new();
+        let mut bad = vec![false; n];
+        let key_columns = match &mut self.keys {
+            Some(k) => {
+                let keys = k.decode(&chunk.keys, &chunk.has_key, &all).map_err(registry)?;
+                for (i, _) in &keys.rejected {
+                    bad[*i] = true;
+                }
+                rejected.extend(keys.rejected);
+                if self.layout == Layout::Upsert {
+                    for (i, b) in bad.iter_mut().enumerate() {
+                        if *b {
+                            continue;
+                        }
+                        let null = keys.columns.iter().position(|c| c.is_null(i));
+                        if !chunk.has_key[i] || null.is_some() {
+                            *b = true;
+                            let why = match null.and_then(|j| self.key_names.as_ref()?.get(j)) {
+                                Some(name) if chunk.has_key[i] => {
+                                    format!(
+                                        "the key's field `{name}` is null: an upsert topic's key identifies a row"
+                                    )
+                                }
+                                _ => "a record of an upsert topic has no key".to_string(),
+                            };
+                            rejected.push((i, why));
+                        }
+                    }
+                }
+                keys.columns
             }
-            KafkaFormat::DebeziumAvro => {
-                let changes = debezium::changes(&decoded.batch, &positions, shard, &self.schema)
-                    .map_err(|e| SourceError::Setup(format!("topic {}: {e}", self.topic)))?;
+            None => Vec::new(),
+        };
+        let with_value: Vec<usize> = (0..n).filter(|&i| !bad[i] && chunk.has_value[i]).collect();
+        let decoded = self.values.decode(&chunk.frames, &with_value).map_err(registry)?;
+        rejected.extend(decoded.rejected);
+        let (records, positions) = match self.layout {
+            Layout::Debezium => {
+                let positions = Int64Array::from_iter_values(decoded.kept.iter().map(|&i| chunk.offsets[i]));
+                let changes =
+                    debezium::changes(&decoded.batch, &positions, shard, &self.schema).map_err(setup)?;
                 rejected.extend(
                     changes
                         .rejected
@@ -227,6 +407,70 @@ impl TopicDecoder {
                 let positions =
                     Int64Array::from_iter_values(changes.kept.iter().map(|&r| positions.value(r as usize)));
                 (changes.batch, positions)
+            }
+            Layout::Plain | Layout::Upsert => {
+                // Records kept, in offset order, and per record its row among the
+                // decoded values (none for a tombstone).
+                let mut rows = Vec::with_capacity(decoded.kept.len());
+                let mut value_rows = Vec::with_capacity(decoded.kept.len());
+                let mut next = 0usize;
+                for (i, (&is_bad, &has_value)) in bad.iter().zip(&chunk.has_value).enumerate() {
+                    if decoded.kept.get(next) == Some(&i) {
+                        rows.push(i as u32);
+                        value_rows.push(Some(next as u32));
+                        next += 1;
+                    } else if self.layout == Layout::Upsert && !is_bad && !has_value {
+                        rows.push(i as u32);
+                        value_rows.push(None);
+                    }
+                }
+                let rows = UInt32Array::from(rows);
+                let value_rows = UInt32Array::from(value_rows);
+                let pick =
+                    |a: &dyn Array, idx: &UInt32Array| take(a, idx, None).map_err(|e| setup(e.to_string()));
+                let positions =
+                    Int64Array::from_iter_values(rows.values().iter().map(|&i| chunk.offsets[i as usize]));
+                let micros = || {
+                    TimestampMicrosecondArray::from_iter(
+                        rows.values()
+                            .iter()
+                            .map(|&i| chunk.timestamps[i as usize].and_then(|ms| ms.checked_mul(1000))),
+                    )
+                    .with_timezone("UTC")
+                };
+                let m = rows.len();
+                let mut columns: Vec<ArrayRef> = if self.layout == Layout::Upsert {
+                    vec![
+                        Arc::new(StringArray::from_iter_values(
+                            value_rows.iter().map(|v| if v.is_some() { "u" } else { "d" }),
+                        )),
+                        Arc::new(positions.clone()),
+                        Arc::new(micros()),
+                        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                            shard.as_ref(),
+                            m,
+                        ))),
+                    ]
+                } else {
+                    vec![
+                        Arc::new(Int32Array::from_iter_values(std::iter::repeat_n(partition, m))),
+                        Arc::new(positions.clone()),
+                        Arc::new(micros()),
+                    ]
+                };
+                for c in &key_columns {
+                    columns.push(pick(c.as_ref(), &rows)?);
+                }
+                if let Some(h) = chunk.headers.as_mut().filter(|_| self.headers) {
+                    let all_headers = h.finish();
+                    columns.push(pick(&all_headers, &rows)?);
+                }
+                for &j in &self.value_columns {
+                    columns.push(pick(decoded.batch.column(j).as_ref(), &value_rows)?);
+                }
+                let batch =
+                    RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| setup(e.to_string()))?;
+                (batch, positions)
             }
         };
         rejected.sort_by_key(|r| r.0);
@@ -260,4 +504,58 @@ impl TopicDecoder {
             control: None,
         }))
     }
+}
+
+/// The value fields of a table fed by a topic: its columns less the ones Tributary
+/// adds (metadata, change columns, `_key`, `_headers`). A record key's fields stay:
+/// the key replaces the value's field of the same name.
+fn values_of(table: &SchemaRef, cfg: &KafkaConfig) -> SchemaRef {
+    let added = [
+        PARTITION,
+        OFFSET,
+        TIMESTAMP,
+        KEY_COLUMN,
+        HEADERS_COLUMN,
+        OP,
+        POSITION,
+        COMMIT_TS,
+        SOURCE,
+        crate::sink::change::UNCHANGED,
+    ];
+    let prefixed = |name: &str| {
+        cfg.key
+            .as_ref()
+            .is_some_and(|k| !k.prefix.is_empty() && name.starts_with(&k.prefix))
+    };
+    Arc::new(Schema::new(
+        table
+            .fields()
+            .iter()
+            .filter(|f| !added.contains(&f.name().as_str()) && !prefixed(f.name()))
+            .cloned()
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// What the consumer thread gathers of a topic's messages besides values.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gather {
+    pub keys: bool,
+    /// Messages without a value (upsert topics' deletes).
+    pub tombstones: bool,
+    pub headers: bool,
+}
+
+/// The leading columns of a change row (see [`crate::sink::change`]).
+fn change_fields() -> Vec<Field> {
+    vec![
+        Field::new(OP, DataType::Utf8, false),
+        Field::new(POSITION, DataType::Int64, false),
+        Field::new(
+            COMMIT_TS,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new(SOURCE, DataType::Utf8, false),
+    ]
 }
