@@ -344,10 +344,14 @@ fn debezium_json_with_and_without_schemas_mirrors_by_the_message_key() {
     create_topic(&topic, 1);
     let mut truth: BTreeMap<i32, (String, i64)> = BTreeMap::new();
     let p = Produce::new();
-    let mut changes = 0i64;
+    // The changelog the test expects: op and row image, in order.
+    let mut model: Vec<(String, i32, String, i64)> = Vec::new();
     let mut lsn = 0i64;
     let mut send = |k: i32, op: &str, before: Option<(i32, &str, i64)>, after: Option<(i32, &str, i64)>| {
         lsn += 1;
+        if let Some((id, name, bal)) = if op == "d" { before } else { after } {
+            model.push((op.to_string(), id, name.to_string(), bal));
+        }
         // Half the events carry the converter's schema wrapper, half do not; keys too.
         let wrapped = lsn % 2 == 0;
         let key = if wrapped {
@@ -364,7 +368,6 @@ fn debezium_json_with_and_without_schemas_mirrors_by_the_message_key() {
     for k in 0..400 {
         send(k, "r", None, Some((k, &format!("c{k}"), 100)));
         truth.insert(k, (format!("c{k}"), 100));
-        changes += 1;
     }
     for round in 0..6i64 {
         for k in (0..400).filter(|k| (k + round as i32) % 5 == 0) {
@@ -382,7 +385,6 @@ fn debezium_json_with_and_without_schemas_mirrors_by_the_message_key() {
                     truth.insert(k, (name, bal + 10));
                 }
             }
-            changes += 1;
         }
     }
     // Not a change event: a dead letter, and the rest goes on.
@@ -434,17 +436,30 @@ fn debezium_json_with_and_without_schemas_mirrors_by_the_message_key() {
         .map(|(k, (n, b))| (k, n, b, 1_767_225_600_000_000 + i64::from(k)))
         .collect();
     assert_eq!(got, want, "mirror equals the source table");
-    let log = &duck(&format!(
-        "SELECT count(*), count(*) FILTER (WHERE _op = 'd'), min(_commit_ts)::VARCHAR FROM {}",
-        scan(lake.join("customers_changes").to_str().unwrap())
-    ))[0];
+    let changes = scan(lake.join("customers_changes").to_str().unwrap());
+    let log: Vec<(String, i32, String, i64)> = duck(&format!(
+        "SELECT _op, id, name, balance FROM {changes} ORDER BY _position"
+    ))
+    .iter()
+    .map(|r| {
+        (
+            r[0].as_str().unwrap().to_string(),
+            r[1].as_i64().unwrap() as i32,
+            r[2].as_str().unwrap().to_string(),
+            r[3].as_i64().unwrap(),
+        )
+    })
+    .collect();
+    assert!(model.iter().any(|m| m.0 == "d"));
     assert_eq!(
-        log[0], changes,
+        log.len(),
+        model.len(),
         "one changelog row per change, tombstones skipped"
     );
-    assert!(log[1].as_i64().unwrap() > 0);
+    assert_eq!(log, model, "the changelog equals the changes sent");
+    let log = &duck(&format!("SELECT min(_commit_ts)::VARCHAR FROM {changes}"))[0];
     assert_eq!(
-        log[2], "2026-01-01 00:00:00.001+00",
+        log[0], "2026-01-01 00:00:00.001+00",
         "commit time from source.ts_ms"
     );
     let dead = duck(&format!(
@@ -453,4 +468,78 @@ fn debezium_json_with_and_without_schemas_mirrors_by_the_message_key() {
     ));
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0][0].as_str().unwrap().contains("op \"x\""), "{dead:?}");
+}
+
+#[test]
+fn avro_keys_read_with_the_key_subject_become_prefixed_columns() {
+    let topic = unique("avrokey");
+    create_topic(&topic, 1);
+    let registry = stack_env("SCHEMA_REGISTRY_URL");
+    let key_text = r#"{"type":"record","name":"OrderKey","fields":[{"name":"region","type":"string"},{"name":"id","type":"long"}]}"#;
+    let key_schema = Schema::parse_str(key_text).unwrap();
+    let key_id = register(&registry, &format!("{topic}-key"), key_text);
+    // Registered for the topic's values, not its keys: a key written with it is refused.
+    let other = r#"{"type":"record","name":"Other","fields":[{"name":"z","type":"string"}]}"#;
+    let other_id = register(&registry, &format!("{topic}-value"), other);
+    let p = Produce::new();
+    for i in 0..1000i64 {
+        let key = frame(
+            key_id,
+            &key_schema,
+            Value::Record(vec![
+                ("region".into(), Value::String(format!("r{}", i % 3))),
+                ("id".into(), Value::Long(i)),
+            ]),
+        );
+        p.send(
+            &topic,
+            0,
+            Some(&key),
+            Some(format!(r#"{{"id": {i}, "n": {}}}"#, i * 2).as_bytes()),
+        );
+    }
+    let foreign = frame(
+        other_id,
+        &Schema::parse_str(other).unwrap(),
+        Value::Record(vec![("z".into(), Value::String("?".into()))]),
+    );
+    p.send(&topic, 0, Some(&foreign), Some(br#"{"id": -1}"#));
+    p.flush();
+
+    let dir = tempfile::tempdir().unwrap();
+    let value = write_file(
+        dir.path(),
+        "order.avsc",
+        r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"},{"name":"n","type":["null","long"],"default":null}]}"#,
+    );
+    let pipeline = kafka_pipeline(
+        dir.path(),
+        "avrokey",
+        &format!(
+            "topics = [\"{topic}\"]\ngroup_id = \"{topic}\"\nformat = \"json\"\nschema = \"{}\"\n\
+             schema_registry = \"{registry}\"\nkey_format = \"avro\"\nkey_prefix = \"k_\"",
+            value.display()
+        ),
+        "./lake",
+        &format!("[dead_letters]\n\n[[tables]]\nname = \"orders\"\nfrom = \"{topic}\""),
+    );
+    run_once(dir.path(), &pipeline);
+    let lake = dir.path().join("lake");
+    let row = &duck(&format!(
+        "SELECT count(*), count(*) FILTER (WHERE k_id = id AND k_region = 'r' || (id % 3) AND n = 2 * id) FROM {}",
+        scan(lake.join("orders").to_str().unwrap())
+    ))[0];
+    assert_eq!(row[0], 1000);
+    assert_eq!(row[1], 1000, "the key's fields, prefixed, beside the value's");
+    let dead = duck(&format!(
+        "SELECT message, position FROM {}",
+        scan(lake.join("dead_letters").to_str().unwrap())
+    ));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let why = dead[0][0].as_str().unwrap();
+    assert!(
+        why.starts_with("the key") && why.contains(&format!("not registered under subject {topic}-key")),
+        "{why}"
+    );
+    assert_eq!(dead[0][1], 1000);
 }

@@ -7,15 +7,17 @@
 //!   value and `d` for a tombstone, the key's columns, `_headers`, then the value's
 //!   fields (null for a tombstone). A mirror takes the key's columns as its key.
 //!
-//! A key column and a value field of the same name are one column: the key's (their
-//! types must agree; `key_prefix` tells them apart otherwise).
+//! A key column and a value field of the same name are one column: the key's, or the
+//! value's for a record without a key (their types must agree; `key_prefix` tells them
+//! apart otherwise).
 
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
     Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
 };
-use deltalake::arrow::compute::take;
+use deltalake::arrow::compute::kernels::zip::zip;
+use deltalake::arrow::compute::{is_not_null, take};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use super::headers::{self, HeadersBuilder};
@@ -157,6 +159,9 @@ pub struct TopicDecoder {
     headers: bool,
     /// The value columns kept (a key column of the same name replaces one).
     value_columns: Vec<usize>,
+    /// Key columns that replace a value field of the same name (key column, value
+    /// column): a record without a key keeps the value's.
+    merged: Vec<(usize, usize)>,
     /// The columns a mirror of this topic is keyed by, when the records say.
     key_names: Option<Vec<String>>,
     schema: SchemaRef,
@@ -251,6 +256,7 @@ impl TopicDecoder {
                 keys: None,
                 headers: false,
                 value_columns: Vec::new(),
+                merged: Vec::new(),
                 key_names,
                 schema,
             });
@@ -270,6 +276,7 @@ impl TopicDecoder {
         let meta: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
         let key_fields = keys.as_ref().map(KeyDecoder::fields).unwrap_or_default();
         let mut value_columns = Vec::new();
+        let mut merged = Vec::new();
         for (j, f) in inner.fields().iter().enumerate() {
             if meta.contains(f.name()) || [KEY_COLUMN, HEADERS_COLUMN].contains(&f.name().as_str()) {
                 return Err(setup(format!(
@@ -277,9 +284,13 @@ impl TopicDecoder {
                     f.name()
                 )));
             }
-            match key_fields.iter().find(|k| k.name() == f.name()) {
-                Some(k) if k.data_type() == f.data_type() => {}
-                Some(k) => {
+            match key_fields
+                .iter()
+                .position(|k| k.name() == f.name())
+                .map(|i| (i, &key_fields[i]))
+            {
+                Some((i, k)) if k.data_type() == f.data_type() => merged.push((i, j)),
+                Some((_, k)) => {
                     return Err(setup(format!(
                         "the key's field `{}` ({}) and the value's ({}) differ: set source.key_prefix",
                         k.name(),
@@ -318,6 +329,7 @@ impl TopicDecoder {
             keys,
             headers: cfg.headers,
             value_columns,
+            merged,
             key_names,
             schema: Arc::new(Schema::new(fields)),
         })
@@ -458,9 +470,16 @@ impl TopicDecoder {
                         Arc::new(micros()),
                     ]
                 };
+                let mut keys = Vec::with_capacity(key_columns.len());
                 for c in &key_columns {
-                    columns.push(pick(c.as_ref(), &rows)?);
+                    keys.push(pick(c.as_ref(), &rows)?);
                 }
+                for &(k, v) in &self.merged {
+                    let value = pick(decoded.batch.column(v).as_ref(), &value_rows)?;
+                    let has_key = is_not_null(&keys[k]).map_err(|e| setup(e.to_string()))?;
+                    keys[k] = zip(&has_key, &keys[k], &value).map_err(|e| setup(e.to_string()))?;
+                }
+                columns.extend(keys);
                 if let Some(h) = chunk.headers.as_mut().filter(|_| self.headers) {
                     let all_headers = h.finish();
                     columns.push(pick(&all_headers, &rows)?);
@@ -559,3 +578,6 @@ fn change_fields() -> Vec<Field> {
         Field::new(SOURCE, DataType::Utf8, false),
     ]
 }
+
+#[cfg(test)]
+mod tests;
