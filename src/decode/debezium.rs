@@ -11,24 +11,15 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::compute::kernels::zip::zip;
 use deltalake::arrow::compute::take;
-use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
 
-use crate::sink::change::{COMMIT_TS, OP, POSITION, SOURCE};
+use crate::sink::change::leading_fields;
 
 /// Checks that `schema` (decoded from the reader schema) is a Debezium envelope and
 /// returns the change-row schema it yields.
 pub fn change_schema(envelope: &Schema) -> Result<SchemaRef, String> {
     let image = image_fields(envelope)?;
-    let mut fields = vec![
-        Field::new(OP, DataType::Utf8, false),
-        Field::new(POSITION, DataType::Int64, false),
-        Field::new(
-            COMMIT_TS,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            true,
-        ),
-        Field::new(SOURCE, DataType::Utf8, false),
-    ];
+    let mut fields = leading_fields();
     fields.extend(image.iter().map(|f| f.as_ref().clone()));
     Ok(Arc::new(Schema::new(fields)))
 }

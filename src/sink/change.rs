@@ -30,6 +30,21 @@ pub const SOURCE: &str = "_source";
 /// TOAST): a list of column names, null when every column was sent.
 pub const UNCHANGED: &str = "_unchanged";
 
+/// The columns a change row starts with, before its row image: `_op`, `_position`,
+/// `_commit_ts`, `_source`.
+pub fn leading_fields() -> Vec<Field> {
+    vec![
+        Field::new(OP, DataType::Utf8, false),
+        Field::new(POSITION, DataType::Int64, false),
+        Field::new(
+            COMMIT_TS,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new(SOURCE, DataType::Utf8, false),
+    ]
+}
+
 /// Prefix of the per-column "value not sent" flags handed to MERGE.
 pub const UNCHANGED_FLAG_PREFIX: &str = "__tributary_unchanged__";
 

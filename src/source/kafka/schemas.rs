@@ -27,7 +27,7 @@ use crate::config::{HEADERS_COLUMN, KEY_COLUMN, KafkaConfig, SubjectStrategy};
 use crate::decode::confluent::{Frames, WriterSchemas};
 use crate::decode::debezium;
 use crate::registry::client::{Client, ClientError};
-use crate::sink::change::{COMMIT_TS, OP, POSITION, SOURCE};
+use crate::sink::change::{COMMIT_TS, OP, POSITION, SOURCE, leading_fields};
 use crate::sink::dead_letter::{DeadLetters, ErrorKind};
 use crate::source::{SourceBatch, SourceError};
 
@@ -262,7 +262,7 @@ impl TopicDecoder {
             });
         }
         let mut fields: Vec<Field> = match layout {
-            Layout::Upsert => change_fields(),
+            Layout::Upsert => leading_fields(),
             _ => vec![
                 Field::new(PARTITION, DataType::Int32, false),
                 Field::new(OFFSET, DataType::Int64, false),
@@ -563,20 +563,6 @@ pub struct Gather {
     /// Messages without a value (upsert topics' deletes).
     pub tombstones: bool,
     pub headers: bool,
-}
-
-/// The leading columns of a change row (see [`crate::sink::change`]).
-fn change_fields() -> Vec<Field> {
-    vec![
-        Field::new(OP, DataType::Utf8, false),
-        Field::new(POSITION, DataType::Int64, false),
-        Field::new(
-            COMMIT_TS,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            true,
-        ),
-        Field::new(SOURCE, DataType::Utf8, false),
-    ]
 }
 
 #[cfg(test)]
