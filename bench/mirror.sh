@@ -11,6 +11,8 @@
 #   SCALES="5 50 500" MODES=deletion_vectors bench/mirror.sh
 #   RATE=1000 DURATION=60 MEMORY=256MiB bench/mirror.sh
 #   BIN=/tmp/tributary-old SCALES=500 MEMORY=512MiB bench/mirror.sh
+#   EXTRA_SINK='[sink.compaction]\nenabled = false\n' OUT=/tmp/x.md bench/mirror.sh
+#   KEEP_LOG=/tmp/run TRIBUTARY_LOG=info,tributary::runtime=debug bench/mirror.sh  # keeps each run's log
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/env.sh
@@ -53,7 +55,9 @@ for scale in $scales; do
     {
       printf 'name = "%s"\n[source]\nkind = "postgres"\ndsn = "%s"\npublication = "bench_pub"\n' "$slot" "$dsn"
       printf 'slot = "%s"\ntables = ["pgbench_accounts", "pgbench_tellers", "pgbench_branches", "pgbench_history"]\n' "$slot"
-      printf '[sink]\nuri = "%s/%s/lake"\n[runtime]\nmemory = "%s"\ncache_dir = "%s/%s/cache"\n' "$work" "$mode" "$memory" "$work" "$mode"
+      printf '[sink]\nuri = "%s/%s/lake"\n' "$work" "$mode"
+      printf '%b' "${EXTRA_SINK:-}"
+      printf '[runtime]\nmemory = "%s"\ncache_dir = "%s/%s/cache"\n' "$memory" "$work" "$mode"
       for t in pgbench_accounts pgbench_tellers pgbench_branches; do
         printf '[[tables]]\nname = "%s"\nfrom = "public.%s"\nmode = "mirror"\nmerge = "%s"\n' "$t" "$t" "$mode"
       done
@@ -94,6 +98,7 @@ for scale in $scales; do
     rows+=("| $scale | $((scale * 100000)) | $mode | ${snapshot_s}s | ${tps:-?} | $latency | $cores | $rss MiB | $files |")
     echo "[bench] ${rows[-1]}" >&2
     psql "$dsn" -c "SELECT pg_drop_replication_slot('$slot')" >/dev/null 2>&1 || true
+    [ -n "${KEEP_LOG:-}" ] && cp "$work/$mode/run.err" "$KEEP_LOG.$scale.$mode"
     rm -rf "$work/$mode"
   done
 done
@@ -111,4 +116,4 @@ done
   echo "| scale | accounts | merge | snapshot | pgbench tps | latency | CPU (cores) | peak RSS | accounts files |"
   echo "|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
-} | tee -a BENCHMARKS.md
+} | tee -a "${OUT:-BENCHMARKS.md}"

@@ -7,13 +7,15 @@
 //! neither can lose or double a row). A mirror's commits re-mark rows of files all
 //! over the table, so a round racing them nearly always loses (measured: a pgbench
 //! accounts mirror went from 0 to 1,032 files in 5 minutes with every round refused).
-//! A mirror therefore has a [`Gate`]: a round takes it, and the ingest waits for it
-//! before committing, then re-reads the table if a round committed meanwhile. Rounds
-//! on a gated table are capped ([`GATED_MAX_FILES`]) and take only files under an
-//! eighth of `file_size` (a mirror's per-batch files of changed rows, not the files of
-//! its snapshot), so the wait stays short: with the snapshot's files counted as small,
-//! a 50M-row mirror's ingest waited behind rounds rewriting them and its p99 latency
-//! went from 1.6s to 14.8s. A failed
+//! A mirror therefore has a [`Gate`]: a round reads and writes without it and takes it
+//! only to commit (carrying over rows the mirror deleted from its files meanwhile, see
+//! [`crate::sink::purge::Prepared::commit`]); the ingest waits for it before
+//! committing, then re-reads the table if a round committed meanwhile. Rounds on a
+//! gated table are capped ([`GATED_MAX_FILES`]) and take only files under an eighth of
+//! `file_size` (a mirror's per-batch files of changed rows, not the files of its
+//! snapshot): with the snapshot's files counted as small, a 50M-row mirror's ingest
+//! waited behind rounds rewriting them (then under the gate) and its p99 latency went
+//! from 1.6s to 14.8s. A failed
 //! look is logged and tried again at the next one. The task ends with the run; a round
 //! cut off mid-way leaves only uploaded files no commit names, which `maintain`'s
 //! VACUUM deletes.
@@ -26,12 +28,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use deltalake::DeltaTable;
 
 use crate::config::Pipeline;
-use crate::sink::compact::{self, CompactionPolicy};
+use crate::sink::compact::{self, CompactionPolicy, Gate};
 use crate::sink::open_table;
 use crate::telemetry;
 
@@ -42,23 +43,6 @@ const MAX_ROUNDS: usize = 8;
 /// Rounds per look and files per round on a gated table, whose ingest waits for them.
 const GATED_MAX_ROUNDS: usize = 2;
 pub(super) const GATED_MAX_FILES: usize = 64;
-
-/// Serialises a table's compaction rounds with its ingest commits.
-#[derive(Debug, Default)]
-pub(super) struct Gate {
-    lock: tokio::sync::Mutex<()>,
-    /// Rounds committed so far; the ingest re-reads the table when it changed.
-    epoch: AtomicU64,
-}
-
-impl Gate {
-    /// Waits for any round under way; `Some(epoch)` when rounds committed since `seen`.
-    pub(super) async fn enter(&self, seen: u64) -> (tokio::sync::MutexGuard<'_, ()>, Option<u64>) {
-        let guard = self.lock.lock().await;
-        let now = self.epoch.load(Ordering::Acquire);
-        (guard, (now != seen).then_some(now))
-    }
-}
 
 /// Aborts the task when the run ends, however it ends.
 #[derive(Debug)]
@@ -117,10 +101,6 @@ async fn run(tables: Vec<Entry>, storage: HashMap<String, String>, policy: Compa
     loop {
         tick.tick().await;
         for (name, url, gate) in &tables {
-            let _held = match gate {
-                Some(g) => Some(g.lock.lock().await),
-                None => None,
-            };
             let limits = match gate {
                 Some(_) => compact::Limits {
                     rounds: GATED_MAX_ROUNDS,
@@ -142,15 +122,12 @@ async fn run(tables: Vec<Entry>, storage: HashMap<String, String>, policy: Compa
                 None => open_table(url.clone(), storage.clone()).await,
             };
             let outcome = match table {
-                Ok(t) => compact::compact(t, &policy, limits).await,
+                Ok(t) => compact::compact(t, &policy, limits, gate.as_deref()).await,
                 Err(e) => Err(e),
             };
             match outcome {
                 Ok((t, report)) => {
                     if report.rounds > 0 {
-                        if let Some(g) = gate {
-                            g.epoch.fetch_add(1, Ordering::AcqRel);
-                        }
                         tracing::info!(
                             table = %name,
                             rounds = report.rounds,

@@ -26,7 +26,7 @@ pub(super) struct TableTarget {
     pub sink: DeltaSink,
     pub summary: TableSummary,
     /// A mirror's: background compaction rounds and this table's commits take turns.
-    pub gate: Option<std::sync::Arc<super::compaction::Gate>>,
+    pub gate: Option<std::sync::Arc<crate::sink::compact::Gate>>,
     /// Compaction rounds seen (the gate's epoch when the sink last read the table).
     pub gate_epoch: u64,
 }

@@ -30,6 +30,7 @@
 //! pipeline does not let its mirrors race at all: see `runtime::compaction`.)
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deltalake::kernel::Add;
@@ -46,6 +47,36 @@ pub struct CompactionPolicy {
     pub min_files: usize,
     /// Files below this size are small; a round writes files of about this size.
     pub file_size: u64,
+}
+
+/// Serialises a table's compaction commits with its ingest commits (a mirror's, whose
+/// commits re-mark rows all over the table: see `runtime::compaction`). A round reads
+/// and writes without it and holds it only to commit.
+#[derive(Debug, Default)]
+pub struct Gate {
+    lock: tokio::sync::Mutex<()>,
+    /// Rounds committed so far; the ingest re-reads the table when it changed.
+    epoch: AtomicU64,
+}
+
+impl Gate {
+    /// For an ingest commit: waits for a round's commit under way; `Some(epoch)` when
+    /// rounds committed since `seen`.
+    pub async fn enter(&self, seen: u64) -> (tokio::sync::MutexGuard<'_, ()>, Option<u64>) {
+        let guard = self.lock.lock().await;
+        let now = self.epoch.load(Ordering::Acquire);
+        (guard, (now != seen).then_some(now))
+    }
+
+    /// For a round's commit.
+    pub(super) async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// A round committed (called while holding the gate).
+    pub(super) fn advance(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// What the rounds on one table did.
@@ -71,11 +102,12 @@ pub struct Limits {
 }
 
 /// Compacts `table` by `policy` until fewer than `min_files` small files remain,
-/// within `limits`.
+/// within `limits`; each round's commit holds `gate` when there is one.
 pub async fn compact(
     mut table: DeltaTable,
     policy: &CompactionPolicy,
     limits: Limits,
+    gate: Option<&Gate>,
 ) -> Result<(DeltaTable, CompactReport), DeltaTableError> {
     let max_rounds = limits.rounds;
     let mut report = CompactReport::default();
@@ -87,7 +119,7 @@ pub async fn compact(
         if chosen.is_empty() {
             break;
         }
-        let (next, rewritten) = purge::rewrite(table, &chosen, policy.file_size).await?;
+        let (next, rewritten) = purge::rewrite(table, &chosen, policy.file_size, gate).await?;
         table = next;
         report.rounds += 1;
         report.files_removed += chosen.len();

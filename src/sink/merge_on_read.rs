@@ -381,7 +381,7 @@ pub(super) fn physical_rows(add: &Add) -> Option<u64> {
 
 /// A file's statistics after rows were marked deleted: `numRecords` stays the file's
 /// physical row count and min/max may now be loose.
-fn loose_stats(stats: Option<&str>) -> Option<String> {
+pub(super) fn loose_stats(stats: Option<&str>) -> Option<String> {
     let stats = stats?;
     match serde_json::from_str::<serde_json::Value>(stats) {
         Ok(serde_json::Value::Object(mut m)) => {

@@ -1,7 +1,8 @@
 //! Background compaction (`[sink.compaction]`): a continuous run keeps a table's file
 //! count under its policy while DuckDB sees every row exactly once; and a compaction
 //! that beats a mirror's commit to the log makes that commit start over from the new
-//! snapshot instead of bringing back rows the compaction moved; the same background task
+//! snapshot instead of bringing back rows the compaction moved, and rows a mirror deletes
+//! while a compaction rewrites their files stay deleted; the same background task
 //! deletes expired log entries. Postgres mirrors racing
 //! compaction under SIGKILLs are in `postgres::pgbench_with_sigkills_ends_equal_to_postgres`.
 
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 use deltalake::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use serde_json::Value;
 use tributary::config::TableMode;
-use tributary::sink::compact::{CompactionPolicy, Limits, compact};
+use tributary::sink::compact::{CompactionPolicy, Gate, Limits, compact};
+use tributary::sink::purge;
 use tributary::sink::{DeltaSink, IndexOptions, Sink, TableOptions, open_table};
 
 use crate::pg::txn_version;
@@ -76,6 +78,7 @@ async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
             files: usize::MAX,
             small_below: u64::MAX,
         },
+        None,
     )
     .await
     .unwrap();
@@ -115,6 +118,105 @@ async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
     let path = table.to_str().unwrap().to_string();
     assert_eq!(
         delta_rs(&[("m", &path)], "SELECT id, v FROM m ORDER BY id"),
+        want,
+        "Python deltalake agrees"
+    );
+}
+
+#[tokio::test]
+async fn rows_a_mirror_deletes_while_their_files_are_rewritten_stay_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = TableOptions::append(100);
+    options.mode = TableMode::Mirror;
+    options.key = vec!["id".into()];
+    options.index = Some(IndexOptions {
+        cache_dir: dir.path().join("cache"),
+        cache_bytes: 4 << 20,
+    });
+    let url = url::Url::from_directory_path(dir.path().join("m")).unwrap();
+    let mut sink = DeltaSink::open("m", url.clone(), Default::default(), "p", &["s".into()], options)
+        .await
+        .unwrap();
+    let mut model: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut position = 0;
+    for f in 0..4 {
+        let ids: Vec<i64> = (f * 10 + 1..=f * 10 + 10).collect();
+        sink.commit(commit(vec![changes(&ids, "c", 0, position)], position + 10))
+            .await
+            .unwrap();
+        position += 10;
+        model.extend(ids.iter().map(|id| (*id, 0)));
+    }
+    // Key 12 was already deleted when the compaction read its file.
+    sink.commit(commit(vec![changes(&[12], "d", 0, position)], position + 1))
+        .await
+        .unwrap();
+    position += 1;
+    model.remove(&12);
+    // A compaction reads and rewrites every file ...
+    let table = open_table(url.clone(), Default::default()).await.unwrap();
+    let files = purge::live_adds(&table, |_| true).unwrap();
+    let prepared = purge::prepare(&table, &files, 8 << 20).await.unwrap();
+    // ... while the mirror deletes rows of three of them and updates another.
+    let gate = Gate::default();
+    {
+        let (_entered, _) = gate.enter(0).await;
+        let ops = RecordBatch::try_new(
+            changes(&[1, 15, 33, 40], "d", 9, position).schema(),
+            vec![
+                Arc::new(StringArray::from(vec!["d", "d", "d", "u"])),
+                Arc::new(Int64Array::from_iter_values(position..position + 4)),
+                Arc::new(Int64Array::from(vec![1, 15, 33, 40])),
+                Arc::new(Int64Array::from(vec![9, 9, 9, 9])),
+            ],
+        )
+        .unwrap();
+        sink.commit(commit(vec![ops], position + 4)).await.unwrap();
+        position += 4;
+    }
+    for id in [1, 15, 33] {
+        model.remove(&id);
+    }
+    model.insert(40, 9);
+    // The compaction commits after them: the rows they deleted stay deleted.
+    let (table, report) = prepared.commit(table, Some(&gate)).await.unwrap();
+    assert_eq!((report.files_written, report.rows_written), (1, 39));
+    let live = purge::live_adds(&table, |_| true).unwrap();
+    let rewritten: Vec<_> = live.iter().filter(|a| a.deletion_vector.is_some()).collect();
+    assert_eq!(rewritten.len(), 1, "the new file carries the deletions: {live:?}");
+    assert_eq!(
+        rewritten[0].deletion_vector.as_ref().unwrap().cardinality,
+        4,
+        "1, 15, 33 and 40's old row"
+    );
+
+    // The mirror goes on over the compacted table (its gate epoch moved).
+    let (entered, moved) = gate.enter(0).await;
+    assert_eq!(moved, Some(1));
+    sink.refresh().await.unwrap();
+    drop(entered);
+    sink.commit(commit(vec![changes(&[2, 40], "u", 5, position)], position + 2))
+        .await
+        .unwrap();
+    model.insert(2, 5);
+    model.insert(40, 5);
+    sink.commit(commit(vec![changes(&[41], "c", 1, position + 2)], position + 3))
+        .await
+        .unwrap();
+    model.insert(41, 1);
+
+    let path = dir.path().join("m");
+    let sql = format!("SELECT id, v FROM {} ORDER BY id", scan(path.to_str().unwrap()));
+    let want: Vec<Vec<Value>> = model
+        .iter()
+        .map(|(k, v)| vec![Value::from(*k), Value::from(*v)])
+        .collect();
+    assert_eq!(duck(&sql), want, "DuckDB: every key once, as the model has it");
+    assert_eq!(
+        delta_rs(
+            &[("m", path.to_str().unwrap())],
+            "SELECT id, v FROM m ORDER BY id"
+        ),
         want,
         "Python deltalake agrees"
     );
