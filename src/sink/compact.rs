@@ -132,8 +132,9 @@ pub async fn compact(
 
 /// The files of one round: when at least `min_files` files are small, the smallest
 /// ones of the partition holding the most of them, up to `file_size` bytes (at least
-/// two, or a round would only copy a file). One partition per round, so a round always
-/// turns several files into one.
+/// two, or a round would only copy a file), less the largest ones while each is larger
+/// than the rest together. One partition per round, so a round always turns several
+/// files into one.
 fn choose(
     table: &DeltaTable,
     policy: &CompactionPolicy,
@@ -155,22 +156,87 @@ fn choose(
         key.sort();
         by_partition.entry(key).or_default().push(add);
     }
-    let Some(mut files) = by_partition.into_values().max_by_key(Vec::len) else {
+    let Some(files) = by_partition.into_values().max_by_key(Vec::len) else {
         return Ok(Vec::new());
     };
     if files.len() < 2 {
         return Ok(Vec::new());
     }
+    Ok(pick(files, max_files, policy.file_size))
+}
+
+/// The files of a round among one partition's small `files`: see [`choose`].
+fn pick(mut files: Vec<Add>, max_files: usize, file_size: u64) -> Vec<Add> {
     files.sort_by_key(|a| (a.size, a.modification_time));
     let mut bytes = 0u64;
     let mut chosen = Vec::new();
     for add in files {
         let size = add.size.max(0) as u64;
-        if chosen.len() >= max_files || (chosen.len() >= 2 && bytes + size > policy.file_size) {
+        if chosen.len() >= max_files || (chosen.len() >= 2 && bytes + size > file_size) {
             break;
         }
         bytes += size;
         chosen.push(add);
     }
-    Ok(chosen)
+    // The largest file waits until the others together are as big: merged with a few
+    // new small files every round, a file just under the threshold (a small mirror's
+    // whole table) was rewritten every look. So a row is rewritten about log2(file
+    // size / small file size) times, not once per round.
+    while chosen.len() > 2 {
+        let largest = chosen.last().map_or(0, |a| a.size.max(0) as u64);
+        if largest <= bytes - largest {
+            break;
+        }
+        bytes -= largest;
+        chosen.pop();
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(sizes: &[i64]) -> Vec<Add> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| Add {
+                path: format!("f{i}"),
+                size,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn sizes(chosen: &[Add]) -> Vec<i64> {
+        chosen.iter().map(|a| a.size).collect()
+    }
+
+    #[test]
+    fn a_large_file_waits_until_the_small_ones_add_up_to_it() {
+        // A mirror's whole table (5 MB) and forty new files of changed rows.
+        let mut round = vec![5_000_000];
+        round.extend([20_000; 40]);
+        assert_eq!(sizes(&pick(files(&round), 64, 48 << 20)), vec![20_000; 40]);
+        // Once they do, it goes along.
+        let mut round = vec![5_000_000, 4_000_000];
+        round.extend([20_000; 50]);
+        assert_eq!(pick(files(&round), 64, 48 << 20).len(), 52);
+    }
+
+    #[test]
+    fn rounds_respect_the_file_count_and_size_and_take_at_least_two() {
+        assert_eq!(pick(files(&[30; 100]), 64, 48 << 20).len(), 64);
+        assert_eq!(sizes(&pick(files(&[10, 20, 40, 30]), 64, 60)), vec![10, 20, 30]);
+        // Two files always make a round, however unequal.
+        assert_eq!(
+            sizes(&pick(files(&[1_000_000, 10]), 64, 48 << 20)),
+            vec![10, 1_000_000]
+        );
+        assert_eq!(
+            sizes(&pick(files(&[1_000_000, 10, 20]), 64, 48 << 20)),
+            vec![10, 20]
+        );
+    }
 }

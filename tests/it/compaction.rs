@@ -38,24 +38,28 @@ fn changes(ids: &[i64], op: &str, v: i64, first_position: i64) -> RecordBatch {
     batch(columns)
 }
 
-#[tokio::test]
-async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
-    let dir = tempfile::tempdir().unwrap();
+/// A deletion-vector mirror keyed by `id` in `dir/m`.
+async fn mirror(dir: &std::path::Path) -> (DeltaSink, url::Url) {
     let mut options = TableOptions::append(100);
     options.mode = TableMode::Mirror;
     options.key = vec!["id".into()];
     options.index = Some(IndexOptions {
-        cache_dir: dir.path().join("cache"),
+        cache_dir: dir.join("cache"),
         cache_bytes: 4 << 20,
     });
-    let url = url::Url::from_directory_path(dir.path().join("m")).unwrap();
-    let mut sink = DeltaSink::open("m", url.clone(), Default::default(), "p", &["s".into()], options)
+    let url = url::Url::from_directory_path(dir.join("m")).unwrap();
+    let sink = DeltaSink::open("m", url.clone(), Default::default(), "p", &["s".into()], options)
         .await
         .unwrap();
-    // Five small files of ten keys each; the model is id → v.
-    let mut model: BTreeMap<i64, i64> = BTreeMap::new();
+    (sink, url)
+}
+
+/// `files` commits of ten new keys each (one small file each), values 0: the model
+/// (id → v) and the next position.
+async fn small_files(sink: &mut DeltaSink, files: i64) -> (BTreeMap<i64, i64>, i64) {
+    let mut model = BTreeMap::new();
     let mut position = 0;
-    for f in 0..5 {
+    for f in 0..files {
         let ids: Vec<i64> = (f * 10 + 1..=f * 10 + 10).collect();
         sink.commit(commit(vec![changes(&ids, "c", 0, position)], position + 10))
             .await
@@ -63,6 +67,15 @@ async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
         position += 10;
         model.extend(ids.iter().map(|id| (*id, 0)));
     }
+    (model, position)
+}
+
+#[tokio::test]
+async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sink, url) = mirror(dir.path()).await;
+    // Five small files of ten keys each; the model is id → v.
+    let (mut model, position) = small_files(&mut sink, 5).await;
     // Another handle compacts them; the sink's snapshot still names the old files.
     let policy = CompactionPolicy {
         every: Duration::from_secs(1),
@@ -126,27 +139,8 @@ async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
 #[tokio::test]
 async fn rows_a_mirror_deletes_while_their_files_are_rewritten_stay_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = TableOptions::append(100);
-    options.mode = TableMode::Mirror;
-    options.key = vec!["id".into()];
-    options.index = Some(IndexOptions {
-        cache_dir: dir.path().join("cache"),
-        cache_bytes: 4 << 20,
-    });
-    let url = url::Url::from_directory_path(dir.path().join("m")).unwrap();
-    let mut sink = DeltaSink::open("m", url.clone(), Default::default(), "p", &["s".into()], options)
-        .await
-        .unwrap();
-    let mut model: BTreeMap<i64, i64> = BTreeMap::new();
-    let mut position = 0;
-    for f in 0..4 {
-        let ids: Vec<i64> = (f * 10 + 1..=f * 10 + 10).collect();
-        sink.commit(commit(vec![changes(&ids, "c", 0, position)], position + 10))
-            .await
-            .unwrap();
-        position += 10;
-        model.extend(ids.iter().map(|id| (*id, 0)));
-    }
+    let (mut sink, url) = mirror(dir.path()).await;
+    let (mut model, mut position) = small_files(&mut sink, 4).await;
     // Key 12 was already deleted when the compaction read its file.
     sink.commit(commit(vec![changes(&[12], "d", 0, position)], position + 1))
         .await
