@@ -462,13 +462,20 @@ impl KeyIndex {
         let mut n = 0;
         {
             let mut keys = w.open_table(KEYS).map_err(|e| err(&self.dir, e))?;
-            for (i, key) in rows.iter().enumerate() {
-                let row = start + i as u64;
-                if !deleted.contains(row) {
-                    keys.insert(key.data(), (id, row))
-                        .map_err(|e| err(&self.dir, e))?;
-                    n += 1;
-                }
+            // Inserted in key order, the keys of a chunk visit each B-tree page once
+            // instead of jumping around a large index (a compacted file's rows are in
+            // no key order). The sort is stable: of two equal keys, the later row wins,
+            // as in file order.
+            let mut live: Vec<(&[u8], u64)> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, key)| (key.data(), start + i as u64))
+                .filter(|(_, row)| !deleted.contains(*row))
+                .collect();
+            live.sort_by(|a, b| a.0.cmp(b.0));
+            for (key, row) in live {
+                keys.insert(key, (id, row)).map_err(|e| err(&self.dir, e))?;
+                n += 1;
             }
             if let Some(file) = done {
                 let mut files = w.open_table(FILES).map_err(|e| err(&self.dir, e))?;
