@@ -252,39 +252,31 @@ impl Resolver<'_> {
                 "only format = \"json\" values are checked for fields their schema does not have",
             ));
         }
+        // Only record keys have a schema and fields to prefix.
+        if !matches!(key_format, Some(KeyFormat::Json | KeyFormat::Avro)) {
+            for (set, name) in [
+                (k.key_schema.is_some(), "key_schema"),
+                (k.key_prefix.is_some(), "key_prefix"),
+            ] {
+                if set {
+                    let why = match key_format {
+                        None => "set key_format to read keys".to_string(),
+                        Some(f) => format!(
+                            "only record keys (json, avro) have fields; a {} key is the `{KEY_COLUMN}` column",
+                            if f == KeyFormat::String { "string" } else { "bytes" }
+                        ),
+                    };
+                    return Err(self.err(format!("source.{name}"), why));
+                }
+            }
+        }
         let key = match key_format {
-            None => {
-                for (set, name) in [
-                    (k.key_schema.is_some(), "key_schema"),
-                    (k.key_prefix.is_some(), "key_prefix"),
-                ] {
-                    if set {
-                        return Err(self.err(format!("source.{name}"), "set key_format to read keys"));
-                    }
-                }
-                None
-            }
-            Some(f @ (KeyFormat::String | KeyFormat::Bytes)) => {
-                for (set, name) in [
-                    (k.key_schema.is_some(), "key_schema"),
-                    (k.key_prefix.is_some(), "key_prefix"),
-                ] {
-                    if set {
-                        return Err(self.err(
-                            format!("source.{name}"),
-                            format!(
-                                "only record keys (json, avro) have fields; a {} key is the `{KEY_COLUMN}` column",
-                                if f == KeyFormat::String { "string" } else { "bytes" }
-                            ),
-                        ));
-                    }
-                }
-                Some(KeyConfig {
-                    format: f,
-                    schema: None,
-                    prefix: String::new(),
-                })
-            }
+            None => None,
+            Some(f @ (KeyFormat::String | KeyFormat::Bytes)) => Some(KeyConfig {
+                format: f,
+                schema: None,
+                prefix: String::new(),
+            }),
             Some(f) => {
                 let schema = match &k.key_schema {
                     Some(path) => Some(self.record_schema("source.key_schema", path)?),

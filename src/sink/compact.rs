@@ -21,13 +21,14 @@
 //! Crash story and concurrency: a round uploads new files under fresh names, then
 //! commits remove + add (`dataChange: false`) in one Delta transaction. A crash before
 //! the commit leaves orphans for `maintain`'s VACUUM. Against ingest commits:
-//! appends only add files, so a round rebases over them (Delta's conflict check);
-//! a mirror or replace commit that removed or re-marked one of the round's files wins
-//! and the round fails (it is tried again at the next look); a round that wins makes
-//! such an ingest commit fail instead, since those commit in a single attempt (see
+//! appends only add files, so a round rebases over them; rows a mirror commit deleted
+//! from the round's files meanwhile are carried over as a deletion vector on the new
+//! file, and one that removed a file makes the round fail (it is tried again at the next
+//! look) (see [`super::purge::Prepared::commit`]); a round that wins makes a mirror or
+//! replace commit fail instead, since those commit in a single attempt (see
 //! `DeltaSink::commit`), and the ingest retries from the new snapshot. Either way no row
 //! is lost or kept twice, and progress (`txn`) is never touched here. (A running
-//! pipeline does not let its mirrors race at all: see `runtime::compaction`.)
+//! pipeline's mirrors commit in turn with its rounds: see `runtime::compaction`.)
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

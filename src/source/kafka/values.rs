@@ -72,9 +72,13 @@ impl ValueDecoder {
         chunk_rows: usize,
     ) -> Result<Self, SourceError> {
         let setup = |e: String| SourceError::Setup(format!("topic {topic}: {e}"));
-        let declared_arrow = match &declared {
-            Declared::Avro(text) => ConfluentDecoder::new(text, chunk_rows).map_err(setup)?.schema(),
-            Declared::Table(s) => s.clone(),
+        // What JSON values are read against (the Avro decoder is built only for it).
+        let json_declared = |declared: &Declared| -> Result<SchemaRef, SourceError> {
+            let arrow = match declared {
+                Declared::Avro(text) => ConfluentDecoder::new(text, chunk_rows).map_err(setup)?.schema(),
+                Declared::Table(s) => s.clone(),
+            };
+            Ok(json_schema(&arrow))
         };
         match cfg.format {
             KafkaFormat::Avro | KafkaFormat::DebeziumAvro => {
@@ -90,12 +94,12 @@ impl ValueDecoder {
             }
             KafkaFormat::Json => {
                 let strict = cfg.unknown_fields == UnknownFields::DeadLetter;
-                let decoder = JsonDecoder::new(json_schema(&declared_arrow), strict, chunk_rows)
+                let decoder = JsonDecoder::new(json_declared(&declared)?, strict, chunk_rows)
                     .map_err(|e| setup(format!("the schema cannot be read from JSON: {e}")))?;
                 Ok(Self::Json(decoder))
             }
             KafkaFormat::DebeziumJson => {
-                let declared = json_schema(&declared_arrow);
+                let declared = json_declared(&declared)?;
                 // The schema file may be the row's record or a whole envelope.
                 let row = match declared.field_with_name("after").map(|f| f.data_type()) {
                     Ok(DataType::Struct(row)) if declared.field_with_name("op").is_ok() => row.clone(),
