@@ -37,8 +37,9 @@
 //! (another table id or key encoding, or a version beyond the table's) is deleted and
 //! rebuilt. Nothing here can make a commit wrong; at worst it makes the next one slow.
 //!
-//! Writes are not flushed to disk one by one: every [`DURABLE_EVERY`]th sync, and the
-//! index's drop, commit durably. redb keeps its file consistent either way, so a crash
+//! Writes are not flushed to disk one by one: every [`DURABLE_EVERY`]th sync, a sync
+//! that brings the rows indexed since the last flush to [`DURABLE_ROWS`], and the
+//! index's drop commit durably. redb keeps its file consistent either way, so a crash
 //! takes the index back to its last durable commit, an older state of this same cache,
 //! which the next sync catches up like any other. (A flush per write cost every mirror
 //! commit two fsyncs, and after a compaction of a 50M-row mirror, a flush of every page
@@ -149,12 +150,16 @@ pub struct KeyIndex {
     files: HashMap<u32, String>,
     ids: HashMap<String, u32>,
     next_id: u32,
-    /// Syncs since the last durable commit.
+    /// Syncs and rows indexed since the last durable commit.
     syncs: u32,
+    rows: u64,
 }
 
 /// Every this many syncs, the index is committed durably (see the module docs).
 pub const DURABLE_EVERY: u32 = 32;
+/// ... and once it has indexed this many rows since the last durable commit, so that
+/// what a crash takes back (and the next sync reads again) stays bounded.
+pub const DURABLE_ROWS: u64 = 1_000_000;
 
 impl Drop for KeyIndex {
     fn drop(&mut self) {
@@ -203,6 +208,7 @@ impl KeyIndex {
             ids: HashMap::new(),
             next_id: 0,
             syncs: 0,
+            rows: 0,
         };
         index.load_files()?;
         Ok(index)
@@ -386,7 +392,8 @@ impl KeyIndex {
             report.files_indexed += 1;
         }
         self.syncs += 1;
-        let durable = self.syncs >= DURABLE_EVERY;
+        self.rows += report.rows_indexed;
+        let durable = self.syncs >= DURABLE_EVERY || self.rows >= DURABLE_ROWS;
         let w = self.write(durable)?;
         {
             let mut meta = w.open_table(META).map_err(|e| err(&self.dir, e))?;
@@ -396,6 +403,7 @@ impl KeyIndex {
         w.commit().map_err(|e| err(&self.dir, e))?;
         if durable {
             self.syncs = 0;
+            self.rows = 0;
         }
         Ok(report)
     }
