@@ -13,4 +13,4 @@ stop() { # name
   rm -f "$PIDS/$1.pid"
   log "stopped $1"
 }
-for name in registry moto tansu postgres; do stop "$name"; done
+for name in registry moto tansu postgres-tls postgres; do stop "$name"; done

@@ -7,6 +7,7 @@ TRIBUTARY_CACHE=${TRIBUTARY_CACHE:-$HOME/.cache/tributary}
 TRIBUTARY_STATE=${TRIBUTARY_STATE:-/var/tmp/tributary-stack}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_PORT=15432
+PG_TLS_PORT=15433
 PG_PASSWORD=tributary
 KAFKA_PORT=19092
 S3_PORT=19000

@@ -20,7 +20,7 @@ pub use kafka::{
     HEADERS_COLUMN, KEY_COLUMN, KafkaConfig, KafkaFormat, KeyConfig, KeyFormat, RESERVED_OPTIONS, StartAt,
     SubjectStrategy, UnknownFields,
 };
-pub use postgres::{PostgresConfig, PostgresDsn, parse_dsn, qualify};
+pub use postgres::{PostgresConfig, PostgresDsn, RootCert, SslMode, TlsSettings, parse_dsn, qualify};
 pub use spec::{EmitMode, FileFormat, LatePolicy, MergeMode, OnIncompatible, TableMode};
 pub use values::{ByteSize, Secret, Span};
 

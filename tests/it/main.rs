@@ -16,6 +16,7 @@ mod mirror;
 mod operations;
 mod pg;
 mod postgres;
+mod postgres_tls;
 mod quickstart;
 mod registry;
 mod sink;

@@ -23,7 +23,12 @@ pub fn ident(prefix: &str) -> String {
 
 impl Db {
     pub fn create(prefix: &str) -> Db {
-        let base = stack_env("TRIBUTARY_PG_DSN");
+        Db::create_on("TRIBUTARY_PG_DSN", prefix)
+    }
+
+    /// A database on the cluster whose DSN is in the stack variable `env`.
+    pub fn create_on(env: &str, prefix: &str) -> Db {
+        let base = stack_env(env);
         let name = ident(prefix);
         psql_at(&base, &format!("CREATE DATABASE {name}"));
         Db {
@@ -110,6 +115,11 @@ fn psql_at(dsn: &str, sql: &str) -> Vec<String> {
 
 /// A pipeline file reading `tables` of `db` through `slot`, with `extra` appended.
 pub fn pipeline(dir: &Path, db: &Db, slot: &str, tables: &[&str], extra: &str) -> PathBuf {
+    pipeline_at(dir, &db.dsn(), slot, tables, extra)
+}
+
+/// [`pipeline`] with a DSN of its own (another user, other TLS settings).
+pub fn pipeline_at(dir: &Path, dsn: &str, slot: &str, tables: &[&str], extra: &str) -> PathBuf {
     let list = tables
         .iter()
         .map(|t| format!("\"{t}\""))
@@ -117,9 +127,8 @@ pub fn pipeline(dir: &Path, db: &Db, slot: &str, tables: &[&str], extra: &str) -
         .join(", ");
     let text = format!(
         "name = \"{slot}\"\n\
-         [source]\nkind = \"postgres\"\ndsn = \"{}\"\npublication = \"pub_{slot}\"\nslot = \"{slot}\"\ntables = [{list}]\n\
-         [sink]\nuri = \"./lake\"\n{extra}",
-        db.dsn()
+         [source]\nkind = \"postgres\"\ndsn = \"{dsn}\"\npublication = \"pub_{slot}\"\nslot = \"{slot}\"\ntables = [{list}]\n\
+         [sink]\nuri = \"./lake\"\n{extra}"
     );
     write_file(dir, "pipeline.toml", &text)
 }

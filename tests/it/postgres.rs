@@ -307,7 +307,8 @@ fn an_interrupted_snapshot_is_taken_again_without_duplicates() {
     assert_eq!(log, vec!["19901|19901|1"]);
 }
 
-/// The pgbench oracle: snapshot of `pgbench -i -s 10`, then `pgbench -T 60 -c 4` while
+/// The pgbench oracle, over TLS (`sslmode=verify-full` to the TLS-only cluster):
+/// snapshot of `pgbench -i -s 10`, then `pgbench -T 60 -c 4` while
 /// the pipeline runs and is SIGKILLed at random moments (the first during the
 /// snapshot), its mirrors' key indexes lost or turned back to an older copy every few
 /// kills, then a `--once` catch-up. The mirrors equal the Postgres tables (count,
@@ -315,7 +316,8 @@ fn an_interrupted_snapshot_is_taken_again_without_duplicates() {
 /// row exactly once.
 #[test]
 fn pgbench_with_sigkills_ends_equal_to_postgres() {
-    let mut db = Db::create("pgbench");
+    let mut db = Db::create_on("TRIBUTARY_PG_TLS_DSN", "pgbench");
+    assert!(db.dsn().contains("sslmode=verify-full"), "{}", db.dsn());
     let init = std::process::Command::new(Db::bin("pgbench"))
         .args(["-i", "-s", "10", "-q", &db.dsn()])
         .output()
@@ -484,6 +486,68 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
     assert!(
         compactions > 0,
         "background compaction never committed to the accounts mirror"
+    );
+}
+
+/// A range-partitioned table streamed and snapshotted through its root
+/// (`publish_via_partition_root`, which Tributary sets on the publications it creates):
+/// one Delta table equal to the parent, rows moving between partitions included. A
+/// publication that publishes the partitions one by one is refused for the parent,
+/// with what to do.
+#[test]
+fn partitioned_tables_arrive_as_one_table() {
+    let mut db = Db::create("parts");
+    db.sql(
+        "CREATE TABLE events (id int, day date, v text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+         CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+         INSERT INTO events SELECT g, date '2024-01-01' + (g * 3), 'v' || g FROM generate_series(1, 300) g;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let slot = db.slot();
+    let spec = "[[tables]]\nname = \"events\"\nfrom = \"public.events\"\nmode = \"mirror\"\n\
+                [[tables]]\nname = \"events_log\"\nfrom = \"public.events\"\nmode = \"changelog\"\n";
+    let p = pipeline(dir.path(), &db, &slot, &["events"], spec);
+    run_once(dir.path(), &p);
+    // Changes in every partition, and updates that move rows across partitions.
+    db.sql(
+        "INSERT INTO events VALUES (1000, '2024-06-01', 'a'), (1001, '2025-06-01', 'b'), (1002, '2026-06-01', 'c');
+         UPDATE events SET v = v || '!' WHERE id % 7 = 0;
+         UPDATE events SET day = day + 400 WHERE id BETWEEN 10 AND 20;
+         DELETE FROM events WHERE id % 11 = 0;",
+    );
+    run_once(dir.path(), &p);
+    let q = |from: &str| {
+        format!("SELECT count(*), md5(string_agg(id || ':' || day || ':' || v, ',' ORDER BY id)) FROM {from}")
+    };
+    let truth = db.sql(&q("events"));
+    assert!(truth[0].starts_with("275|"), "{truth:?}");
+    assert_eq!(duck_lines(&q(&lake(dir.path(), "events"))), truth);
+    // The changelog: 300 snapshot rows from three partitions, the stream under the root.
+    let sources = duck_lines(&format!(
+        "SELECT _source, count(*) FILTER (WHERE _op = 'r'), count(*) FILTER (WHERE _op = 'c') FROM {} GROUP BY 1",
+        lake(dir.path(), "events_log")
+    ));
+    // A row moving partitions is a delete and an insert in Postgres' log.
+    assert_eq!(sources, vec!["public.events|300|14"]);
+
+    // A publication of the partitions one by one cannot give the parent as one table.
+    db.sql("CREATE PUBLICATION leaves FOR TABLE events");
+    let slot2 = db.slot();
+    let other = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace(&format!("pub_{slot}"), "leaves")
+        .replace(&format!("slot = \"{slot}\""), &format!("slot = \"{slot2}\""));
+    let p2 = write_file(other.path(), "pipeline.toml", &text);
+    let out = tributary(other.path(), &["run", p2.to_str().unwrap(), "--once"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("public.events is a partitioned table")
+            && err.contains("publish_via_partition_root = true"),
+        "{err}"
     );
 }
 

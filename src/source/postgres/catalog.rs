@@ -21,6 +21,9 @@ pub struct TableInfo {
     pub key: Vec<String>,
     /// The publication's row filter for the table, if any (Postgres 15).
     pub row_filter: Option<String>,
+    /// A partitioned table, published through its root: its rows live in its
+    /// partitions, so the snapshot reads it without `ONLY`.
+    pub partitioned: bool,
 }
 
 /// The replication slot, as `pg_replication_slots` shows it.
@@ -85,8 +88,11 @@ pub async fn ensure_publication(
             )));
         };
         let list: Vec<String> = tables.iter().map(|t| quote_table(t)).collect();
+        // Changes to a partition are published as changes to the listed partitioned
+        // table, so one Delta table holds the whole partitioned table (no effect on
+        // other tables).
         conn.query(&format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
+            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
             quote_ident(publication),
             list.join(", ")
         ))
@@ -108,6 +114,15 @@ pub async fn ensure_publication(
         Some(tables) => {
             for t in tables {
                 if !published.contains(t) {
+                    if is_partitioned(conn, t).await? {
+                        return Err(SourceError::Setup(format!(
+                            "source.tables: {t} is a partitioned table and publication \"{publication}\" \
+                             publishes its partitions one by one: to mirror it as one table, \
+                             ALTER PUBLICATION {} SET (publish_via_partition_root = true); \
+                             or list its partitions as tables of their own",
+                            quote_ident(publication),
+                        )));
+                    }
                     return Err(SourceError::Setup(format!(
                         "source.tables: {t} is not in publication \"{publication}\" \
                          (ALTER PUBLICATION {} ADD TABLE {})",
@@ -123,6 +138,19 @@ pub async fn ensure_publication(
         ))),
         None => Ok(published),
     }
+}
+
+/// Whether `stream` is a partitioned table.
+async fn is_partitioned(conn: &mut Conn, stream: &str) -> Result<bool, SourceError> {
+    let rows = conn
+        .query(&format!(
+            "SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname || '.' || c.relname = {}",
+            quote_literal(stream)
+        ))
+        .await
+        .map_err(pg("looking up the table"))?;
+    Ok(rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("p"))
 }
 
 pub async fn slot(conn: &mut Conn, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
@@ -175,7 +203,8 @@ pub async fn tables(
            (SELECT json_agg(a.attname ORDER BY k.ord)::text \
               FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a \
              WHERE i.indrelid = c.oid AND a.attrelid = c.oid AND a.attnum = k.attnum \
-               AND CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END) \
+               AND CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END), \
+           c.relkind::text \
          FROM pg_publication_tables pt \
          JOIN pg_namespace n ON n.nspname = pt.schemaname \
          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
@@ -186,7 +215,7 @@ pub async fn tables(
     let rows = conn.query(&sql).await.map_err(pg("reading table layouts"))?;
     let mut out = Vec::with_capacity(rows.len());
     for mut r in rows {
-        r.resize(6, None);
+        r.resize(7, None);
         let stream = r[0].take().unwrap_or_default();
         let parse = |j: Option<&str>, what: &str| -> Result<serde_json::Value, SourceError> {
             j.map_or(Ok(serde_json::Value::Array(Vec::new())), |j| {
@@ -207,6 +236,7 @@ pub async fn tables(
         out.push(TableInfo {
             oid: r[1].as_deref().and_then(|o| o.parse().ok()).unwrap_or(0),
             row_filter: r[3].take(),
+            partitioned: r[6].as_deref() == Some("p"),
             columns,
             key,
             stream,

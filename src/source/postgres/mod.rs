@@ -27,6 +27,7 @@ mod changes;
 pub mod pgoutput;
 mod snapshot;
 mod stream;
+mod tls;
 pub mod types;
 mod wire;
 

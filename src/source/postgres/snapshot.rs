@@ -119,15 +119,19 @@ impl Snapshot {
                     .as_ref()
                     .map(|f| format!(" WHERE {f}"))
                     .unwrap_or_default();
+                // ONLY: a table published by itself does not publish its
+                // inheritance children; a partitioned root publishes its partitions.
+                let only = if info.partitioned { "" } else { "ONLY " };
                 let sql = format!(
-                    "COPY (SELECT {} FROM ONLY {}{filter}) TO STDOUT",
+                    "COPY (SELECT {} FROM {only}{}{filter}) TO STDOUT",
                     columns.join(", "),
                     quote_table(&info.stream)
                 );
                 let estimate = self
                     .copier
                     .query(&format!(
-                        "SELECT greatest(reltuples, 0)::bigint::text FROM pg_class WHERE oid = {}",
+                        "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint::text FROM pg_class c \
+                         WHERE c.oid = {0} OR c.oid IN (SELECT relid FROM pg_partition_tree({0}) WHERE isleaf)",
                         info.oid
                     ))
                     .await

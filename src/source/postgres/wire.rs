@@ -12,11 +12,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::config::PostgresDsn;
+use super::tls::{self, Socket};
+use crate::config::{PostgresDsn, SslMode};
 
 /// Largest backend message accepted (Postgres caps a value at 1 GB).
 const MAX_MESSAGE: usize = 1 << 30;
@@ -43,9 +43,18 @@ pub enum PgError {
     Protocol(String),
     #[error("authentication: {0}")]
     Auth(String),
+    /// TLS could not be set up; the text names the `sslmode`.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl PgError {
+    /// The server turned the session down before authentication (a `pg_hba.conf`
+    /// rule for this kind of connection: SQLSTATE 28000), not a wrong password.
+    fn refused_by_server(&self) -> bool {
+        matches!(self, PgError::Server { code, .. } if code == "28000")
+    }
+
     fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> PgError {
         move |source| PgError::Io { context, source }
     }
@@ -67,14 +76,24 @@ pub enum Replication {
 #[derive(Debug)]
 pub struct Conn {
     frames: Frames,
-    writer: OwnedWriteHalf,
+    writer: WriteHalf<Socket>,
     out: BytesMut,
+}
+
+/// Whether a connection attempt asks for TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encrypt {
+    No,
+    /// Ask; continue without when the server has no TLS (`prefer`).
+    IfOffered,
+    /// Ask; fail when the server has no TLS.
+    Yes,
 }
 
 /// Backend messages read from a socket: one framing for plain and streaming sessions.
 #[derive(Debug)]
 struct Frames {
-    reader: OwnedReadHalf,
+    reader: ReadHalf<Socket>,
     buf: BytesMut,
 }
 
@@ -118,19 +137,84 @@ impl Frames {
 }
 
 impl Conn {
-    /// Connects and authenticates. `replication`: open a logical replication
-    /// (walsender) connection to the database.
+    /// Connects and authenticates, with or without TLS as `sslmode` says.
+    /// `replication`: open a logical replication (walsender) connection to the database.
     pub async fn connect(dsn: &PostgresDsn, replication: bool) -> Result<Conn, PgError> {
-        let addr = format!("{}:{}", dsn.host, dsn.port);
-        let stream = tokio::time::timeout(dsn.connect_timeout, TcpStream::connect(&addr))
+        match dsn.tls.mode {
+            SslMode::Disable => Conn::attempt(dsn, replication, Encrypt::No).await,
+            // libpq: plain first; TLS only when the server turns the plain session down.
+            SslMode::Allow => match Conn::attempt(dsn, replication, Encrypt::No).await {
+                Err(e) if e.refused_by_server() => Conn::attempt(dsn, replication, Encrypt::Yes).await,
+                other => other,
+            },
+            // libpq: TLS when offered; plain again when the TLS session fails or is
+            // turned down (a `hostnossl` rule), never after a wrong password.
+            SslMode::Prefer => match Conn::attempt(dsn, replication, Encrypt::IfOffered).await {
+                Err(e) if matches!(e, PgError::Tls(_)) || e.refused_by_server() => {
+                    tracing::debug!(error = %e, "sslmode=prefer: retrying without TLS");
+                    Conn::attempt(dsn, replication, Encrypt::No).await
+                }
+                other => other,
+            },
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                Conn::attempt(dsn, replication, Encrypt::Yes).await
+            }
+        }
+    }
+
+    /// One connection attempt.
+    async fn attempt(dsn: &PostgresDsn, replication: bool, encrypt: Encrypt) -> Result<Conn, PgError> {
+        let addr = format!("{}:{}", dsn.hostaddr.as_deref().unwrap_or(&dsn.host), dsn.port);
+        let timed_out = || PgError::Io {
+            context: "connecting",
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer from {addr}")),
+        };
+        let mut stream = tokio::time::timeout(dsn.connect_timeout, TcpStream::connect(&addr))
             .await
-            .map_err(|_| PgError::Io {
-                context: "connecting",
-                source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer from {addr}")),
-            })?
+            .map_err(|_| timed_out())?
             .map_err(PgError::io("connecting"))?;
         stream.set_nodelay(true).map_err(PgError::io("connecting"))?;
-        let (reader, writer) = stream.into_split();
+        let socket = match encrypt {
+            Encrypt::No => Socket::Plain(stream),
+            Encrypt::IfOffered | Encrypt::Yes => {
+                let mut request = BytesMut::new();
+                frontend::ssl_request(&mut request);
+                stream
+                    .write_all(&request)
+                    .await
+                    .map_err(PgError::io("requesting TLS"))?;
+                let answer = tokio::time::timeout(dsn.connect_timeout, stream.read_u8())
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(PgError::io("requesting TLS"))?;
+                match answer {
+                    b'S' => tokio::time::timeout(dsn.connect_timeout, tls::handshake(dsn, stream))
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(|e| match e {
+                            tls::Failure::Refused(why) => PgError::Tls(why),
+                            tls::Failure::Io(source) => PgError::Io {
+                                context: "TLS handshake",
+                                source,
+                            },
+                        })?,
+                    b'N' if encrypt == Encrypt::IfOffered => Socket::Plain(stream),
+                    b'N' => {
+                        return Err(PgError::Tls(format!(
+                            "sslmode={}: the server at {addr} does not accept TLS connections",
+                            dsn.tls.mode.name()
+                        )));
+                    }
+                    other => {
+                        return Err(PgError::Protocol(format!(
+                            "unexpected answer '{}' to the TLS request",
+                            other.escape_ascii()
+                        )));
+                    }
+                }
+            }
+        };
+        let (reader, writer) = tokio::io::split(socket);
         let mut conn = Conn {
             frames: Frames {
                 reader,
@@ -423,7 +507,7 @@ impl ReplicationReader {
 /// The writing side of a streaming replication connection.
 #[derive(Debug)]
 pub struct StatusWriter {
-    writer: OwnedWriteHalf,
+    writer: WriteHalf<Socket>,
     out: BytesMut,
 }
 
