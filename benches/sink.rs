@@ -72,6 +72,7 @@ async fn sink(dir: &std::path::Path, name: &str, mode: TableMode) -> DeltaSink {
 fn commit(batch: RecordBatch, next: i64) -> Commit {
     Commit {
         batches: vec![batch],
+        parts: None,
         progress: vec![("s".into(), next)],
         info: BTreeMap::new(),
         replace: false,

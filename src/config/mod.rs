@@ -549,6 +549,9 @@ impl Resolver<'_> {
         if status_interval.is_zero() {
             return Err(self.err("source.status_interval", "must be longer than 0"));
         }
+        if p.spill_after.is_some_and(|b| b.0 < 64 * 1024) {
+            return Err(self.err("source.spill_after", "must be at least 64KiB"));
+        }
         Ok(PostgresConfig {
             dsn,
             publication: p.publication,
@@ -556,6 +559,7 @@ impl Resolver<'_> {
             tables,
             snapshot: p.snapshot.unwrap_or(true),
             status_interval,
+            spill_after: p.spill_after.map(|b| b.0),
         })
     }
 

@@ -20,6 +20,9 @@ pub struct PostgresConfig {
     /// How often a standby status update is sent even when nothing changed, so that
     /// `wal_sender_timeout` never fires while a commit is slow.
     pub status_interval: Duration,
+    /// Bytes of an open transaction held in memory before the rest is spilled to local
+    /// files; `None`: the runtime's default (see `source::open`).
+    pub spill_after: Option<u64>,
 }
 
 /// A parsed connection string. `Debug` never shows the password.

@@ -160,6 +160,9 @@ pub struct PostgresSpec {
     pub snapshot: Option<bool>,
     /// Largest interval between standby status updates (default 10s).
     pub status_interval: Option<Span>,
+    /// Bytes of an open transaction held in memory before its rows go to spill files
+    /// (default: a quarter of the runtime's in-flight bytes).
+    pub spill_after: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -155,6 +155,7 @@ pub async fn backfill(
     let committed = sink
         .commit(Commit {
             batches: vec![rows],
+            parts: None,
             progress: Vec::new(),
             info: Default::default(),
             replace: true,

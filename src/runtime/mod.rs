@@ -310,15 +310,12 @@ async fn run_once(
     if matches!(pipeline.source, SourceConfig::Kafka(_)) {
         in_flight -= prefetch;
     }
-    let source = source::open(
-        &pipeline.source,
-        &held,
-        mode,
-        chunk_rows,
-        dead.is_some(),
+    let local = source::Local {
         prefetch,
-    )
-    .await?;
+        spill_dir: pipeline.runtime.cache_dir.join("spill").join(&pipeline.name),
+        spill_after: in_flight / 4,
+    };
+    let source = source::open(&pipeline.source, &held, mode, chunk_rows, dead.is_some(), &local).await?;
     for t in &mut tables {
         t.adopt_key(source.as_ref()).await?;
     }
@@ -396,7 +393,7 @@ async fn run_once(
             rows = b.records.num_rows();
             bytes = b.bytes();
             deadline = Some(tokio::time::Instant::now() + max_latency);
-            alone = b.control.is_some();
+            alone = travels_alone(&b);
             pending.push(b);
             held.extend(permit);
         }
@@ -429,11 +426,23 @@ async fn run_once(
                     break;
                 }
                 msg = rx.recv() => match msg.map(|d| (d.polled, d.held)) {
-                    Some((Ok(Polled::Batch(b)), permit)) if b.control.is_some() || alone => {
-                        // Markers at one position travel together (one per table);
-                        // anything else waits for the next micro-batch.
-                        let joins = pending.iter().all(|p| p.control.is_some() && b.control.is_some() && p.next == b.next);
+                    Some((Ok(Polled::Batch(b)), permit)) if travels_alone(&b) || alone => {
+                        // Markers at one position travel together (one per table), and
+                        // so do the streams of one spilled transaction; anything else
+                        // waits for the next micro-batch.
+                        let joins = pending.iter().all(|p| {
+                            travels_alone(p)
+                                && travels_alone(&b)
+                                && p.next == b.next
+                                && p.control == b.control
+                                && p.spilled.is_some() == b.spilled.is_some()
+                        });
                         if joins {
+                            if let Some(s) = &b.spilled {
+                                // Not in `rows`: the other streams of the transaction
+                                // must still join this micro-batch.
+                                summary.records_read += s.rows() as u64;
+                            }
                             deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_latency);
                             alone = true;
                             pending.push(b);
@@ -521,8 +530,13 @@ async fn run_once(
         for outcome in futures::future::join_all(commits).await {
             outcome?;
         }
-        for a in &mut aggregates {
-            a.process(&pending, ended || stopping, &retry).await?;
+        if !aggregates.is_empty() {
+            // Operators fold records in memory: a spilled transaction is read whole.
+            let loaded = load_spilled(&pending)?;
+            let input = loaded.as_deref().unwrap_or(&pending);
+            for a in &mut aggregates {
+                a.process(input, ended || stopping, &retry).await?;
+            }
         }
         tracing::debug!(
             rows,
@@ -685,6 +699,7 @@ fn split(b: SourceBatch, k: usize) -> (SourceBatch, Option<SourceBatch>) {
         end_of_input: false,
         rejected: rejected_head,
         control: None,
+        spilled: None,
     };
     let tail = SourceBatch {
         records: b.records.slice(k, n - k),
@@ -693,6 +708,48 @@ fn split(b: SourceBatch, k: usize) -> (SourceBatch, Option<SourceBatch>) {
         ..b
     };
     (head, Some(tail))
+}
+
+/// Whether `b` is committed in a micro-batch of its own (with its kind at its
+/// position): control markers and spilled transactions.
+fn travels_alone(b: &SourceBatch) -> bool {
+    b.control.is_some() || b.spilled.is_some()
+}
+
+/// `pending` with every spilled batch read into memory, one batch per part; `None`
+/// when nothing spilled.
+// An error ends the run, so its size never matters on the hot path.
+#[allow(clippy::result_large_err)]
+fn load_spilled(pending: &[SourceBatch]) -> Result<Option<Vec<SourceBatch>>, RunError> {
+    if pending.iter().all(|b| b.spilled.is_none()) {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for b in pending {
+        let Some(spilled) = &b.spilled else {
+            out.push(b.clone());
+            continue;
+        };
+        tracing::warn!(stream = %b.stream, rows = spilled.rows(), "aggregates read a spilled transaction into memory");
+        let n = spilled.parts();
+        for i in 0..n {
+            let (records, positions) = spilled.read(i).map_err(|source| {
+                RunError::Source(crate::source::SourceError::Io {
+                    context: format!("reading spilled rows of {}", b.stream),
+                    source,
+                })
+            })?;
+            out.push(SourceBatch {
+                records,
+                positions,
+                spilled: None,
+                // Dead letters ride with the first part; progress is the same for all.
+                rejected: if i == 0 { b.rejected.clone() } else { None },
+                ..b.clone()
+            });
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Sets the in-flight gauge: the part of the budget (`limit` bytes) records hold.
@@ -788,6 +845,7 @@ mod tests {
             end_of_input: false,
             rejected: None,
             control: None,
+            spilled: None,
         }
     }
 

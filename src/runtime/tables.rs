@@ -3,6 +3,7 @@
 //! not hold yet, so a replayed micro-batch is skipped table by table.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use deltalake::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch};
 use deltalake::arrow::compute::filter_record_batch;
@@ -12,7 +13,8 @@ use super::{RetryPolicy, RunError, STATE_INFO_KEY, TableSummary};
 use crate::config::{AggregateConfig, OnIncompatible, TableConfig, TableMode};
 use crate::progress::Progress;
 use crate::sink::dead_letter::{DeadLetters, ErrorKind};
-use crate::sink::{Commit, Committed, DeltaSink, Sink, SinkError, change, state_key};
+use crate::sink::{Commit, Committed, DeltaSink, Parts, Sink, SinkError, change, state_key};
+use crate::source::spill::Spilled;
 use crate::source::{Control, Source, SourceBatch};
 use crate::telemetry;
 use crate::window::{self, Operator};
@@ -35,6 +37,8 @@ pub(super) struct TableTarget {
 pub(super) struct Prepared {
     progress: Vec<(String, i64)>,
     batches: Vec<RecordBatch>,
+    /// Rows of a spilled transaction, read part by part at commit.
+    parts: Option<Arc<dyn Parts>>,
     rows: usize,
     /// Drop the table's rows first (a snapshot taken again).
     replace: bool,
@@ -100,6 +104,53 @@ async fn commit_with_retry(
                 None => return Err(e),
             },
         }
+    }
+}
+
+/// A spilled transaction's rows as a table of `mode` writes them, part by part.
+#[derive(Debug)]
+struct SpilledRows {
+    spilled: Arc<Spilled>,
+    shard: Arc<str>,
+    mode: TableMode,
+    /// What the table holds of the shard already: rows before it are skipped.
+    from: Option<i64>,
+}
+
+impl SpilledRows {
+    fn shape(&self, records: &RecordBatch, positions: &Int64Array) -> RecordBatch {
+        match self.mode {
+            TableMode::Append => records.clone(),
+            TableMode::Changelog | TableMode::Mirror => {
+                change::with_change_columns(records, positions, &self.shard)
+            }
+        }
+    }
+}
+
+impl Parts for SpilledRows {
+    fn schema(&self) -> SchemaRef {
+        let empty = RecordBatch::new_empty(self.spilled.schema().clone());
+        self.shape(&empty, &Int64Array::from(Vec::<i64>::new())).schema()
+    }
+
+    fn count(&self) -> usize {
+        self.spilled.parts()
+    }
+
+    fn read(&self, i: usize) -> std::io::Result<Option<RecordBatch>> {
+        let (records, positions) = self.spilled.read(i)?;
+        let skip = match self.from {
+            None => 0,
+            Some(from) => positions.values().partition_point(|p| *p < from),
+        };
+        let n = records.num_rows() - skip;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.shape(&records.slice(skip, n), &positions.slice(skip, n)),
+        ))
     }
 }
 
@@ -174,6 +225,7 @@ impl TableTarget {
             return Ok(Some(Prepared {
                 progress,
                 batches: vec![RecordBatch::new_empty(schema)],
+                parts: None,
                 rows: 0,
                 replace: control == Control::Reset,
             }));
@@ -189,7 +241,24 @@ impl TableTarget {
         }
         let mut batches = Vec::new();
         let mut skipped = 0;
+        let mut parts: Option<Arc<dyn Parts>> = None;
+        let mut part_rows = 0;
         for b in pending.iter().filter(|b| *b.stream == *self.cfg.from) {
+            if let Some(spilled) = &b.spilled {
+                // A spilled transaction travels alone: one batch per stream.
+                let rows = SpilledRows {
+                    spilled: spilled.clone(),
+                    shard: b.shard.clone(),
+                    mode: self.cfg.mode,
+                    from: self.sink.committed().get(&b.shard),
+                };
+                // Rows of another layout than the table takes are refused here, whole:
+                // a transaction too large for memory is not sorted row by row.
+                self.sink.check(&rows.schema())?;
+                part_rows += spilled.rows();
+                parts = Some(Arc::new(rows));
+                continue;
+            }
             let from = b.skip_before(self.sink.committed().get(&b.shard));
             skipped += from;
             let n = b.records.num_rows() - from;
@@ -234,10 +303,11 @@ impl TableTarget {
             });
             batches.extend(schema.map(RecordBatch::new_empty));
         }
-        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>() + part_rows;
         Ok(Some(Prepared {
             progress,
             batches,
+            parts,
             rows,
             replace: false,
         }))
@@ -265,6 +335,7 @@ impl TableTarget {
     pub(super) async fn commit(&mut self, prepared: Prepared, retry: &RetryPolicy) -> Result<(), RunError> {
         let commit = Commit {
             batches: prepared.batches,
+            parts: prepared.parts,
             progress: prepared.progress,
             info: BTreeMap::new(),
             replace: prepared.replace,
@@ -382,6 +453,7 @@ impl DeadLetterTarget {
         }
         let commit = Commit {
             batches,
+            parts: None,
             progress: progress(),
             info: BTreeMap::new(),
             replace: false,
@@ -550,6 +622,7 @@ impl AggregateTarget {
         let rows: usize = out.iter().map(RecordBatch::num_rows).sum();
         let commit = Commit {
             batches: out,
+            parts: None,
             progress: self.processed.iter().map(|(s, v)| (s.to_string(), v)).collect(),
             info: BTreeMap::from([(STATE_INFO_KEY.to_string(), serde_json::Value::String(key))]),
             replace: reset,

@@ -85,7 +85,7 @@ pub enum ChangeError {
     BadOp { position: i64, op: String },
 }
 
-fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, ChangeError> {
+pub(super) fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, ChangeError> {
     let c = batch
         .column_by_name(name)
         .ok_or_else(|| ChangeError::Missing(name.to_string()))?;

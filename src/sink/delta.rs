@@ -460,6 +460,116 @@ impl DeltaSink {
         write.await.map_err(self.delta_err())
     }
 
+    /// Writes `batches` (unified into one) as the table's mode does, in one commit.
+    async fn write(
+        &mut self,
+        batches: &[RecordBatch],
+        props: CommitProperties,
+        replace: bool,
+    ) -> Result<DeltaTable, SinkError> {
+        let Some(rows) = self.unify(batches)? else {
+            return Err(SinkError::Delta {
+                table: self.name.clone(),
+                source: DeltaTableError::Generic("a commit needs at least one (possibly empty) batch".into()),
+            });
+        };
+        match self.options.mode {
+            TableMode::Mirror if rows.num_rows() > 0 && !replace => self.mirror(rows, props).await,
+            TableMode::Mirror => {
+                // Progress only, or a replace: a mirror's replace only ever empties it.
+                let shaped = std::sync::Arc::new(self.table_shape(&rows.schema()));
+                let empty = RecordBatch::new_empty(shaped);
+                self.append(empty, props, replace).await
+            }
+            TableMode::Append | TableMode::Changelog => self.append(rows, props, replace).await,
+        }
+    }
+
+    /// Writes `batches` and the rows of `parts` in one commit, part by part where the
+    /// table allows it (see [`super::parts`]); otherwise every part is read into memory.
+    async fn write_parts(
+        &mut self,
+        batches: &[RecordBatch],
+        parts: &dyn super::Parts,
+        props: CommitProperties,
+        replace: bool,
+    ) -> Result<DeltaTable, SinkError> {
+        let next = self.evolved(&parts.schema())?;
+        let widens = self.schema().is_none_or(|cur| schema::adds_columns(&cur, &next));
+        let first = self.unify(batches)?.filter(|b| b.num_rows() > 0);
+        let bounded = !replace
+            && !widens
+            && match self.options.mode {
+                TableMode::Mirror => self.mor.is_some() && !self.options.null_safe_key,
+                TableMode::Append | TableMode::Changelog => true,
+            };
+        if bounded {
+            let target = self.options.target_file_size;
+            match self.options.mode {
+                TableMode::Append | TableMode::Changelog => {
+                    let first = first
+                        .map(|b| schema::conform(&b, &next))
+                        .transpose()
+                        .map_err(|e| self.delta_err()(e.into()))?;
+                    let spec = super::parts::AppendSpec {
+                        shape: &next,
+                        props,
+                        writer: Self::writer_properties(),
+                        target_file_size: target,
+                    };
+                    return super::parts::append(&self.name, self.table.clone(), first, parts, spec).await;
+                }
+                TableMode::Mirror => {
+                    let Some(mor) = self.mor.as_mut() else {
+                        return Err(self.delta_err()(DeltaTableError::Generic(
+                            "a mirror without deletion vectors took the part-by-part path".into(),
+                        )));
+                    };
+                    let spec = MorSpec {
+                        key: &self.options.key,
+                        schema: &next,
+                        props: props.clone(),
+                        writer: Self::writer_properties(),
+                        target_file_size: target,
+                    };
+                    let merged =
+                        super::parts::mirror(&self.name, self.table.clone(), mor, first.clone(), parts, spec)
+                            .await?;
+                    if let Some((table, report)) = merged {
+                        tracing::debug!(
+                            table = %self.name,
+                            inserted = report.inserted,
+                            updated = report.updated,
+                            deleted = report.deleted,
+                            files_marked = report.files_marked,
+                            files_written = report.files_written,
+                            "spilled changes merged by deletion vectors in one commit"
+                        );
+                        return Ok(table);
+                    }
+                }
+            }
+        }
+        tracing::warn!(
+            table = %self.name,
+            parts = parts.count(),
+            "a spilled transaction is read into memory for this table (it creates or widens the \
+             table, or the table merges by copy-on-write)"
+        );
+        let mut all: Vec<RecordBatch> = first.into_iter().collect();
+        for i in 0..parts.count() {
+            let part = parts.read(i).map_err(|source| SinkError::Spill {
+                table: self.name.clone(),
+                source,
+            })?;
+            all.extend(part);
+        }
+        if all.is_empty() {
+            all.extend(batches.iter().cloned());
+        }
+        self.write(&all, props, replace).await
+    }
+
     /// Merges the changes in `rows` by key in one commit.
     async fn mirror(&mut self, rows: RecordBatch, props: CommitProperties) -> Result<DeltaTable, SinkError> {
         self.check(&rows.schema())?;
@@ -589,21 +699,12 @@ impl Sink for DeltaSink {
             // through, the rows of a file the compaction rewrote would live on twice.
             props = props.with_max_retries(0);
         }
-        let Some(rows) = self.unify(&commit.batches)? else {
-            return Err(SinkError::Delta {
-                table: self.name.clone(),
-                source: DeltaTableError::Generic("a commit needs at least one (possibly empty) batch".into()),
-            });
-        };
-        let written = match self.options.mode {
-            TableMode::Mirror if rows.num_rows() > 0 && !commit.replace => self.mirror(rows, props).await,
-            TableMode::Mirror => {
-                // Progress only, or a replace: a mirror's replace only ever empties it.
-                let shaped = std::sync::Arc::new(self.table_shape(&rows.schema()));
-                let empty = RecordBatch::new_empty(shaped);
-                self.append(empty, props, commit.replace).await
+        let written = match commit.parts.clone() {
+            Some(parts) => {
+                self.write_parts(&commit.batches, parts.as_ref(), props, commit.replace)
+                    .await
             }
-            TableMode::Append | TableMode::Changelog => self.append(rows, props, commit.replace).await,
+            None => self.write(&commit.batches, props, commit.replace).await,
         };
         let read_version = self.table.version();
         match written {

@@ -190,6 +190,11 @@ pub struct SyncReport {
 
 impl KeyIndex {
     /// Opens (or creates) the index in `dir`; an unreadable index file is replaced.
+    /// The index's folder (its own, under the cache directory).
+    pub fn dir(&self) -> &FsPath {
+        &self.dir
+    }
+
     pub fn open(dir: &FsPath, cache_bytes: usize) -> Result<Self, DeltaTableError> {
         std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
         let file = dir.join("keys.redb");

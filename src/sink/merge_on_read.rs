@@ -74,6 +74,20 @@ impl std::fmt::Debug for MergeOnRead {
     }
 }
 
+/// What the changes of one commit, staged part by part, have written and will mark.
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    /// Per live file, rows the changes replace.
+    touched: HashMap<String, Vec<u64>>,
+    /// The add actions of the touched files.
+    live: HashMap<String, Add>,
+    /// Adds of the new row images.
+    actions: Vec<Action>,
+    report: MorReport,
+    /// A truncate came first: every live file goes.
+    pub truncated: bool,
+}
+
 /// What one commit needs besides the table and the changes.
 #[derive(Debug)]
 pub struct MorSpec<'a> {
@@ -167,40 +181,71 @@ impl MergeOnRead {
     /// Commits `changes` to `table` in one transaction (see the module docs).
     pub async fn commit(
         &mut self,
-        mut table: DeltaTable,
+        table: DeltaTable,
         changes: Collapsed,
         spec: MorSpec<'_>,
     ) -> Result<(DeltaTable, MorReport), DeltaTableError> {
-        let mut report = MorReport::default();
-        let codec = Self::codec(&table, spec.key)?;
-        self.index.sync(&table, &codec).await?;
-        let Collapsed {
-            batch,
-            unchanged,
-            truncated,
-            ..
-        } = changes;
+        let codec = self.begin(&table, spec.key).await?;
+        let mut staged = Staged {
+            truncated: changes.truncated,
+            ..Staged::default()
+        };
+        self.stage(&table, &codec, changes, &spec, &mut staged).await?;
+        self.finish(table, &codec, staged, spec).await
+    }
+
+    /// A scratch folder of this table's alone, next to its index.
+    pub(super) fn scratch(&self) -> std::path::PathBuf {
+        self.index.dir().with_extension("scratch")
+    }
+
+    /// Brings the index to `table` before changes are staged against it.
+    pub(super) async fn begin(
+        &mut self,
+        table: &DeltaTable,
+        key: &[String],
+    ) -> Result<KeyCodec, DeltaTableError> {
+        let codec = Self::codec(table, key)?;
+        self.index.sync(table, &codec).await?;
+        Ok(codec)
+    }
+
+    /// Writes the new row images of `changes` and notes the rows they replace. Every
+    /// key of `changes` must be absent from what was staged before (the caller splits
+    /// a commit's changes by key), and `changes` itself holds no truncate (it is
+    /// `staged.truncated`).
+    pub(super) async fn stage(
+        &mut self,
+        table: &DeltaTable,
+        codec: &KeyCodec,
+        changes: Collapsed,
+        spec: &MorSpec<'_>,
+        staged: &mut Staged,
+    ) -> Result<(), DeltaTableError> {
+        let Collapsed { batch, unchanged, .. } = changes;
         let rows = conform(&batch, spec.schema)?;
         let deletes = delete_mask(&batch);
         let store = table.log_store().object_store(None);
         let snapshot = table.snapshot()?;
+        let report = &mut staged.report;
 
         // Every live file's add action, by path; only the touched ones are kept.
         let mut old: Vec<Option<(String, u64)>> = vec![None; rows.num_rows()];
-        let mut touched: HashMap<String, Vec<u64>> = HashMap::new();
-        let mut live: HashMap<String, Add> = HashMap::new();
-        if !truncated {
+        if !staged.truncated {
             let keys = codec.encode(&rows)?;
             let candidates = self.index.lookup(&keys)?;
             let wanted: HashSet<&str> = candidates
                 .iter()
                 .flatten()
                 .filter_map(|p| self.index.path_of(p.file))
+                .filter(|p| !staged.live.contains_key(*p))
                 .collect();
-            #[allow(deprecated)] // the view's own conversion keeps every field of the add
-            for f in snapshot.log_data().iter() {
-                if wanted.contains(f.path().as_ref()) {
-                    live.insert(f.path().to_string(), f.add_action());
+            if !wanted.is_empty() {
+                #[allow(deprecated)] // the view's own conversion keeps every field of the add
+                for f in snapshot.log_data().iter() {
+                    if wanted.contains(f.path().as_ref()) {
+                        staged.live.insert(f.path().to_string(), f.add_action());
+                    }
                 }
             }
             for (i, c) in candidates.into_iter().enumerate() {
@@ -208,14 +253,16 @@ impl MergeOnRead {
                 let Some(path) = self.index.path_of(file).map(str::to_string) else {
                     continue;
                 };
-                let Some(add) = live.get(&path) else { continue };
+                let Some(add) = staged.live.get(&path) else {
+                    continue;
+                };
                 let deleted = self
                     .deleted_rows(store.as_ref(), &path, add.deletion_vector.as_ref())
                     .await?;
                 if deleted.contains(row) {
                     continue;
                 }
-                touched.entry(path.clone()).or_default().push(row);
+                staged.touched.entry(path.clone()).or_default().push(row);
                 old[i] = Some((path, row));
             }
         }
@@ -225,7 +272,7 @@ impl MergeOnRead {
         if !unchanged.is_empty() {
             rows = fill_unsent(
                 store.clone(),
-                &live,
+                &staged.live,
                 rows,
                 &batch,
                 &unchanged,
@@ -250,17 +297,36 @@ impl MergeOnRead {
                 (None, true) => {}
             }
         }
-        let mut actions: Vec<Action> = Vec::new();
         if upserts.num_rows() > 0 {
-            let mut writer = RecordBatchWriter::for_table(&table)?
-                .with_writer_properties(spec.writer)
+            let mut writer = RecordBatchWriter::for_table(table)?
+                .with_writer_properties(spec.writer.clone())
                 .with_target_file_size(spec.target_file_size);
             writer.write(upserts).await?;
             let adds = writer.flush().await?;
-            report.files_written = adds.len();
-            actions.extend(adds.into_iter().map(Action::Add));
+            report.files_written += adds.len();
+            staged.actions.extend(adds.into_iter().map(Action::Add));
         }
+        Ok(())
+    }
 
+    /// Commits what was staged: the new files, the deletion vectors of the rows they
+    /// replace, the `txn` progress in `spec.props`; then brings the index along.
+    pub(super) async fn finish(
+        &mut self,
+        mut table: DeltaTable,
+        codec: &KeyCodec,
+        staged: Staged,
+        spec: MorSpec<'_>,
+    ) -> Result<(DeltaTable, MorReport), DeltaTableError> {
+        let Staged {
+            touched,
+            live,
+            mut actions,
+            mut report,
+            truncated,
+        } = staged;
+        let store = table.log_store().object_store(None);
+        let snapshot = table.snapshot()?;
         let now = chrono::Utc::now().timestamp_millis();
         if truncated {
             // Everything the table held is gone; what these changes upsert is the table.
@@ -269,23 +335,23 @@ impl MergeOnRead {
                 actions.push(Action::Remove(f.remove_action(true)));
             }
         } else if !touched.is_empty() {
-            let mut paths: Vec<String> = touched.keys().cloned().collect();
+            let mut paths: Vec<&String> = touched.keys().collect();
             paths.sort_unstable();
             // Per file, every row it will have deleted; a file left with no live row
             // is removed outright rather than kept behind a full deletion vector.
             let mut marked = Vec::with_capacity(paths.len());
             for path in paths {
-                let add = &live[&path];
+                let add = &live[path];
                 let before = self
-                    .deleted_rows(store.as_ref(), &path, add.deletion_vector.as_ref())
+                    .deleted_rows(store.as_ref(), path, add.deletion_vector.as_ref())
                     .await?;
                 let mut after = (*before).clone();
-                after.extend(touched[&path].iter().copied());
+                after.extend(touched[path].iter().copied());
                 if physical_rows(add).is_some_and(|n| after.len() >= n) {
                     actions.push(Action::Remove(remove_of(add, true, now)));
                     report.files_removed += 1;
                 } else {
-                    marked.push((path, after));
+                    marked.push((path.clone(), after));
                 }
             }
             if !marked.is_empty() {
@@ -347,7 +413,7 @@ impl MergeOnRead {
         table.update_incremental(Some(committed.version())).await?;
         // The index follows the committed table; if that fails now, the next batch
         // (or restart) catches it up, so the commit stands either way.
-        if let Err(e) = self.index.sync(&table, &codec).await {
+        if let Err(e) = self.index.sync(&table, codec).await {
             tracing::warn!(error = %e, "key index not updated after commit; the next batch catches it up");
         }
         // Deletion vectors of files that are gone are never needed again.

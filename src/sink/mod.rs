@@ -17,6 +17,7 @@ pub mod key_index;
 pub mod maintain;
 pub mod merge_on_read;
 mod mirror;
+mod parts;
 pub mod purge;
 pub mod schema;
 pub mod types;
@@ -32,11 +33,26 @@ use crate::progress::Progress;
 pub use delta::{DeltaSink, IndexOptions, KEY_FILE, TableOptions, open_table, table_progress};
 pub use failpoint::ENV as FAILPOINT_ENV;
 
+/// Rows of one commit too many to hold in memory at once (a transaction that spilled
+/// to disk), read one part at a time; each part is in the table's shape already.
+pub trait Parts: Send + Sync + std::fmt::Debug {
+    /// The table-shaped schema of the rows as the unit ended (parts of an earlier
+    /// layout are conformed to it).
+    fn schema(&self) -> deltalake::arrow::datatypes::SchemaRef;
+    /// How many parts there are.
+    fn count(&self) -> usize;
+    /// Part `i` (`None`: nothing in it for this table, e.g. rows it already holds).
+    fn read(&self, i: usize) -> std::io::Result<Option<RecordBatch>>;
+}
+
 /// One atomic change to a table: its rows and the progress they complete.
 #[derive(Debug, Clone)]
 pub struct Commit {
     /// Rows to add; may be empty (a progress-only commit), never of another schema.
     pub batches: Vec<RecordBatch>,
+    /// More rows, read part by part (see [`parts`]); committed with `batches` in the
+    /// same transaction.
+    pub parts: Option<std::sync::Arc<dyn Parts>>,
     /// Per shard, the position to resume from once this commit is durable.
     pub progress: Vec<(String, i64)>,
     /// Extra `commitInfo` entries (e.g. the operator-state snapshot it depends on).
@@ -77,6 +93,13 @@ pub enum SinkError {
         table: String,
         change: Box<schema::Incompatible>,
     },
+    /// Spilled rows could not be read back from local disk.
+    #[error("table {table}: reading spilled rows: {source}")]
+    Spill {
+        table: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The change records cannot be applied (a null key, an unknown `_op`).
     #[error("table {table}: {source}")]
     Changes {
@@ -110,6 +133,7 @@ impl SinkError {
             SinkError::State { .. } => true,
             SinkError::Incompatible { .. }
             | SinkError::Changes { .. }
+            | SinkError::Spill { .. }
             | SinkError::ForeignProgress { .. } => false,
         }
     }

@@ -170,6 +170,7 @@ impl FileSource {
             end_of_input: true,
             rejected: None,
             control: None,
+            spilled: None,
         }))
     }
 
@@ -279,6 +280,7 @@ impl Source for FileSource {
                 end_of_input: false,
                 rejected: (!rejected.is_empty()).then(|| rejected.finish()),
                 control: None,
+                spilled: None,
             }));
         }
     }

@@ -196,6 +196,7 @@ impl Source for Generator {
                     end_of_input: true,
                     rejected: None,
                     control: None,
+                    spilled: None,
                 }));
             }
             return Ok(Polled::End);
@@ -221,6 +222,7 @@ impl Source for Generator {
             end_of_input: false,
             rejected: None,
             control: None,
+            spilled: None,
         }))
     }
 }

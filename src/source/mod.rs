@@ -5,6 +5,7 @@ mod file;
 mod generator;
 pub mod kafka;
 pub mod postgres;
+pub mod spill;
 
 use std::sync::Arc;
 
@@ -50,6 +51,10 @@ pub struct SourceBatch {
     pub rejected: Option<RecordBatch>,
     /// A control marker (no records) for every stream of the shard; see [`Control`].
     pub control: Option<Control>,
+    /// The rows of a unit too large for memory, in local files; `records` is then empty
+    /// (of the stream's schema) and `positions` too. Such a batch travels alone in its
+    /// micro-batch (with the other streams' parts of the same unit). See [`spill`].
+    pub spilled: Option<Arc<spill::Spilled>>,
 }
 
 /// What a control marker asks of every table fed by the shard. A marker is committed
@@ -231,17 +236,29 @@ pub struct ShardInfo {
     pub stream: Option<String>,
 }
 
+/// Local resources a source may use on its own.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// Bytes a source may buffer ahead of the runtime (librdkafka's queues).
+    pub prefetch: u64,
+    /// A folder of this pipeline's alone for [`spill`] files (cleared at open).
+    pub spill_dir: std::path::PathBuf,
+    /// Bytes of one unit (a transaction) held in memory before it spills, unless the
+    /// source's own setting says otherwise.
+    pub spill_after: u64,
+}
+
 /// Opens the configured source at `resume`.
 /// `dead_letters`: whether undecodable records may be handed over as
 /// [`SourceBatch::rejected`] (a dead-letter table is configured) or stop the run.
-/// `prefetch`: bytes a source may buffer on its own, ahead of the runtime.
+/// `local`: what a source may hold on its own besides what it hands over.
 pub async fn open(
     config: &SourceConfig,
     resume: &Resume,
     mode: RunMode,
     chunk_rows: usize,
     dead_letters: bool,
-    prefetch: u64,
+    local: &Local,
 ) -> Result<Box<dyn Source>, SourceError> {
     Ok(match config {
         SourceConfig::Generator(g) => Box::new(generator::Generator::open(g, &resume.min, mode, chunk_rows)),
@@ -253,11 +270,11 @@ pub async fn open(
             dead_letters,
         )?),
         SourceConfig::Postgres(p) => {
-            Box::new(postgres::PostgresSource::open(p, resume, mode, chunk_rows, dead_letters).await?)
+            Box::new(postgres::PostgresSource::open(p, resume, mode, chunk_rows, dead_letters, local).await?)
         }
-        SourceConfig::Kafka(k) => {
-            Box::new(kafka::KafkaSource::open(k, resume, mode, chunk_rows, dead_letters, prefetch).await?)
-        }
+        SourceConfig::Kafka(k) => Box::new(
+            kafka::KafkaSource::open(k, resume, mode, chunk_rows, dead_letters, local.prefetch).await?,
+        ),
     })
 }
 

@@ -11,6 +11,7 @@ mod files;
 mod kafka;
 mod kafka_json;
 mod kafka_support;
+mod large_transactions;
 mod maintain;
 mod mirror;
 mod operations;

@@ -13,7 +13,7 @@ fn lake(dir: &Path, table: &str) -> String {
 }
 
 /// DuckDB rows as `|`-joined strings, like `Db::sql` gives them.
-fn duck_lines(sql: &str) -> Vec<String> {
+pub(crate) fn duck_lines(sql: &str) -> Vec<String> {
     duck(sql)
         .into_iter()
         .map(|row| {

@@ -34,6 +34,7 @@ fn rows(sql: &str) -> Vec<serde_json::Value> {
 pub(crate) fn commit(batches: Vec<RecordBatch>, next: i64) -> Commit {
     Commit {
         batches,
+        parts: None,
         progress: vec![("s".to_string(), next)],
         info: BTreeMap::new(),
         replace: false,

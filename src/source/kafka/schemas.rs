@@ -521,6 +521,7 @@ impl TopicDecoder {
             end_of_input: false,
             rejected: (!dead.is_empty()).then(|| dead.finish()),
             control: None,
+            spilled: None,
         }))
     }
 }

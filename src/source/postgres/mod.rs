@@ -143,6 +143,7 @@ fn shaped_marker(
         end_of_input: false,
         rejected: None,
         control: Some(control),
+        spilled: None,
     }
 }
 
@@ -236,6 +237,8 @@ pub struct PostgresSource {
     /// Layouts of the captured tables at start, for markers that create tables.
     layouts: Vec<Arc<Layout>>,
     chunk_rows: usize,
+    /// Where and when an open transaction spills to disk.
+    spill: stream::SpillAt,
     /// The WAL position noted at start by a `--once` run.
     end: Option<u64>,
     bad: BadValues,
@@ -266,7 +269,18 @@ impl PostgresSource {
         mode: RunMode,
         chunk_rows: usize,
         dead_letters: bool,
+        local: &crate::source::Local,
     ) -> Result<PostgresSource, SourceError> {
+        // Spill files of an earlier process are void: their transactions come again.
+        let spill_dir = local.spill_dir.join(&cfg.slot);
+        crate::source::spill::clear(&spill_dir).map_err(|source| SourceError::Io {
+            context: format!("clearing spill files in {}", spill_dir.display()),
+            source,
+        })?;
+        let spill = stream::SpillAt {
+            dir: spill_dir,
+            after: cfg.spill_after.unwrap_or(local.spill_after) as usize,
+        };
         let mut sql = wire::Conn::connect(&cfg.dsn, false)
             .await
             .map_err(pg("connecting"))?;
@@ -369,6 +383,7 @@ impl PostgresSource {
             keys,
             layouts: Vec::new(),
             chunk_rows,
+            spill,
             end,
             bad: BadValues {
                 values: Vec::new(),
@@ -439,6 +454,7 @@ impl PostgresSource {
             self.shard.clone(),
             start,
             self.cfg.status_interval,
+            self.spill.clone(),
         ))
     }
 

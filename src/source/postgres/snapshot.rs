@@ -184,6 +184,7 @@ impl Snapshot {
                     end_of_input: false,
                     rejected: None,
                     control: None,
+                    spilled: None,
                 }
             });
             if done {

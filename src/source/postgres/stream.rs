@@ -1,11 +1,19 @@
 //! Streaming changes from the slot: `pgoutput` messages into per-table buffers,
 //! handed over at transaction boundaries, while a separate task keeps the server
 //! informed of what is durable.
+//!
+//! A transaction whose rows outgrow [`SpillAt::after`] while it is open goes to spill
+//! files ([`crate::source::spill`]) instead: everything buffered so far, then the rest
+//! as it arrives, part by part; at its commit one batch per table names the files.
+//! Memory stays at one part whatever the transaction's size, and the transaction is
+//! still handed over whole, at its commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use std::path::PathBuf;
 
 use indexmap::IndexMap;
 use tokio::sync::Notify;
@@ -16,6 +24,7 @@ use super::changes::{Layout, TableBuffer};
 use super::pgoutput::{self, Message, Tuple, Value};
 use super::wire::{Replication, ReplicationReader, StatusWriter, format_lsn};
 use super::{BadValues, Describe, marker, pg};
+use crate::source::spill::SpillWriter;
 use crate::source::{Control, SourceBatch, SourceError};
 
 /// Hand over buffered transactions at least this often, even under steady load.
@@ -65,6 +74,14 @@ pub(super) fn spawn_status(
     })
 }
 
+/// Where and from what size an open transaction spills.
+#[derive(Debug, Clone)]
+pub(super) struct SpillAt {
+    pub dir: PathBuf,
+    /// Bytes of the open transaction held in memory before it spills.
+    pub after: usize,
+}
+
 pub(super) struct Stream {
     reader: ReplicationReader,
     pub feedback: Arc<Feedback>,
@@ -83,7 +100,14 @@ pub(super) struct Stream {
     rows: usize,
     /// Rows of the open transaction.
     open_rows: usize,
+    /// Bytes buffered since the open transaction began.
+    open_bytes: usize,
     bytes: usize,
+    spill: SpillAt,
+    /// The open transaction's spill files, per stream, once it has spilled.
+    spilling: IndexMap<Arc<str>, SpillWriter>,
+    /// Transactions spilled so far (names their folders).
+    spilled_units: u64,
     last_marker: Instant,
     marker_every: Duration,
 }
@@ -118,6 +142,7 @@ impl Stream {
         shard: Arc<str>,
         start: u64,
         status_interval: Duration,
+        spill: SpillAt,
     ) -> Stream {
         let feedback = Arc::new(Feedback::default());
         feedback.flushed.store(start, Ordering::Release);
@@ -136,7 +161,11 @@ impl Stream {
             first_buffered: None,
             rows: 0,
             open_rows: 0,
+            open_bytes: 0,
             bytes: 0,
+            spill,
+            spilling: IndexMap::new(),
+            spilled_units: 0,
             last_marker: Instant::now(),
             marker_every: status_interval.max(Duration::from_secs(1)) * 3,
         }
@@ -220,13 +249,24 @@ impl Stream {
                             }
                             self.open = Some((final_lsn as i64, commit_ts));
                             self.open_rows = 0;
+                            self.open_bytes = 0;
                         }
                         Message::Commit { end_lsn, .. } => {
                             self.open = None;
                             self.complete = self.complete.max(end_lsn as i64);
                             let ended = end.is_some_and(|e| end_lsn >= e);
+                            if !self.spilling.is_empty() {
+                                let spilled = self.finish_spill(bad)?;
+                                return Ok(if ended {
+                                    Step::End(spilled)
+                                } else {
+                                    Step::Batches(spilled)
+                                });
+                            }
+                            // Finished transactions go before they could make a
+                            // later one spill with them.
                             let due = self.rows >= chunk_rows
-                                || self.bytes >= max_bytes
+                                || self.bytes >= max_bytes.min(self.spill.after)
                                 || self.first_buffered.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
                             if ended {
                                 return Ok(Step::End(self.flush(bad)?));
@@ -340,9 +380,79 @@ impl Stream {
             .or_insert_with(|| TableBuffer::new(layout.clone()));
         let before = buf.bytes;
         buf.push_tuple(op, position, commit_ts, tuple, &mut bad.values);
-        self.bytes += buf.bytes - before;
+        let added = buf.bytes - before;
+        self.bytes += added;
+        self.open_bytes += added;
         self.note_row();
+        if self.open_bytes >= self.spill.after {
+            self.spill_out()?;
+        }
         Ok(())
+    }
+
+    /// Moves every buffered row to the open transaction's spill files.
+    fn spill_out(&mut self) -> Result<(), SourceError> {
+        if self.spilling.is_empty() {
+            tracing::info!(
+                slot = %self.shard,
+                rows = self.open_rows,
+                bytes = self.open_bytes,
+                "a large transaction is open: its rows go to spill files until it commits"
+            );
+            self.spilled_units += 1;
+        }
+        let unit = self.spill.dir.join(format!("txn-{}", self.spilled_units));
+        for (i, buf) in self.buffers.values_mut().enumerate() {
+            let Some((records, positions)) = buf.take().map_err(SourceError::Setup)? else {
+                continue;
+            };
+            let writer = match self.spilling.get_mut(&buf.layout.stream) {
+                Some(w) => w,
+                None => {
+                    let w = SpillWriter::create(unit.join(i.to_string())).map_err(spill_error(&unit))?;
+                    self.spilling.entry(buf.layout.stream.clone()).or_insert(w)
+                }
+            };
+            writer.write(&records, &positions).map_err(spill_error(&unit))?;
+        }
+        self.bytes = 0;
+        self.open_bytes = 0;
+        self.rows = 0;
+        Ok(())
+    }
+
+    /// The committed spilled transaction (and whatever was buffered with it): one
+    /// batch per table, naming its files.
+    fn finish_spill(&mut self, bad: &mut BadValues) -> Result<Vec<SourceBatch>, SourceError> {
+        self.spill_out()?;
+        let next = self.complete;
+        let mut out = Vec::with_capacity(self.spilling.len());
+        let mut rows = 0;
+        for (stream, writer) in std::mem::take(&mut self.spilling) {
+            let Some(buf) = self.buffers.get(&stream) else {
+                continue;
+            };
+            let schema = buf.layout.schema.clone();
+            rows += writer.rows();
+            out.push(SourceBatch {
+                stream,
+                shard: self.shard.clone(),
+                records: deltalake::arrow::array::RecordBatch::new_empty(schema.clone()),
+                positions: deltalake::arrow::array::Int64Array::from(Vec::<i64>::new()),
+                next,
+                end_of_input: false,
+                rejected: None,
+                control: None,
+                spilled: Some(writer.finish(schema)),
+            });
+        }
+        if let Some(first) = out.first_mut() {
+            first.rejected = bad.take(&self.shard)?;
+        }
+        self.first_buffered = None;
+        self.emitted = next;
+        tracing::info!(slot = %self.shard, rows, next = %format_lsn(next as u64), "large transaction handed over");
+        Ok(out)
     }
 
     /// A row with no values (a truncate).
@@ -387,6 +497,7 @@ impl Stream {
                     end_of_input: false,
                     rejected: None,
                     control: None,
+                    spilled: None,
                 });
             }
         }
@@ -399,5 +510,12 @@ impl Stream {
         self.emitted = next;
         tracing::trace!(next = %format_lsn(next as u64), chunks = out.len(), "changes handed over");
         Ok(out)
+    }
+}
+
+fn spill_error(dir: &std::path::Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
+    move |source| SourceError::Io {
+        context: format!("writing spill files in {}", dir.display()),
+        source,
     }
 }
