@@ -4,18 +4,23 @@
 # `UPDATE pgbench_accounts SET abalance = abalance + 1` (every row), taken by a
 # `run --once` under `[runtime] memory = MEMORY`. Per run: wall time, rows/s, peak RSS
 # (VmHWM) and the mirror checked against Postgres (count and sum of balances, DuckDB).
+# The spilled run is first SIGKILLed KILL_AFTER seconds into its intake (default 8; 0 =
+# no kill) and then run to the end: the figures are those of the run that completes.
+# Checks that the mirror gained exactly one version with data for the transaction.
 # Baseline in the same run: the same with spilling turned off (`spill_after` larger than
 # the transaction), i.e. the transaction held in memory as before.
 # Needs the local stack (infra/up.sh). Appends a section to BENCHMARKS.md.
 #
 #   bench/large_txn.sh                       # SCALE=30 MEMORY=256MiB
 #   SCALE=10 BASELINE=0 bench/large_txn.sh   # without the in-memory baseline
+#   KEEP_LOG=/tmp/large bench/large_txn.sh   # keeps each run's log there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/env.sh
 scale=${SCALE:-30}
 memory=${MEMORY:-256MiB}
 baseline=${BASELINE:-1}
+kill_after=${KILL_AFTER:-8}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}
 if [ -z "${BIN:-}" ]; then
   cargo bench --locked --no-run --bench sink 2>/dev/null
@@ -46,6 +51,10 @@ measure() {
     sleep 0.2
   done
   wait "$pid" || { tail -20 "$1.err" >&2; echo "the run failed" >&2; exit 1; }
+  if [ -n "${KEEP_LOG:-}" ]; then
+    mkdir -p "$KEEP_LOG"
+    cp "$1.err" "$KEEP_LOG/$(basename "$(dirname "$1")")-$(date +%s).err"
+  fi
   echo "$(( ($(date +%s%N) - t0) / 1000000 )) $(( hwm / 1024 ))"
 }
 
@@ -70,17 +79,32 @@ for spill in "" ${baseline:+64GiB}; do
   } >"$dir/pipeline.toml"
   read -r snap_ms snap_rss < <(measure "$dir/pipeline.toml")
   echo "[bench] $name: snapshot of $((scale * 100000)) rows in ${snap_ms}ms, peak RSS ${snap_rss}MiB" >&2
+  before=$(ls "$dir/lake/accounts/_delta_log" | grep -c '\.json$')
   t0=$(date +%s%N)
   psql "$dsn" -c "UPDATE pgbench_accounts SET abalance = abalance + 1"
   update_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  killed=""
+  if [ -z "$spill" ] && [ "$kill_after" != 0 ]; then
+    "$bin" run "$dir/pipeline.toml" --once >"$dir/killed.out" 2>"$dir/killed.err" &
+    victim=$!
+    sleep "$kill_after"
+    if kill -KILL "$victim" 2>/dev/null; then
+      killed=" (after a SIGKILL ${kill_after}s into the first run)"
+      spilled_files=$( (find "$dir/cache/spill" -type f 2>/dev/null || true) | wc -l)
+      echo "[bench] $name: SIGKILLed the first run after ${kill_after}s with $spilled_files spill files on disk" >&2
+    fi
+    wait "$victim" 2>/dev/null || true
+  fi
   read -r ms rss < <(measure "$dir/pipeline.toml")
+  versions=$(cd "$dir/lake/accounts/_delta_log" && ls | grep '\.json$' | sort | tail -n +$((before + 1)) | xargs -r grep -l '^{"add"' | wc -l)
+  [ "$versions" = 1 ] || { echo "$versions versions with data for one transaction" >&2; exit 1; }
   truth=$(psql "$dsn" -F, -c "SELECT count(*), sum(abalance) FROM pgbench_accounts")
   delta=$(duck "SELECT count(*), sum(abalance) FROM delta_scan('$dir/lake/accounts')")
   [ "$truth" = "$delta" ] || { echo "mirror $delta != postgres $truth" >&2; exit 1; }
   n=$((scale * 100000))
   rate=$(( n * 1000 / ms ))
   echo "[bench] $name: one transaction of $n updates in ${ms}ms ($rate rows/s), peak RSS ${rss}MiB; mirror = Postgres ($truth)" >&2
-  rows+=("| $name | $n | ${update_ms} | ${ms} | ${rate} | ${rss} MiB | ${snap_rss} MiB | equal ($truth) |")
+  rows+=("| $name$killed | $n | ${update_ms} | ${ms} | ${rate} | ${rss} MiB | ${snap_rss} MiB | equal ($truth), in 1 version |")
 done
 
 {

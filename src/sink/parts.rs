@@ -5,13 +5,15 @@
 //!   as it is read; the log entry that names them all (with the `txn` progress) is
 //!   written once at the end.
 //! - **Deletion-vector mirrors**: a mirror folds each key's changes to its last one,
-//!   and a key's changes may lie in any part. So the parts are first split by a hash of
-//!   the key into as many local bucket files as there are parts (every change of a key
-//!   lands in one bucket, in order); then each bucket is folded and staged like a
-//!   micro-batch of its own ([`MergeOnRead::stage`]: new row images written, replaced
-//!   rows noted), and one commit adds the files and the deletion vectors. A truncate
-//!   voids the buckets filled so far: what follows it is upserted on top of an empty
-//!   table.
+//!   and a key's changes may lie in any part. So the parts are first split by key range
+//!   into as many local bucket files as there are parts (every change of a key lands in
+//!   one bucket, in order; the ranges are quantiles of a sample of the keys, so buckets
+//!   are even whatever the keys' distribution); then each bucket is folded and staged
+//!   like a micro-batch of its own ([`MergeOnRead::stage`]: new row images written,
+//!   replaced rows noted), and one commit adds the files and the deletion vectors.
+//!   Buckets go in key order, so the key index is walked once, not once per bucket. A
+//!   truncate voids the buckets filled so far: what follows it is upserted on top of an
+//!   empty table.
 //!
 //! Anything else (a copy-on-write mirror, a table the unit creates or widens, a
 //! replace) reads every part into memory and commits as usual; the caller decides.
@@ -35,7 +37,6 @@ use deltalake::{DeltaTable, DeltaTableError};
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
-use twox_hash::XxHash64;
 
 use super::change::{self, OP};
 use super::merge_on_read::{MergeOnRead, MorReport, MorSpec, Staged};
@@ -43,6 +44,20 @@ use super::{Parts, SinkError, schema, types};
 
 /// At most this many bucket files per commit.
 const MAX_BUCKETS: usize = 256;
+/// About this many keys are sampled to draw the buckets' ranges.
+const SAMPLES: usize = 65_536;
+
+/// `n - 1` keys that cut the sorted `samples` into `n` even ranges (fewer when the
+/// sample has fewer distinct keys).
+fn bounds(mut samples: Vec<Vec<u8>>, n: usize) -> Vec<Vec<u8>> {
+    samples.sort_unstable();
+    samples.dedup();
+    let mut out: Vec<Vec<u8>> = (1..n)
+        .filter_map(|j| samples.get(j * samples.len() / n).cloned())
+        .collect();
+    out.dedup();
+    out
+}
 
 /// Part `i` of `parts` in Delta's types and `shape`; `None` when it has no rows.
 fn read_part(
@@ -154,27 +169,42 @@ pub(super) async fn mirror(
     };
     let codec = mor.begin(&table, spec.key).await.map_err(err)?;
     let scratch = mor.scratch();
-    let mut buckets = Buckets::new(scratch.clone(), parts.count().clamp(1, MAX_BUCKETS));
+    // Part `i` with its change columns (the rows are folded before they are conformed).
+    let read = |i: usize| -> Result<Option<RecordBatch>, SinkError> {
+        let part = match i {
+            0 => first.clone(),
+            _ => parts
+                .read(i - 1)
+                .map_err(|e| spill_err(name, e))?
+                .map(types::to_delta)
+                .transpose()
+                .map_err(|e| err(e.into()))?,
+        };
+        Ok(part.filter(|p| p.num_rows() > 0))
+    };
     let result = async {
+        let started = std::time::Instant::now();
+        // A first pass samples the keys for the buckets' ranges.
+        let per_part = (SAMPLES / (parts.count() + 1)).max(16);
+        let mut samples: Vec<Vec<u8>> = Vec::new();
+        for i in 0..=parts.count() {
+            let Some(part) = read(i)? else { continue };
+            let keys = codec.encode(&part).map_err(err)?;
+            let stride = (keys.num_rows() / per_part).max(1);
+            samples.extend(
+                (0..keys.num_rows())
+                    .step_by(stride)
+                    .map(|r| keys.row(r).as_ref().to_vec()),
+            );
+        }
+        let mut buckets = Buckets::new(
+            scratch.clone(),
+            bounds(samples, parts.count().clamp(1, MAX_BUCKETS)),
+        );
         let mut staged = Staged::default();
         let mut shape: Option<SchemaRef> = None;
         for i in 0..=parts.count() {
-            let part = match i {
-                0 => first.clone(),
-                // The change columns stay: the rows are folded before they are conformed.
-                _ => parts
-                    .read(i - 1)
-                    .map_err(|source| SinkError::Spill {
-                        table: name.to_string(),
-                        source,
-                    })?
-                    .map(types::to_delta)
-                    .transpose()
-                    .map_err(|e| err(e.into()))?,
-            };
-            let Some(mut part) = part.filter(|p| p.num_rows() > 0) else {
-                continue;
-            };
+            let Some(mut part) = read(i)? else { continue };
             match &shape {
                 None => shape = Some(part.schema()),
                 Some(s) if *s != part.schema() => return Ok(None),
@@ -196,7 +226,10 @@ pub(super) async fn mirror(
             let keys = codec.encode(&part).map_err(err)?;
             buckets.push(&part, &keys).map_err(|e| spill_err(name, e))?;
         }
-        for bucket in buckets.finish().map_err(|e| spill_err(name, e))? {
+        let split = started.elapsed();
+        let filled = buckets.finish().map_err(|e| spill_err(name, e))?;
+        let n = filled.len();
+        for bucket in filled {
             let rows = bucket.read().map_err(|e| spill_err(name, e))?;
             let collapsed = change::collapse(&rows, spec.key).map_err(|source| SinkError::Changes {
                 table: name.to_string(),
@@ -207,7 +240,16 @@ pub(super) async fn mirror(
                 .await
                 .map_err(err)?;
         }
+        let staging = started.elapsed() - split;
         let (table, report) = mor.finish(table, &codec, staged, spec).await.map_err(err)?;
+        tracing::info!(
+            table = name,
+            buckets = n,
+            split_ms = split.as_millis() as u64,
+            stage_ms = staging.as_millis() as u64,
+            commit_ms = (started.elapsed() - split - staging).as_millis() as u64,
+            "spilled changes merged in one commit"
+        );
         Ok(Some((table, report)))
     }
     .await;
@@ -226,17 +268,20 @@ fn spill_err(table: &str, source: std::io::Error) -> SinkError {
     }
 }
 
-/// Local files that split rows by a hash of their key.
+/// Local files that split rows by key range: bucket `b` holds the keys from
+/// `bounds[b - 1]` (inclusive) to `bounds[b]` (exclusive).
 struct Buckets {
     dir: PathBuf,
+    bounds: Vec<Vec<u8>>,
     writers: Vec<Option<StreamWriter<BufWriter<File>>>>,
 }
 
 impl Buckets {
-    fn new(dir: PathBuf, n: usize) -> Buckets {
+    fn new(dir: PathBuf, bounds: Vec<Vec<u8>>) -> Buckets {
         Buckets {
             dir,
-            writers: (0..n).map(|_| None).collect(),
+            writers: (0..=bounds.len()).map(|_| None).collect(),
+            bounds,
         }
     }
 
@@ -258,7 +303,8 @@ impl Buckets {
         let n = self.writers.len();
         let mut picks: Vec<Vec<u32>> = vec![Vec::new(); n];
         for (i, key) in keys.iter().enumerate() {
-            let b = (XxHash64::oneshot(0x7472_6962, key.as_ref()) % n as u64) as usize;
+            let key = key.as_ref();
+            let b = self.bounds.partition_point(|bound| bound.as_slice() <= key);
             picks[b].push(i as u32);
         }
         for (b, rows_of) in picks.into_iter().enumerate() {
@@ -333,7 +379,12 @@ mod tests {
             Field::new("seq", DataType::Int64, false),
         ]));
         let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
-        let mut buckets = Buckets::new(dir.clone(), 4);
+        let k = Int64Array::from_iter_values(0..37);
+        let sample = converter.convert_columns(&[Arc::new(k)]).unwrap();
+        let bounds = bounds(sample.iter().map(|r| r.as_ref().to_vec()).collect(), 4);
+        assert_eq!(bounds.len(), 3);
+        let mut buckets = Buckets::new(dir.clone(), bounds);
+        let mut last_max = -1;
         for part in 0..3i64 {
             let k = Int64Array::from_iter_values((0..100).map(|i| i % 37));
             let seq = Int64Array::from_iter_values((0..100).map(|i| part * 100 + i));
@@ -349,6 +400,11 @@ mod tests {
             total += rows.num_rows();
             let k = rows.column(0).as_primitive::<Int64Type>();
             let seq = rows.column(1).as_primitive::<Int64Type>();
+            // Buckets are key ranges, in key order, about even.
+            let (lo, hi) = (k.values().iter().min().unwrap(), k.values().iter().max().unwrap());
+            assert!(*lo > last_max, "bucket {b} overlaps the one before");
+            last_max = *hi;
+            assert!((6..=12).contains(&(hi - lo + 1)), "bucket {b}: keys {lo}..={hi}");
             for i in 0..rows.num_rows() {
                 let e = seen.entry(k.value(i)).or_insert((b, -1));
                 assert_eq!(e.0, b, "key {} in two buckets", k.value(i));
