@@ -27,18 +27,21 @@ for tool in pg_ctl initdb psql pgbench pg_recvlogical; do
 done
 
 # --- PostgreSQL -------------------------------------------------------------------------
-pgdata="$TRIBUTARY_STATE/pg"
-if [ ! -f "$pgdata/PG_VERSION" ]; then
-  log "initialising PostgreSQL cluster in $pgdata"
-  mkdir -p "$pgdata"
-  chown postgres: "$pgdata"
+# A new cluster in $1 whose user postgres has the password PG_PASSWORD.
+init_cluster() {
+  local pwfile
+  log "initialising a PostgreSQL cluster in $1"
+  mkdir -p "$1"
+  chown postgres: "$1"
   pwfile=$(mktemp)
   echo "$PG_PASSWORD" >"$pwfile"
   chown postgres: "$pwfile"
-  runuser -u postgres -- "$PG_BIN/initdb" -D "$pgdata" -U postgres --pwfile="$pwfile" \
+  runuser -u postgres -- "$PG_BIN/initdb" -D "$1" -U postgres --pwfile="$pwfile" \
     --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
   rm -f "$pwfile"
-fi
+}
+pgdata="$TRIBUTARY_STATE/pg"
+[ -f "$pgdata/PG_VERSION" ] || init_cluster "$pgdata"
 if ! pid_alive postgres; then
   mkdir -p "$TRIBUTARY_STATE/pg-socket"
   chown postgres: "$TRIBUTARY_STATE/pg-socket"
@@ -82,15 +85,7 @@ if [ ! -f "$certs/client.ext" ]; then
 fi
 pgtls="$TRIBUTARY_STATE/pg-tls"
 if [ ! -f "$pgtls/PG_VERSION" ]; then
-  log "initialising the TLS PostgreSQL cluster in $pgtls"
-  mkdir -p "$pgtls"
-  chown postgres: "$pgtls"
-  pwfile=$(mktemp)
-  echo "$PG_PASSWORD" >"$pwfile"
-  chown postgres: "$pwfile"
-  runuser -u postgres -- "$PG_BIN/initdb" -D "$pgtls" -U postgres --pwfile="$pwfile" \
-    --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
-  rm -f "$pwfile"
+  init_cluster "$pgtls"
   cat >"$pgtls/pg_hba.conf" <<HBA
 local   all          all                           trust
 hostssl all          tributary_cert 127.0.0.1/32   cert

@@ -536,14 +536,9 @@ impl DeltaSink {
                         super::parts::mirror(&self.name, self.table.clone(), mor, first.clone(), parts, spec)
                             .await?;
                     if let Some((table, report)) = merged {
-                        tracing::debug!(
-                            table = %self.name,
-                            inserted = report.inserted,
-                            updated = report.updated,
-                            deleted = report.deleted,
-                            files_marked = report.files_marked,
-                            files_written = report.files_written,
-                            "spilled changes merged by deletion vectors in one commit"
+                        report.trace(
+                            &self.name,
+                            "spilled changes merged by deletion vectors in one commit",
                         );
                         return Ok(table);
                     }
@@ -621,16 +616,7 @@ impl DeltaSink {
                         table: self.name.clone(),
                         source,
                     })?;
-            tracing::debug!(
-                table = %self.name,
-                inserted = report.inserted,
-                updated = report.updated,
-                deleted = report.deleted,
-                files_marked = report.files_marked,
-                files_removed = report.files_removed,
-                files_written = report.files_written,
-                "merged by deletion vectors"
-            );
+            report.trace(&self.name, "merged by deletion vectors");
             return Ok(table);
         }
         // Copy-on-write MERGE (also a deletion-vector table's schema evolution: MERGE

@@ -61,6 +61,22 @@ pub struct MorReport {
     pub files_written: usize,
 }
 
+impl MorReport {
+    /// Logs what the commit did (at debug level).
+    pub fn trace(&self, table: &str, what: &'static str) {
+        tracing::debug!(
+            table,
+            inserted = self.inserted,
+            updated = self.updated,
+            deleted = self.deleted,
+            files_marked = self.files_marked,
+            files_removed = self.files_removed,
+            files_written = self.files_written,
+            "{what}"
+        );
+    }
+}
+
 /// A mirror table's merge-on-read state: its key index and the deletion vectors it
 /// last saw (by file), so an unchanged DV is not fetched again.
 pub struct MergeOnRead {

@@ -3,7 +3,7 @@
 //! ONE Delta version (mirror by deletion vectors, changelog, part by part), exact
 //! against Postgres, through truncates inside them and SIGKILLs during their intake.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::pg::{Db, pipeline};
 use crate::support::*;
@@ -55,22 +55,29 @@ const SPEC: &str = "[[tables]]\nname = \"acc\"\nfrom = \"public.acc\"\nmode = \"
                     [[tables]]\nname = \"acc_log\"\nfrom = \"public.acc\"\nmode = \"changelog\"\n\
                     [runtime]\ncache_dir = \"./cache\"\n";
 
-#[test]
-fn a_transaction_larger_than_memory_is_one_version_of_each_table() {
-    let mut db = Db::create("bigtxn");
-    db.sql(
+/// A table `acc` of `rows` accounts, mirrored and logged by a pipeline whose open
+/// transactions spill past `spill_after`, after its snapshot.
+fn accounts(prefix: &str, rows: usize, spill_after: &str) -> (Db, tempfile::TempDir, PathBuf) {
+    let mut db = Db::create(prefix);
+    db.sql(&format!(
         "CREATE TABLE acc (id int PRIMARY KEY, bal int NOT NULL, note text NOT NULL);
-         INSERT INTO acc SELECT g, 0, repeat('x', 40) FROM generate_series(1, 60000) g;",
-    );
+         INSERT INTO acc SELECT g, 0, repeat('x', 40) FROM generate_series(1, {rows}) g;"
+    ));
     let dir = tempfile::tempdir().unwrap();
     let slot = db.slot();
     let p = pipeline(dir.path(), &db, &slot, &["acc"], SPEC);
-    // Spill once 256KiB of a transaction is buffered (the least allowed is 64KiB).
     let text = std::fs::read_to_string(&p)
         .unwrap()
-        .replace("[sink]", "spill_after = \"256KiB\"\n[sink]");
+        .replace("[sink]", &format!("spill_after = \"{spill_after}\"\n[sink]"));
     std::fs::write(&p, text).unwrap();
     run_once(dir.path(), &p);
+    (db, dir, p)
+}
+
+#[test]
+fn a_transaction_larger_than_memory_is_one_version_of_each_table() {
+    // Spill once 256KiB of a transaction is buffered (the least allowed is 64KiB).
+    let (db, dir, p) = accounts("bigtxn", 60_000, "256KiB");
     let mirror = dir.path().join("lake/acc");
     let log = dir.path().join("lake/acc_log");
     let (m0, l0) = (local_version(&mirror).unwrap(), local_version(&log).unwrap());
@@ -141,6 +148,30 @@ fn a_transaction_larger_than_memory_is_one_version_of_each_table() {
         .filter(|(_, adds)| *adds > 0)
         .collect();
     assert_eq!(with_data.len(), 1, "{with_data:?}");
+
+    // A column added inside one: its parts have two layouts, and the tables widen (read
+    // into memory for that, with a warning).
+    db.sql(
+        "BEGIN;
+         UPDATE acc SET bal = bal + 1;
+         ALTER TABLE acc ADD COLUMN extra int;
+         UPDATE acc SET extra = id * 2 WHERE id % 2 = 0;
+         COMMIT;",
+    );
+    let out = tributary(dir.path(), &["run", p.to_str().unwrap(), "--once"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("read into memory"), "{err}");
+    assert_mirror_equal(
+        &db,
+        dir.path(),
+        "after a column added inside a spilled transaction",
+    );
+    let extra = |from: &str| format!("SELECT count(extra), sum(extra) FROM {from}");
+    assert_eq!(
+        crate::postgres::duck_lines(&extra(&lake(dir.path(), "acc"))),
+        db.sql(&extra("acc"))
+    );
 }
 
 /// Files below `dir`, recursively.
@@ -157,19 +188,7 @@ fn walk_files(dir: &Path) -> usize {
 /// transactions committing around it: after restarts the tables equal Postgres.
 #[test]
 fn sigkills_during_a_spilled_transaction_leave_the_tables_exact() {
-    let mut db = Db::create("bigkill");
-    db.sql(
-        "CREATE TABLE acc (id int PRIMARY KEY, bal int NOT NULL, note text NOT NULL);
-         INSERT INTO acc SELECT g, 0, repeat('y', 40) FROM generate_series(1, 150000) g;",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let slot = db.slot();
-    let p = pipeline(dir.path(), &db, &slot, &["acc"], SPEC);
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("[sink]", "spill_after = \"1MiB\"\n[sink]");
-    std::fs::write(&p, text).unwrap();
-    run_once(dir.path(), &p);
+    let (db, dir, p) = accounts("bigkill", 150_000, "1MiB");
 
     // The worst moment first, deterministically: every part of the mirror's commit is
     // written, the log entry is not (the changelog commits its copy meanwhile).
@@ -198,17 +217,7 @@ fn sigkills_during_a_spilled_transaction_leave_the_tables_exact() {
             .unwrap()
     };
     let mut run = spawn();
-    let mut rng = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        | 1;
-    let mut next = move |lo: u64, hi: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        lo + rng % (hi - lo)
-    };
+    let mut next = random_between();
     for round in 0..3 {
         db.sql(&format!(
             "UPDATE acc SET bal = bal + 1, note = 'small' WHERE id <= 100;

@@ -364,17 +364,7 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
             .output()
             .unwrap()
     });
-    let mut rng = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        | 1;
-    let mut next = move |lo: u64, hi: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        lo + rng % (hi - lo)
-    };
+    let mut next = random_between();
     // The first kill lands inside the snapshot of a million accounts.
     let mut kills = 0;
     let mut wait = next(800, 2_500);

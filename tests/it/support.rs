@@ -331,3 +331,18 @@ pub fn live_files(table: &Path) -> HashSet<(String, Option<String>)> {
     }
     live
 }
+
+/// A source of numbers in `lo..hi`, seeded from the clock (xorshift): for kill timings.
+pub fn random_between() -> impl FnMut(u64, u64) -> u64 {
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    move |lo: u64, hi: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        lo + rng % (hi - lo)
+    }
+}
