@@ -494,7 +494,8 @@ impl DeltaSink {
         props: CommitProperties,
         replace: bool,
     ) -> Result<DeltaTable, SinkError> {
-        let next = self.evolved(&parts.schema())?;
+        let incoming = parts.schema();
+        let next = self.evolved(&super::types::delta_schema(&incoming).unwrap_or(incoming))?;
         let widens = self.schema().is_none_or(|cur| schema::adds_columns(&cur, &next));
         let first = self.unify(batches)?.filter(|b| b.num_rows() > 0);
         let bounded = !replace

@@ -9,11 +9,10 @@
 //! still handed over whole, at its commit.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use std::path::PathBuf;
 
 use indexmap::IndexMap;
 use tokio::sync::Notify;
