@@ -120,7 +120,7 @@ done
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo). Command: \`SCALE=$scale MEMORY=$memory MODE=$mode bench/large_txn.sh\`."
   echo "pgbench accounts as a \`$mode\` table (mirrors merge by deletion vectors); ONE \`UPDATE pgbench_accounts SET abalance = abalance + 1\`, then \`tributary run --once\` under \`[runtime] memory = \"$memory\"\`."
-  echo "Baseline: \`spill_after = \"64GiB\"\` (the transaction held in memory, as before spilling existed)."
+  [ "$baseline" = 0 ] || echo "Baseline: \`spill_after = \"64GiB\"\` (the transaction held in memory, as before spilling existed)."
   echo
   echo "Checked: count and sum of balances against Postgres (for a changelog, of each account's last change)."
   echo
