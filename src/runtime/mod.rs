@@ -429,6 +429,8 @@ async fn run_once(
                 }
                 msg = rx.recv() => match msg.map(|d| (d.polled, d.held)) {
                     Some((Ok(Polled::Batch(b)), permit)) if travels_alone(&b) || alone => {
+                        // Counted on arrival: a batch carried to the next micro-batch too.
+                        count_read(&mut summary, &b);
                         // Markers at one position travel together (one per table), and
                         // so do the streams of one spilled transaction; anything else
                         // waits for the next micro-batch.
@@ -440,11 +442,6 @@ async fn run_once(
                                 && p.spilled.is_some() == b.spilled.is_some()
                         });
                         if joins {
-                            if let Some(s) = &b.spilled {
-                                // Not in `rows`: the other streams of the transaction
-                                // must still join this micro-batch.
-                                summary.records_read += s.rows() as u64;
-                            }
                             deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_latency);
                             alone = true;
                             pending.push(b);
@@ -456,10 +453,8 @@ async fn run_once(
                     }
                     Some((Ok(Polled::Batch(b)), permit)) => {
                         let n = b.records.num_rows();
-                        summary.records_read += n as u64;
+                        count_read(&mut summary, &b);
                         bytes += b.bytes();
-                        metrics::counter!(telemetry::RECORDS_READ, "stream" => b.stream.to_string()).increment(n as u64);
-                        metrics::counter!(telemetry::BYTES_READ, "stream" => b.stream.to_string()).increment(b.bytes() as u64);
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_latency);
                         if rows + n > max_rows {
                             // The share stays with the tail, the larger part in flight
@@ -662,6 +657,17 @@ async fn refresh(dead: &mut Option<DeadLetterTarget>, tables: &mut [TableTarget]
         t.sink.refresh().await?;
     }
     Ok(())
+}
+
+/// Counts `b`'s records (spilled ones included) as read, once, when it arrives.
+fn count_read(summary: &mut RunSummary, b: &SourceBatch) {
+    let n = b.records.num_rows() + b.spilled.as_ref().map_or(0, |s| s.rows());
+    if n == 0 {
+        return;
+    }
+    summary.records_read += n as u64;
+    metrics::counter!(telemetry::RECORDS_READ, "stream" => b.stream.to_string()).increment(n as u64);
+    metrics::counter!(telemetry::BYTES_READ, "stream" => b.stream.to_string()).increment(b.bytes() as u64);
 }
 
 /// Sets the in-flight gauge: the part of the budget (`limit` bytes) records hold.
