@@ -252,25 +252,59 @@ pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
 pub fn parse(file: &str, text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Pipeline, ConfigError> {
     let spec: PipelineSpec =
         serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let line = inner
-                .span()
-                .map(|s| {
-                    format!(
-                        " (line {})",
-                        text[..s.start.min(text.len())].lines().count().max(1)
-                    )
-                })
-                .unwrap_or_default();
-            let key = if path == "." { "pipeline".to_string() } else { path };
-            ConfigError::Invalid {
-                file: file.to_string(),
-                key,
-                message: format!("{}{line}", inner.message().trim()),
+            if e.path().to_string() == "source" {
+                // `[source]` is chosen by `kind`, and serde reads such a table as a whole,
+                // losing the key and line; read it again as the kind it names.
+                source_error(file, text).unwrap_or_else(|| invalid(file, text, e))
+            } else {
+                invalid(file, text, e)
             }
         })?;
     Resolver { file, env: &env }.resolve(spec)
+}
+
+/// A parse error, naming the key path and the line.
+fn invalid(file: &str, text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let line = inner
+        .span()
+        .map(|s| {
+            format!(
+                " (line {})",
+                text[..s.start.min(text.len())].matches('\n').count() + 1
+            )
+        })
+        .unwrap_or_default();
+    let key = if path == "." { "pipeline".to_string() } else { path };
+    ConfigError::Invalid {
+        file: file.to_string(),
+        key,
+        message: format!("{}{line}", inner.message().trim()),
+    }
+}
+
+/// The error in `[source]`, read as the kind it names; `None` when that does not
+/// find one (an unknown `kind`, say), so the caller's error stands.
+fn source_error(file: &str, text: &str) -> Option<ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct Only<T> {
+        #[serde(rename = "source")]
+        _source: T,
+    }
+    fn read<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Option<ConfigError> {
+        serde_path_to_error::deserialize::<_, Only<T>>(toml::Deserializer::new(text))
+            .err()
+            .map(|e| invalid(file, text, e))
+    }
+    let doc: toml::Table = text.parse().ok()?;
+    match doc.get("source")?.get("kind")?.as_str()? {
+        "kafka" => read::<spec::KafkaSpec>(file, text),
+        "postgres" => read::<spec::PostgresSpec>(file, text),
+        "generator" => read::<spec::GeneratorSpec>(file, text),
+        "file" => read::<spec::FileSpec>(file, text),
+        _ => None,
+    }
 }
 
 struct Resolver<'a> {

@@ -100,6 +100,10 @@ pub enum SourceSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSpec {
+    /// `kind` itself: taken by [`SourceSpec`], seen here only when `[source]` is read
+    /// again as this kind to locate an error (see `config::source_error`).
+    #[serde(default, rename = "kind")]
+    pub _kind: Option<String>,
     /// Bootstrap brokers, `host:port[,host:port…]`; `${ENV}` is expanded.
     pub brokers: String,
     /// Topics to read; each is a stream named after the topic.
@@ -147,6 +151,10 @@ pub struct KafkaSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSpec {
+    /// `kind` itself: taken by [`SourceSpec`], seen here only when `[source]` is read
+    /// again as this kind to locate an error (see `config::source_error`).
+    #[serde(default, rename = "kind")]
+    pub _kind: Option<String>,
     /// libpq connection string (`key=value …` or `postgres://…`); `${ENV}` is expanded.
     pub dsn: String,
     /// Publication to stream; created `FOR TABLE` the listed tables when missing.
@@ -168,6 +176,10 @@ pub struct PostgresSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorSpec {
+    /// `kind` itself: taken by [`SourceSpec`], seen here only when `[source]` is read
+    /// again as this kind to locate an error (see `config::source_error`).
+    #[serde(default, rename = "kind")]
+    pub _kind: Option<String>,
     /// Number of events; absent = unbounded.
     pub events: Option<u64>,
     /// Events per second of wall-clock time; 0 = as fast as possible.
@@ -192,6 +204,10 @@ pub struct GeneratorSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
+    /// `kind` itself: taken by [`SourceSpec`], seen here only when `[source]` is read
+    /// again as this kind to locate an error (see `config::source_error`).
+    #[serde(default, rename = "kind")]
+    pub _kind: Option<String>,
     /// Folder holding the files; relative paths are taken from the working directory.
     pub path: PathBuf,
     /// `jsonl` or `avro`; absent = chosen per file from its extension.

@@ -608,3 +608,24 @@ fn every_example_pipeline_resolves() {
     }
     assert!(n >= 7, "{n} example pipelines");
 }
+
+#[test]
+fn errors_inside_the_source_name_the_key_and_its_line() {
+    let text = "name = \"v\"\n\n[source]\nkind = \"kafka\"\nbrokers = \"b:9092\"\ntopics = [\"t\"]\nformat = \"jsonx\"\n\n[sink]\nuri = \"/tmp/lake\"\n\n[[tables]]\nname = \"t\"\nfrom = \"t\"\n";
+    let e = error_of(text);
+    assert!(
+        e.contains("source.format: unknown variant `jsonx`") && e.contains("(line 7)"),
+        "{e}"
+    );
+    let e = error_of(&text.replace("format = \"jsonx\"", "topicz = [\"x\"]"));
+    assert!(
+        e.contains("source.topicz") && e.contains("unknown field") && e.contains("(line 7)"),
+        "{e}"
+    );
+    let pg = "name = \"v\"\n[source]\nkind = \"postgres\"\ndsn = \"host=x\"\npublication = \"p\"\nslot = \"s\"\nsnapshot = \"yes\"\n[sink]\nuri = \"/tmp/lake\"\n[[tables]]\nname = \"t\"\nfrom = \"t\"\n";
+    let e = error_of(pg);
+    assert!(e.contains("source.snapshot") && e.contains("(line 7)"), "{e}");
+    // An unknown kind is still named as such.
+    let e = error_of(&text.replace("kind = \"kafka\"", "kind = \"kafkaa\""));
+    assert!(e.contains("source") && e.contains("kafkaa"), "{e}");
+}
