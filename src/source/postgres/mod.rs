@@ -8,7 +8,9 @@
 //! its `next` is the end LSN of its last transaction, which is where
 //! `START_REPLICATION` resumes (Postgres skips transactions that committed before
 //! it). Rows sharing a position are never split across micro-batches, so a
-//! transaction is never split across Delta versions of a table.
+//! transaction is never split across Delta versions of a table; one too large for
+//! memory is spilled to local files while open and committed part by part, still in
+//! one version (see `stream` and [`crate::source::spill`]).
 //!
 //! Snapshot rows use positions below [`SNAPSHOT_SPACE`] (no WAL position is that
 //! small): one per chunk, so a table's progress says how far an interrupted snapshot

@@ -1,6 +1,7 @@
-//! A small Postgres wire-protocol client: startup and authentication (cleartext, MD5,
-//! SCRAM-SHA-256), simple queries, `COPY … TO STDOUT`, and the logical replication
-//! sub-protocol (`START_REPLICATION`, `XLogData`, keepalives, standby status).
+//! A small Postgres wire-protocol client: TLS negotiation by `sslmode` ([`super::tls`]),
+//! startup and authentication (cleartext, MD5, SCRAM-SHA-256), simple queries,
+//! `COPY … TO STDOUT`, and the logical replication sub-protocol (`START_REPLICATION`,
+//! `XLogData`, keepalives, standby status).
 //!
 //! tokio-postgres cannot stream logical replication, and one client for the three
 //! uses keeps one text-format value path ([`super::types`]) for snapshot and stream.
