@@ -402,15 +402,21 @@ impl Model {
         against: Option<VersionRef>,
     ) -> Result<Vec<String>, RegistryError> {
         let level = self.level_of(subject);
-        let Some(s) = self.subjects.get(subject) else {
-            return match against {
-                Some(_) => Err(RegistryError::SubjectNotFound(subject.to_string())),
-                None => Ok(Vec::new()),
-            };
-        };
-        let live: Vec<&Version> = s.live().collect();
+        let live: Vec<&Version> = self
+            .subjects
+            .get(subject)
+            .map(|s| s.live().collect())
+            .unwrap_or_default();
+        // As Confluent (6.0+): `latest` of a subject with no live version is compatible
+        // with anything; a version number that is not there is not found.
         let existing: Vec<&Version> = match against {
-            Some(which) => vec![self.version_in(subject, &live, which)?],
+            Some(VersionRef::Latest) => live.last().copied().into_iter().collect(),
+            Some(which @ VersionRef::Number(n)) => vec![
+                live.iter()
+                    .copied()
+                    .find(|v| v.version == n)
+                    .ok_or_else(|| RegistryError::VersionNotFound(which.to_string()))?,
+            ],
             None => match level {
                 Level::BackwardTransitive | Level::ForwardTransitive | Level::FullTransitive => live,
                 _ => live.last().copied().into_iter().collect(),
@@ -441,22 +447,6 @@ impl Model {
             }
         }
         Ok(reasons)
-    }
-
-    fn version_in<'a>(
-        &self,
-        subject: &str,
-        live: &[&'a Version],
-        which: VersionRef,
-    ) -> Result<&'a Version, RegistryError> {
-        if live.is_empty() {
-            return Err(RegistryError::SubjectNotFound(subject.to_string()));
-        }
-        match which {
-            VersionRef::Latest => live.last().copied(),
-            VersionRef::Number(n) => live.iter().copied().find(|v| v.version == n),
-        }
-        .ok_or_else(|| RegistryError::VersionNotFound(which.to_string()))
     }
 
     /// What registering `schema` under `subject` means: the event of a new version (none

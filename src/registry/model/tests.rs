@@ -154,3 +154,43 @@ fn bad_input_names_what_is_wrong() {
     assert_eq!(Level::parse("sideways"), None);
     assert_eq!(Level::FullTransitive.to_string(), "FULL_TRANSITIVE");
 }
+
+#[test]
+fn compatibility_with_a_subject_or_version_that_is_not_there_answers_as_confluent() {
+    let mut m = Model::default();
+    let v2 = parse_schema(V2).unwrap();
+    // No such subject: `latest` (and every version) is compatible; a number is not found.
+    assert!(
+        m.incompatibilities("nobody", &v2, Some(VersionRef::Latest))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(m.incompatibilities("nobody", &v2, None).unwrap().is_empty());
+    let e = m
+        .incompatibilities("nobody", &v2, Some(VersionRef::Number(1)))
+        .unwrap_err();
+    assert_eq!(e.codes(), (404, 40402));
+    // A subject whose versions are all soft-deleted has no latest to check against.
+    register(&mut m, "gone", V1).unwrap();
+    assert!(
+        m.incompatibilities("gone", &v2, Some(VersionRef::Number(1)))
+            .unwrap()
+            .is_empty()
+    );
+    m.apply(&Event::Delete {
+        subject: "gone".into(),
+        version: 1,
+        permanent: false,
+    });
+    assert!(
+        m.incompatibilities("gone", &v2, Some(VersionRef::Latest))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        m.incompatibilities("gone", &v2, Some(VersionRef::Number(1)))
+            .unwrap_err()
+            .codes(),
+        (404, 40402)
+    );
+}
