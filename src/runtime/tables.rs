@@ -140,10 +140,7 @@ impl Parts for SpilledRows {
 
     fn read(&self, i: usize) -> std::io::Result<Option<RecordBatch>> {
         let (records, positions) = self.spilled.read(i)?;
-        let skip = match self.from {
-            None => 0,
-            Some(from) => positions.values().partition_point(|p| *p < from),
-        };
+        let skip = crate::source::skip_before(&positions, self.from);
         let n = records.num_rows() - skip;
         if n == 0 {
             return Ok(None);

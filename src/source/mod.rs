@@ -85,15 +85,20 @@ impl SourceBatch {
 
     /// How many leading records lie before `from` (already committed).
     pub fn skip_before(&self, from: Option<i64>) -> usize {
-        match from {
-            None => 0,
-            Some(from) => self.positions.values().partition_point(|p| *p < from),
-        }
+        skip_before(&self.positions, from)
     }
 
     /// Approximate memory held, for byte-sized backpressure.
     pub fn bytes(&self) -> usize {
         self.records.get_array_memory_size() + self.positions.get_array_memory_size()
+    }
+}
+
+/// How many leading `positions` (never decreasing) lie before `from`.
+pub fn skip_before(positions: &Int64Array, from: Option<i64>) -> usize {
+    match from {
+        None => 0,
+        Some(from) => positions.values().partition_point(|p| *p < from),
     }
 }
 

@@ -207,15 +207,7 @@ fn sigkills_during_a_spilled_transaction_leave_the_tables_exact() {
         "nothing of it is visible"
     );
 
-    let spawn = || {
-        std::process::Command::new(bin())
-            .args(["run", p.to_str().unwrap()])
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || spawn_continuous(dir.path(), &p);
     let mut run = spawn();
     let mut next = random_between();
     for round in 0..3 {

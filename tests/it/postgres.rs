@@ -350,15 +350,7 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
     let cache = dir.path().join("cache");
     let old_cache = dir.path().join("cache-old");
 
-    let spawn = || {
-        std::process::Command::new(bin())
-            .args(["run", p.to_str().unwrap()])
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || spawn_continuous(dir.path(), &p);
     let mut pipeline_run = spawn();
     let dsn = db.dsn();
     let load = std::thread::spawn(move || {

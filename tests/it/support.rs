@@ -62,8 +62,17 @@ pub fn run_once(dir: &Path, pipeline: &Path) -> String {
 
 /// Spawns `tributary run PIPELINE --once` without waiting.
 pub fn spawn_once(dir: &Path, pipeline: &Path) -> std::process::Child {
+    spawn_quiet(dir, &["run", pipeline.to_str().expect("utf-8 path"), "--once"])
+}
+
+/// Spawns a continuous `tributary run PIPELINE` (until killed), output discarded.
+pub fn spawn_continuous(dir: &Path, pipeline: &Path) -> std::process::Child {
+    spawn_quiet(dir, &["run", pipeline.to_str().expect("utf-8 path")])
+}
+
+fn spawn_quiet(dir: &Path, args: &[&str]) -> std::process::Child {
     Command::new(bin())
-        .args(["run", pipeline.to_str().expect("utf-8 path"), "--once"])
+        .args(args)
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
