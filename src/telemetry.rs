@@ -55,6 +55,7 @@ pub const IN_FLIGHT_LIMIT: &str = "tributary_in_flight_limit_bytes";
 pub const RESIDENT_BYTES: &str = "tributary_process_resident_memory_bytes";
 /// Runs started over after a transient failure.
 pub const RESTARTS: &str = "tributary_restarts_total";
+pub const HANDOVER_CONFLICTS: &str = "tributary_handover_conflicts_total";
 /// Files background compaction replaced (label `table`).
 pub const COMPACTED_FILES: &str = "tributary_compacted_files_total";
 
@@ -189,6 +190,10 @@ fn describe() {
     );
     describe_gauge!(RESIDENT_BYTES, Unit::Bytes, "Resident memory of the process.");
     describe_counter!(RESTARTS, "Runs started over after a transient failure.");
+    describe_counter!(
+        HANDOVER_CONFLICTS,
+        "Micro-batches committed again because another consumer committed some of their partitions first."
+    );
     describe_counter!(
         COMPACTED_FILES,
         "Small files background compaction replaced, per table."

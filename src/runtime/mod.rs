@@ -15,6 +15,7 @@
 mod backfill;
 mod compaction;
 mod cut;
+mod handover;
 pub mod malloc;
 mod oracle;
 mod retry;
@@ -30,7 +31,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::config::{Pipeline, SourceConfig};
 use crate::progress::Progress;
-use crate::sink::dead_letter::DeadLetters;
 use crate::sink::{DeltaSink, IndexOptions, Sink, SinkError, TableOptions};
 use crate::source::{self, Polled, RunMode, Source, SourceBatch, SourceError};
 use crate::telemetry;
@@ -121,7 +121,9 @@ pub struct TableSummary {
 /// Shards that move between processes (Kafka partitions in a consumer group) can be
 /// written by another process while this one still holds records of them; the table's
 /// optimistic concurrency refuses such a commit ([`SinkError::ForeignProgress`]), and
-/// the run then starts over from what the tables hold.
+/// the micro-batch is committed again without what the other process holds (see
+/// [`handover`]); only when that keeps failing does the run start over from what the
+/// tables hold.
 pub async fn run(
     pipeline: &Pipeline,
     mode: RunMode,
@@ -377,6 +379,8 @@ async fn run_once(
     let max_bytes = usize::try_from(pipeline.batch.max_bytes.0).unwrap_or(usize::MAX);
     let mut carry: Option<(SourceBatch, Option<OwnedSemaphorePermit>)> = None;
     let mut acked = resume;
+    let movable = matches!(pipeline.source, SourceConfig::Kafka(_));
+    let mut revoked = handover::Revoked::default();
     tokio::pin!(shutdown);
     let mut stopping = false;
     let mut ended = false;
@@ -391,7 +395,7 @@ async fn run_once(
         let mut reassigned = false;
         // A control marker is committed alone (see `source::Control`).
         let mut alone = false;
-        if let Some((b, permit)) = carry.take() {
+        if let Some((b, permit)) = carry.take().filter(|(b, _)| revoked.owns(b)) {
             rows = b.records.num_rows();
             bytes = b.bytes();
             deadline = Some(tokio::time::Instant::now() + max_latency);
@@ -477,9 +481,16 @@ async fn run_once(
                         }
                     }
                     Some((Ok(Polled::Idle), _)) => {}
-                    Some((Ok(Polled::Reassigned), _)) => {
+                    Some((Ok(Polled::Reassigned(shards)), _)) => {
                         // Commit what came before, then read the tables again.
+                        revoked.assign(&shards);
                         reassigned = true;
+                        break;
+                    }
+                    Some((Ok(Polled::Revoked(shards)), _)) => {
+                        // The consumer waits for this commit before the next owner
+                        // reads the tables: make it now.
+                        revoked.revoke(shards);
                         break;
                     }
                     Some((Ok(Polled::End), _)) | None => {
@@ -508,25 +519,7 @@ async fn run_once(
         summary.micro_batches += 1;
         let started = Instant::now();
         last_start = Some(tokio::time::Instant::now());
-        // Dead letters first: a table past a position implies its dead letters are in.
-        let mut routed = DeadLetters::default();
-        let mut prepared = Vec::with_capacity(tables.len());
-        for t in &mut tables {
-            prepared.push(t.prepare(&pending, &mut routed)?);
-        }
-        if let Some(d) = &mut dead {
-            d.commit(&pending, routed, &retry).await?;
-        }
-        // Tables commit side by side: each holds its own progress, so their order does
-        // not matter, and one table's encoding and uploads overlap another's. All of
-        // them finish (none is cut off mid-commit) before an error ends the run.
-        let commits = tables
-            .iter_mut()
-            .zip(prepared)
-            .filter_map(|(t, p)| p.map(|p| t.commit(p, &retry)));
-        for outcome in futures::future::join_all(commits).await {
-            outcome?;
-        }
+        handover::commit_all(&mut dead, &mut tables, &mut pending, &revoked, movable, &retry).await?;
         if !aggregates.is_empty() {
             // Operators fold records in memory: a spilled transaction is read whole.
             let loaded = load_spilled(&pending)?;

@@ -113,10 +113,15 @@ pub enum Polled {
     /// The input is exhausted (a bounded source, or the end noted by a `--once` run).
     /// Bounded generator and file sources first yield an `end_of_input` batch.
     End,
-    /// The source now reads other shards (a consumer-group rebalance): another process
-    /// may have advanced the tables for them, so the tables must read their progress
-    /// again before the records that follow.
-    Reassigned,
+    /// The source now reads these shards too (a consumer-group rebalance): another
+    /// process may have advanced the tables for them, so the tables must read their
+    /// progress again before the records that follow.
+    Reassigned(Vec<Arc<str>>),
+    /// The source no longer reads these shards (a consumer-group rebalance): every
+    /// record of them it delivered came before this. The runtime commits what it holds
+    /// at once, so the next owner finds it in the tables, and stops writing them:
+    /// records of them it still holds are left to the next owner.
+    Revoked(Vec<Arc<str>>),
 }
 
 /// Why a source failed.

@@ -16,7 +16,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::decoding::{Decoding, Queued};
+use super::decoding::{Decoding, Marker, Queued};
 use super::headers;
 use super::schemas::{Chunk, Gather, TopicDecoder};
 use super::{METADATA_TIMEOUT, kafka_err, shard_name};
@@ -36,9 +36,28 @@ const CLOCK_EVERY: u32 = 256;
 /// at `chunk_rows` before: gathered and queued chunks sit outside the in-flight budget,
 /// so large records must not make them large.
 pub(super) const CHUNK_BYTES: usize = 4 << 20;
-/// How long a revocation waits for what was sent of the partitions to be committed
-/// (well within `max.poll.interval.ms`, or the consumer would be thrown out).
+/// How long a revocation waits at most for what was sent of the partitions to be
+/// committed; see [`revoke_wait`].
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a revocation waits for what was sent of the revoked partitions to be
+/// committed: a quarter of `session.timeout.ms`, at most [`REVOKE_WAIT`]. The callback
+/// runs inside `poll`, so while it waits this member has not rejoined, and brokers
+/// (tansu) drop the members that did join once a session timeout passes: a long wait
+/// turns every rebalance into another one, with the new member left out each time
+/// (measured: 40 s before a second consumer got a partition, with 2 s commits and a
+/// 10 s wait). Records not committed by then are left to the next owner: whichever
+/// process commits a shard's records second finds the other's progress in the table
+/// and skips what it holds (see `runtime::run`), so a short wait costs repeated work,
+/// never exactness.
+fn revoke_wait(cfg: &KafkaConfig) -> Duration {
+    let session = cfg
+        .options
+        .get("session.timeout.ms")
+        .and_then(|v| v.expose().trim().parse::<u64>().ok())
+        .unwrap_or(super::SESSION_TIMEOUT_MS);
+    Duration::from_millis(session / 4).min(REVOKE_WAIT)
+}
 
 /// State shared by the source (runtime side) and the consumer thread.
 #[derive(Debug)]
@@ -128,6 +147,8 @@ struct Context {
     sent: Arc<Mutex<HashMap<String, i64>>>,
     /// Chunks handed to the decode thread and not yet sent on.
     queued: Arc<Queued>,
+    /// Hands the decode thread a revocation marker, behind the chunks before it.
+    marker: Marker,
     events: Mutex<Events>,
 }
 
@@ -221,10 +242,17 @@ impl ConsumerContext for Context {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 // Hand over cleanly: what was sent of these partitions is committed
-                // before the next owner reads where the tables stand. Chunks still
-                // with the decode thread are sent first.
+                // before the next owner reads where the tables stand. The marker
+                // (behind the chunks still with the decode thread) has the runtime
+                // commit at once.
                 let started = Instant::now();
-                self.queued.wait_empty(REVOKE_WAIT);
+                let wait = revoke_wait(&self.cfg);
+                let shards = revoked
+                    .iter()
+                    .map(|(t, p)| Arc::from(shard_name(t, *p)))
+                    .collect();
+                self.marker.send(Polled::Revoked(shards), started + wait);
+                self.queued.wait_empty(wait.saturating_sub(started.elapsed()));
                 let sent: HashMap<String, i64> = {
                     let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
                     revoked
@@ -237,7 +265,7 @@ impl ConsumerContext for Context {
                 };
                 if !self
                     .shared
-                    .wait_acked(&sent, REVOKE_WAIT.saturating_sub(started.elapsed()))
+                    .wait_acked(&sent, wait.saturating_sub(started.elapsed()))
                 {
                     tracing::warn!(?revoked, "partitions revoked before their records were committed");
                 }
@@ -387,13 +415,26 @@ pub async fn watermarks(
 pub fn spawn(mut setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceError> {
     let sent = Arc::new(Mutex::new(HashMap::new()));
     let queued = Arc::new(Queued::default());
+    let gathers = setup
+        .decoders
+        .iter()
+        .map(|(t, d)| (t.clone(), d.gathers()))
+        .collect();
+    let decoding = Decoding::spawn(
+        std::mem::take(&mut setup.decoders),
+        setup.dead_letters,
+        setup.tx.clone(),
+        sent.clone(),
+        queued.clone(),
+    )?;
     let context = Context {
         cfg: setup.cfg.clone(),
         oracle: setup.oracle.clone(),
         shared: setup.shared.clone(),
         handle: setup.handle.clone(),
-        sent: sent.clone(),
-        queued: queued.clone(),
+        sent,
+        queued,
+        marker: decoding.marker(),
         events: Mutex::new(Events::default()),
     };
     let consumer: BaseConsumer<Context> = setup
@@ -407,18 +448,6 @@ pub fn spawn(mut setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceErro
         let topics: Vec<&str> = setup.cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_err("subscribe"))?;
     }
-    let gathers = setup
-        .decoders
-        .iter()
-        .map(|(t, d)| (t.clone(), d.gathers()))
-        .collect();
-    let decoding = Decoding::spawn(
-        std::mem::take(&mut setup.decoders),
-        setup.dead_letters,
-        setup.tx.clone(),
-        sent,
-        queued,
-    )?;
     std::thread::Builder::new()
         .name("kafka-consumer".into())
         .spawn(move || {
@@ -560,11 +589,13 @@ impl State {
         if ev.assigned.is_empty() {
             return Ok(true);
         }
+        let mut shards = Vec::with_capacity(ev.assigned.len());
         {
             let mut sent = self.decoding.sent();
             for (t, p, start) in &ev.assigned {
                 let shard = shard_name(t, *p);
                 sent.remove(&shard);
+                shards.push(Arc::from(shard.as_str()));
                 self.assigned.insert((t.clone(), *p));
                 self.starts.remove(&(t.clone(), *p));
                 if *start >= 0 {
@@ -585,7 +616,7 @@ impl State {
             }
         }
         // Tables re-read their progress before the new partitions' records arrive.
-        self.send(Polled::Reassigned)
+        self.send(Polled::Reassigned(shards))
     }
 
     fn gather(&mut self, m: &BorrowedMessage<'_>) {

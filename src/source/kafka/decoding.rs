@@ -71,6 +71,32 @@ impl Queued {
     }
 }
 
+/// Hands control messages to the decode thread from a rebalance callback, which must
+/// not wait on the runtime for long (see `consumer::revoke_wait`).
+pub struct Marker(SyncSender<Work>);
+
+impl Marker {
+    /// Queues `p` behind the chunks handed over before it, trying until `deadline`;
+    /// whether it was queued (a marker that could not be is only lost time: the
+    /// runtime then commits at its own pace).
+    pub fn send(&self, p: Polled, deadline: std::time::Instant) -> bool {
+        let mut work = Work::Polled(Ok(p));
+        loop {
+            match self.0.try_send(work) {
+                Ok(()) => return true,
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return false,
+                Err(std::sync::mpsc::TrySendError::Full(w)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return false;
+                    }
+                    work = w;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+}
+
 /// The consumer thread's end of the decode thread.
 pub struct Decoding {
     tx: SyncSender<Work>,
@@ -171,6 +197,11 @@ impl Decoding {
             return false;
         }
         true
+    }
+
+    /// A handle that queues control messages without blocking for long.
+    pub fn marker(&self) -> Marker {
+        Marker(self.tx.clone())
     }
 
     /// An empty chunk to gather into, with the capacity of one decoded before.

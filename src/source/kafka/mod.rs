@@ -58,6 +58,10 @@ pub fn shard_name(topic: &str, partition: i32) -> String {
     format!("{topic}-{partition}")
 }
 
+/// The group session timeout Tributary sets unless the user does (librdkafka's own
+/// default is 45 s).
+const SESSION_TIMEOUT_MS: u64 = 10_000;
+
 /// librdkafka settings for `cfg`: the user's options, then the ones the exactly-once
 /// protocol needs.
 fn client_config(cfg: &KafkaConfig) -> ClientConfig {
@@ -91,7 +95,7 @@ fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     for (k, v) in [
         ("fetch.wait.max.ms", "10"),
         ("fetch.queue.backoff.ms", "0"),
-        ("session.timeout.ms", "10000"),
+        ("session.timeout.ms", &SESSION_TIMEOUT_MS.to_string()),
         ("max.poll.interval.ms", "20000"),
     ] {
         if !cfg.options.contains_key(k) {
