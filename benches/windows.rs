@@ -93,6 +93,7 @@ fn cfg(window: Window, group_by: &str, distinct: bool) -> AggregateConfig {
         late: LatePolicy::Drop,
         lateness: Span::from_secs(0),
         late_table: None,
+        per_partition: false,
     }
 }
 

@@ -40,6 +40,12 @@ impl Progress {
         }
     }
 
+    /// Forgets `shard`: this process no longer reads it (a Kafka partition handed to
+    /// another member of the group), so it no longer speaks for its progress.
+    pub fn forget(&mut self, shard: &str) {
+        self.0.remove(shard);
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
         self.0.iter().map(|(k, v)| (k.as_str(), *v))
     }

@@ -56,6 +56,7 @@ pub const RESIDENT_BYTES: &str = "tributary_process_resident_memory_bytes";
 /// Runs started over after a transient failure.
 pub const RESTARTS: &str = "tributary_restarts_total";
 pub const HANDOVER_CONFLICTS: &str = "tributary_handover_conflicts_total";
+pub const HANDOVER_SECONDS: &str = "tributary_partition_claim_seconds";
 /// Files background compaction replaced (label `table`).
 pub const COMPACTED_FILES: &str = "tributary_compacted_files_total";
 
@@ -190,6 +191,10 @@ fn describe() {
     );
     describe_gauge!(RESIDENT_BYTES, Unit::Bytes, "Resident memory of the process.");
     describe_counter!(RESTARTS, "Runs started over after a transient failure.");
+    describe_histogram!(
+        HANDOVER_SECONDS,
+        "Time a per-partition aggregate took to claim partitions assigned to it at a rebalance."
+    );
     describe_counter!(
         HANDOVER_CONFLICTS,
         "Micro-batches committed again because another consumer committed some of their partitions first."

@@ -31,6 +31,9 @@ pub struct AggregateConfig {
     pub lateness: Span,
     /// `late = "dlq"`: the late-events table.
     pub late_table: Option<String>,
+    /// Each shard's windows are state of their own (`partitioned_by_key`, resolved
+    /// against the source): see `runtime::partitioned`.
+    pub per_partition: bool,
 }
 
 impl AggregateConfig {
@@ -260,6 +263,75 @@ impl Resolver<'_> {
             late: a.late,
             lateness,
             late_table,
+            per_partition: a.partitioned_by_key.unwrap_or(false),
         })
+    }
+
+    /// Settles `per_partition` for an aggregate over `source`: a declared
+    /// `partitioned_by_key`, else derived from the message key's columns when the
+    /// source scales out; refuses an aggregate that several processes would split.
+    pub(super) fn partition(
+        &self,
+        a: &mut AggregateConfig,
+        declared: Option<bool>,
+        source: &super::SourceConfig,
+    ) -> Result<(), ConfigError> {
+        let super::SourceConfig::Kafka(k) = source else {
+            if declared == Some(true) {
+                return Err(self.err(
+                    format!("{}.partitioned_by_key", a.key),
+                    "only Kafka sources have partitions that move between processes",
+                ));
+            }
+            a.per_partition = false;
+            return Ok(());
+        };
+        let key_columns = key_columns(k);
+        let derived = key_columns
+            .as_ref()
+            .is_some_and(|cols| !cols.is_empty() && cols.iter().all(|c| a.group_by.contains(c)));
+        a.per_partition = declared.unwrap_or(k.scale_out && derived);
+        if k.scale_out && !a.per_partition {
+            let why = match (&key_columns, declared) {
+                (_, Some(false)) => format!("{}.partitioned_by_key is false", a.key),
+                (None, _) => "the message key is not read (source.key_format), or its columns are not known                               until the registry is asked (set source.key_schema)"
+                    .to_string(),
+                (Some(cols), _) => format!(
+                    "its group_by {:?} does not hold every column of the message key {cols:?}",
+                    a.group_by
+                ),
+            };
+            return Err(self.err(
+                format!("{}.group_by", a.key),
+                format!(
+                    "with source.scale_out = true each process reads some partitions, so a key's events \
+                     must all be in one partition for its windows to be whole, and {why}. Key the topic by \
+                     the group-by columns and set partitioned_by_key = true, or run one process \
+                     (source.scale_out = false)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The columns a Kafka source's message key becomes, when known from the file alone.
+fn key_columns(k: &super::KafkaConfig) -> Option<Vec<String>> {
+    use super::kafka::KeyFormat;
+    let key = k.key.as_ref()?;
+    match key.format {
+        KeyFormat::String | KeyFormat::Bytes => Some(vec![super::kafka::KEY_COLUMN.to_string()]),
+        KeyFormat::Json | KeyFormat::Avro => {
+            let schema = apache_avro::Schema::parse_str(key.schema.as_ref()?).ok()?;
+            match schema {
+                apache_avro::Schema::Record(r) => Some(
+                    r.fields
+                        .iter()
+                        .map(|f| format!("{}{}", key.prefix, f.name))
+                        .collect(),
+                ),
+                _ => None,
+            }
+        }
     }
 }

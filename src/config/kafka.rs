@@ -35,6 +35,8 @@ pub struct KafkaConfig {
     pub upsert: bool,
     /// Where a partition starts when no table holds progress for it.
     pub start_at: StartAt,
+    /// Several processes run the pipeline in the group (`source.scale_out`).
+    pub scale_out: bool,
     /// Other librdkafka settings (`security.protocol`, `sasl.*`, `ssl.*`…), passed
     /// through; values may be credentials.
     pub options: BTreeMap<String, Secret>,
@@ -342,6 +344,7 @@ impl Resolver<'_> {
             key,
             headers: k.headers,
             upsert: k.upsert,
+            scale_out: k.scale_out,
             start_at: k.auto_offset_reset.unwrap_or(StartAt::Earliest),
             options,
         })

@@ -451,7 +451,10 @@ impl Resolver<'_> {
 
         let mut aggregates = Vec::with_capacity(spec.aggregates.len());
         for (i, a) in spec.aggregates.into_iter().enumerate() {
-            aggregates.push(self.aggregate(i, a, &streams, &mut names)?);
+            let declared = a.partitioned_by_key;
+            let mut resolved = self.aggregate(i, a, &streams, &mut names)?;
+            self.partition(&mut resolved, declared, &source)?;
+            aggregates.push(resolved);
         }
         if tables.is_empty() && aggregates.is_empty() {
             return Err(self.err(

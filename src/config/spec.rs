@@ -143,6 +143,10 @@ pub struct KafkaSpec {
     pub reader_schemas: BTreeMap<String, PathBuf>,
     /// `earliest` (default) or `latest`: where a partition no table holds starts.
     pub auto_offset_reset: Option<super::kafka::StartAt>,
+    /// Several processes run this pipeline in the group: aggregates must then be
+    /// partitioned by the message key (`partitioned_by_key`), which `validate` checks.
+    #[serde(default)]
+    pub scale_out: bool,
     /// Extra librdkafka settings (security, SASL, TLS…); values may use `${ENV}`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -369,6 +373,11 @@ pub struct AggregateSpec {
     pub lateness: Option<Span>,
     /// `late = "dlq"`: the table late events go to; default `{name}_late_events`.
     pub late_table: Option<String>,
+    /// Kafka: every event of a `group_by` key is in one partition (the topic is keyed
+    /// by the group key), so each partition's windows are state of their own that
+    /// moves with the partition. Default: derived from `source.key_format` when
+    /// `source.scale_out` is set (the key's columns are all in `group_by`).
+    pub partitioned_by_key: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1,7 +1,8 @@
 //! Shards that move between processes: Kafka partitions handed from one member of a
 //! consumer group to another at a rebalance.
 //!
-//! The old owner is told ([`Polled::Revoked`]) and commits what it holds at once; the
+//! The old owner is told ([`crate::source::Polled::Revoked`]) and commits what it
+//! holds at once; the
 //! consumer waits a bounded time for that commit before letting the partitions go (see
 //! `source::kafka::consumer::revoke_wait`). When the wait is not enough, two processes
 //! hold records of one shard for a while: the new owner read the tables' progress when
@@ -13,6 +14,13 @@
 //! commits the rest ([`commit_all`]). Neither process restarts (a restart would join
 //! the group again and start yet another rebalance).
 //!
+//! Dropping rows of a shard is only safe when none of its later rows is committed
+//! either: tables skip what they hold but never look for holes, so committing rows
+//! after a dropped run would leave a hole forever. A dropped shard is therefore
+//! *fenced* ([`Fence`]): every row of it is dropped until the source says the shard
+//! is this process's again ([`crate::source::Polled::Reassigned`]), from which point
+//! it reads the shard from where the tables stand.
+//!
 //! Crash story: nothing here is state. A process killed at any point leaves each
 //! table at a progress of its own; the next owner of a shard starts from it.
 
@@ -21,7 +29,7 @@ use std::sync::Arc;
 
 use crate::sink::SinkError;
 use crate::sink::dead_letter::DeadLetters;
-use crate::source::SourceBatch;
+use crate::source::{Owned, SourceBatch};
 
 use super::RunError;
 use super::retry::RetryPolicy;
@@ -31,22 +39,27 @@ use super::tables::{DeadLetterTarget, TableTarget};
 /// some of its shards first, before the run starts over from the tables.
 const FOREIGN_ATTEMPTS: u32 = 5;
 
-/// Shards revoked from this process and not assigned to it again.
+/// Shards whose rows this process drops, from the first one it dropped until the
+/// source assigns the shard to it again.
 #[derive(Debug, Default)]
-pub(super) struct Revoked(HashSet<Arc<str>>);
+pub(super) struct Fence(HashSet<Arc<str>>);
 
-impl Revoked {
-    pub fn revoke(&mut self, shards: Vec<Arc<str>>) {
-        self.0.extend(shards);
+impl Fence {
+    /// Drops every row of `shard` from now on (its next owner reads them).
+    pub fn fence(&mut self, shard: &Arc<str>) {
+        if self.0.insert(shard.clone()) {
+            tracing::info!(%shard, "partition let go: its next owner reads its records again");
+        }
     }
 
-    pub fn assign(&mut self, shards: &[Arc<str>]) {
+    /// The source reads `shards` again, from where the tables stand.
+    pub fn lift(&mut self, shards: &[Arc<str>]) {
         for s in shards {
             self.0.remove(s);
         }
     }
 
-    pub fn owns(&self, b: &SourceBatch) -> bool {
+    pub fn admits(&self, b: &SourceBatch) -> bool {
         !self.0.contains(&b.shard)
     }
 }
@@ -59,7 +72,8 @@ pub(super) async fn commit_all(
     dead: &mut Option<DeadLetterTarget>,
     tables: &mut [TableTarget],
     pending: &mut Vec<SourceBatch>,
-    revoked: &Revoked,
+    owned: &Owned,
+    fence: &mut Fence,
     movable: bool,
     retry: &RetryPolicy,
 ) -> Result<(), RunError> {
@@ -101,6 +115,9 @@ pub(super) async fn commit_all(
         // skips what the other process committed.
         tracing::warn!(error = %e, attempt, "another consumer committed these partitions first: committing what remains");
         metrics::counter!(crate::telemetry::HANDOVER_CONFLICTS).increment(1);
-        pending.retain(|b| revoked.owns(b));
+        for b in pending.iter().filter(|b| !owned.owns(&b.shard)) {
+            fence.fence(&b.shard);
+        }
+        pending.retain(|b| fence.admits(b));
     }
 }

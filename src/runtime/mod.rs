@@ -12,12 +12,14 @@
 //! own; a restart resumes the source at the smallest of them and each table skips
 //! what it already holds.
 
+mod aggregate;
 mod backfill;
 mod compaction;
 mod cut;
 mod handover;
 pub mod malloc;
 mod oracle;
+mod partitioned;
 mod retry;
 mod status;
 mod tables;
@@ -35,8 +37,9 @@ use crate::sink::{DeltaSink, IndexOptions, Sink, SinkError, TableOptions};
 use crate::source::{self, Polled, RunMode, Source, SourceBatch, SourceError};
 use crate::telemetry;
 use crate::window::{OperatorStats, WindowError};
+use aggregate::AggregateTarget;
 use cut::{load_spilled, split, travels_alone};
-use tables::{AggregateTarget, DeadLetterTarget, TableTarget, summary};
+use tables::{DeadLetterTarget, TableTarget, summary};
 
 pub use backfill::{BackfillReport, backfill};
 pub use retry::{RetryPolicy, Retryable};
@@ -286,6 +289,7 @@ async fn run_once(
             input: None,
             late,
             late_pending: Vec::new(),
+            per_shard: std::collections::BTreeMap::new(),
             shards: shard_info
                 .iter()
                 .filter(|s| s.stream.as_ref().is_none_or(|stream| *stream == a.from))
@@ -296,6 +300,7 @@ async fn run_once(
 
     let resume = held_by_all(&tables, &aggregates, &shard_info);
     tracing::info!(?resume, ?mode, "opening source");
+    let owned = Arc::new(source::Owned::default());
     let chunk_rows = pipeline.batch.max_rows.min(MAX_CHUNK_ROWS);
     let held = source::Resume {
         min: resume.clone(),
@@ -306,6 +311,7 @@ async fn run_once(
             .collect(),
         oracle: Some(std::sync::Arc::new(oracle::Oracle::new(pipeline, &shard_info))),
         schemas: tables::stream_schemas(&tables),
+        owned: owned.clone(),
     };
     // A source that prefetches on its own (librdkafka) gets a quarter of the
     // in-flight bytes for it; the runtime's own queue and batches the rest.
@@ -380,7 +386,7 @@ async fn run_once(
     let mut carry: Option<(SourceBatch, Option<OwnedSemaphorePermit>)> = None;
     let mut acked = resume;
     let movable = matches!(pipeline.source, SourceConfig::Kafka(_));
-    let mut revoked = handover::Revoked::default();
+    let mut fence = handover::Fence::default();
     tokio::pin!(shutdown);
     let mut stopping = false;
     let mut ended = false;
@@ -392,10 +398,13 @@ async fn run_once(
         let mut rows = 0usize;
         let mut bytes = 0usize;
         let mut deadline: Option<tokio::time::Instant> = None;
-        let mut reassigned = false;
+        // Shards assigned to this process since the last micro-batch (a rebalance).
+        let mut reassigned: Option<Vec<Arc<str>>> = None;
+        // A rebalance is taking shards away: commit everything, aggregates included.
+        let mut revoking = false;
         // A control marker is committed alone (see `source::Control`).
         let mut alone = false;
-        if let Some((b, permit)) = carry.take().filter(|(b, _)| revoked.owns(b)) {
+        if let Some((b, permit)) = carry.take().filter(|(b, _)| fence.admits(b)) {
             rows = b.records.num_rows();
             bytes = b.bytes();
             deadline = Some(tokio::time::Instant::now() + max_latency);
@@ -432,6 +441,8 @@ async fn run_once(
                     break;
                 }
                 msg = rx.recv() => match msg.map(|d| (d.polled, d.held)) {
+                    // A shard this process let go of: its next owner reads it.
+                    Some((Ok(Polled::Batch(b)), _)) if !fence.admits(&b) => {}
                     Some((Ok(Polled::Batch(b)), permit)) if travels_alone(&b) || alone => {
                         // Counted on arrival: a batch carried to the next micro-batch too.
                         count_read(&mut summary, &b);
@@ -483,14 +494,14 @@ async fn run_once(
                     Some((Ok(Polled::Idle), _)) => {}
                     Some((Ok(Polled::Reassigned(shards)), _)) => {
                         // Commit what came before, then read the tables again.
-                        revoked.assign(&shards);
-                        reassigned = true;
+                        fence.lift(&shards);
+                        reassigned = Some(shards);
                         break;
                     }
-                    Some((Ok(Polled::Revoked(shards)), _)) => {
+                    Some((Ok(Polled::Revoked(_)), _)) => {
                         // The consumer waits for this commit before the next owner
                         // reads the tables: make it now.
-                        revoked.revoke(shards);
+                        revoking = true;
                         break;
                     }
                     Some((Ok(Polled::End), _)) | None => {
@@ -509,8 +520,12 @@ async fn run_once(
             }
         }
         if pending.is_empty() && !ended && !stopping {
-            if reassigned {
+            if let Some(shards) = reassigned {
                 refresh(&mut dead, &mut tables).await?;
+                claim(&mut aggregates, &shards, &owned).await?;
+            }
+            for a in &mut aggregates {
+                a.release(&mut fence, &owned);
             }
             continue;
         }
@@ -519,13 +534,23 @@ async fn run_once(
         summary.micro_batches += 1;
         let started = Instant::now();
         last_start = Some(tokio::time::Instant::now());
-        handover::commit_all(&mut dead, &mut tables, &mut pending, &revoked, movable, &retry).await?;
+        handover::commit_all(
+            &mut dead,
+            &mut tables,
+            &mut pending,
+            &owned,
+            &mut fence,
+            movable,
+            &retry,
+        )
+        .await?;
         if !aggregates.is_empty() {
             // Operators fold records in memory: a spilled transaction is read whole.
             let loaded = load_spilled(&pending)?;
             let input = loaded.as_deref().unwrap_or(&pending);
             for a in &mut aggregates {
-                a.process(input, ended || stopping, &retry).await?;
+                a.process(input, ended || stopping || revoking, &retry, &owned, &mut fence)
+                    .await?;
             }
         }
         tracing::debug!(
@@ -546,8 +571,9 @@ async fn run_once(
         drop(held);
         report_in_flight(&budget, limit);
 
-        if reassigned {
+        if let Some(shards) = reassigned {
             refresh(&mut dead, &mut tables).await?;
+            claim(&mut aggregates, &shards, &owned).await?;
         }
 
         // --- acknowledge ----------------------------------------------------------------
@@ -601,14 +627,19 @@ pub async fn maintain(
         .await?
         .committed()
         .clone();
-        let keep = (!progress.is_empty()).then(|| crate::sink::state_key(&progress));
+        // An aggregate's one snapshot, or a per-partition aggregate's one per shard.
+        let keep: Vec<String> = (!progress.is_empty())
+            .then(|| crate::sink::state_key(&progress))
+            .into_iter()
+            .chain(progress.iter().map(|(s, n)| partitioned::shard_state_key(s, n)))
+            .collect();
         let report = crate::sink::maintain::maintain(
             name,
             url,
             storage.clone(),
             pipeline.sink.target_file_size.0,
             retention,
-            keep,
+            &keep,
         )
         .await
         .map_err(|source| SinkError::Delta {
@@ -642,6 +673,19 @@ fn held_by_all(
 
 /// Reads every table's progress again (shards were reassigned: another process may
 /// have written them since).
+/// Per-partition aggregates take the state of the shards just assigned (see
+/// [`aggregate::AggregateTarget::claim`]).
+async fn claim(
+    aggregates: &mut [AggregateTarget],
+    shards: &[Arc<str>],
+    owned: &source::Owned,
+) -> Result<(), RunError> {
+    for a in aggregates {
+        a.claim(shards, owned).await?;
+    }
+    Ok(())
+}
+
 async fn refresh(dead: &mut Option<DeadLetterTarget>, tables: &mut [TableTarget]) -> Result<(), RunError> {
     if let Some(d) = dead {
         d.sink.refresh().await?;

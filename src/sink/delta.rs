@@ -1,6 +1,6 @@
 //! The Delta Lake table sink (local folders and S3 through deltalake/object_store).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 
 use async_trait::async_trait;
@@ -378,6 +378,110 @@ impl DeltaSink {
                 .all(|(shard, next)| self.committed.get(shard).is_some_and(|t| t >= *next))
     }
 
+    /// Commits `commit`; a `claim` is written even when the table holds its progress
+    /// already (see [`DeltaSink::claim`]).
+    async fn commit_as(&mut self, commit: Commit, claim: bool) -> Result<Committed, SinkError> {
+        if !claim && self.already_there(&commit) {
+            return Ok(Committed::AlreadyThere);
+        }
+        let before = self.committed.clone();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let txns: Vec<Transaction> = commit
+            .progress
+            .iter()
+            .map(|(shard, next)| {
+                Transaction::new_with_last_update(app_id(&self.pipeline, shard), *next, Some(now_ms))
+            })
+            .collect();
+        let next = self.table.version().map_or(0, |v| v + 1);
+        let mut props = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_metadata(commit.info.clone())
+            .with_cleanup_expired_logs(Some(
+                self.cleans_logs && checkpoints_at(next, self.options.checkpoint_every),
+            ));
+        if commit.replace || self.options.mode == TableMode::Mirror {
+            // A commit that removes files is never rebased over a commit that beat it
+            // (a compaction, `maintain`): it fails, and the retry starts from the new
+            // snapshot. delta-rs's conflict checker ignores `dataChange: false` removes;
+            // it does refuse such a commit over the files a compaction added, but only as
+            // far as the commit's read predicate says it read them. Were a rebase let
+            // through, the rows of a file the compaction rewrote would live on twice.
+            props = props.with_max_retries(0);
+        }
+        let written = match commit.parts.clone() {
+            Some(parts) => {
+                self.write_parts(&commit.batches, parts.as_ref(), props, commit.replace)
+                    .await
+            }
+            None => self.write(&commit.batches, props, commit.replace).await,
+        };
+        let read_version = self.table.version();
+        match written {
+            Ok(table) => {
+                self.table = table;
+                for (shard, next) in &commit.progress {
+                    self.committed.advance(shard, *next);
+                }
+                // Other writers' commits landed between our read and ours (none touched
+                // our shards, or the commit would have conflicted): their progress is in
+                // the snapshot now, so it must be in `committed` too, or a later commit
+                // of those shards would start from a stale position unchallenged.
+                let landed =
+                    self.table.version().map_or(-1, |v| v as i128) - read_version.map_or(-1, |v| v as i128);
+                if landed > 1 {
+                    for (shard, v) in self.read_progress().await?.iter() {
+                        self.committed.advance(shard, v);
+                    }
+                }
+                Ok(Committed::Version(self.table.version().unwrap_or_default()))
+            }
+            Err(err @ (SinkError::Incompatible { .. } | SinkError::Changes { .. })) => Err(err),
+            Err(err) => {
+                // The outcome is unknown (the request may have landed): look before the
+                // caller retries, so that a retry can never add the rows twice.
+                if self.refresh().await.is_ok() {
+                    // Progress that moved, but not to exactly ours, was not our commit.
+                    for (shard, next) in &commit.progress {
+                        let theirs = self.committed.get(shard);
+                        if theirs != before.get(shard) && theirs != Some(*next) {
+                            return Err(SinkError::ForeignProgress {
+                                table: self.name.clone(),
+                                shard: shard.clone(),
+                                ours: *next,
+                                theirs: theirs.unwrap_or_default(),
+                            });
+                        }
+                    }
+                    if !claim && self.already_there(&commit) {
+                        return Ok(Committed::AlreadyThere);
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Commits `progress` alone, even where the table holds it already: a process
+    /// taking shards over from another fences it off, since Delta refuses a commit
+    /// naming a shard that a commit it did not read named too (the previous owner's
+    /// late commit fails with [`SinkError::ForeignProgress`]; or this claim does, and
+    /// the caller reads the table again and claims what it holds then). Nothing to
+    /// claim in a table that does not exist yet.
+    pub async fn claim(&mut self, progress: Vec<(String, i64)>) -> Result<(), SinkError> {
+        let Some(schema) = self.schema() else {
+            return Ok(());
+        };
+        let commit = Commit {
+            batches: vec![RecordBatch::new_empty(schema)],
+            parts: None,
+            progress,
+            info: BTreeMap::from([("tributary.claim".to_string(), serde_json::Value::Bool(true))]),
+            replace: false,
+        };
+        self.commit_as(commit, true).await.map(|_| ())
+    }
+
     fn state_path(key: &str) -> Path {
         Path::from(format!("{STATE_DIR}/{key}"))
     }
@@ -658,85 +762,7 @@ impl Sink for DeltaSink {
     }
 
     async fn commit(&mut self, commit: Commit) -> Result<Committed, SinkError> {
-        if self.already_there(&commit) {
-            return Ok(Committed::AlreadyThere);
-        }
-        let before = self.committed.clone();
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let txns: Vec<Transaction> = commit
-            .progress
-            .iter()
-            .map(|(shard, next)| {
-                Transaction::new_with_last_update(app_id(&self.pipeline, shard), *next, Some(now_ms))
-            })
-            .collect();
-        let next = self.table.version().map_or(0, |v| v + 1);
-        let mut props = CommitProperties::default()
-            .with_application_transactions(txns)
-            .with_metadata(commit.info.clone())
-            .with_cleanup_expired_logs(Some(
-                self.cleans_logs && checkpoints_at(next, self.options.checkpoint_every),
-            ));
-        if commit.replace || self.options.mode == TableMode::Mirror {
-            // A commit that removes files is never rebased over a commit that beat it
-            // (a compaction, `maintain`): it fails, and the retry starts from the new
-            // snapshot. delta-rs's conflict checker ignores `dataChange: false` removes;
-            // it does refuse such a commit over the files a compaction added, but only as
-            // far as the commit's read predicate says it read them. Were a rebase let
-            // through, the rows of a file the compaction rewrote would live on twice.
-            props = props.with_max_retries(0);
-        }
-        let written = match commit.parts.clone() {
-            Some(parts) => {
-                self.write_parts(&commit.batches, parts.as_ref(), props, commit.replace)
-                    .await
-            }
-            None => self.write(&commit.batches, props, commit.replace).await,
-        };
-        let read_version = self.table.version();
-        match written {
-            Ok(table) => {
-                self.table = table;
-                for (shard, next) in &commit.progress {
-                    self.committed.advance(shard, *next);
-                }
-                // Other writers' commits landed between our read and ours (none touched
-                // our shards, or the commit would have conflicted): their progress is in
-                // the snapshot now, so it must be in `committed` too, or a later commit
-                // of those shards would start from a stale position unchallenged.
-                let landed =
-                    self.table.version().map_or(-1, |v| v as i128) - read_version.map_or(-1, |v| v as i128);
-                if landed > 1 {
-                    for (shard, v) in self.read_progress().await?.iter() {
-                        self.committed.advance(shard, v);
-                    }
-                }
-                Ok(Committed::Version(self.table.version().unwrap_or_default()))
-            }
-            Err(err @ (SinkError::Incompatible { .. } | SinkError::Changes { .. })) => Err(err),
-            Err(err) => {
-                // The outcome is unknown (the request may have landed): look before the
-                // caller retries, so that a retry can never add the rows twice.
-                if self.refresh().await.is_ok() {
-                    // Progress that moved, but not to exactly ours, was not our commit.
-                    for (shard, next) in &commit.progress {
-                        let theirs = self.committed.get(shard);
-                        if theirs != before.get(shard) && theirs != Some(*next) {
-                            return Err(SinkError::ForeignProgress {
-                                table: self.name.clone(),
-                                shard: shard.clone(),
-                                ours: *next,
-                                theirs: theirs.unwrap_or_default(),
-                            });
-                        }
-                    }
-                    if self.already_there(&commit) {
-                        return Ok(Committed::AlreadyThere);
-                    }
-                }
-                Err(err)
-            }
-        }
+        self.commit_as(commit, false).await
     }
 
     async fn put_state(&self, key: &str, bytes: Bytes) -> Result<(), SinkError> {

@@ -41,15 +41,15 @@ pub struct MaintainReport {
     pub version: Option<u64>,
 }
 
-/// Maintains the table `name` at `url`. `current_state` is the operator-state snapshot
-/// its progress names (never removed).
+/// Maintains the table `name` at `url`. `current_state` are the operator-state
+/// snapshots its progress names (never removed): an aggregate's one, or one per shard.
 pub async fn maintain(
     name: &str,
     url: Url,
     storage: HashMap<String, String>,
     target_file_size: u64,
     retention: std::time::Duration,
-    current_state: Option<String>,
+    current_state: &[String],
 ) -> Result<MaintainReport, DeltaTableError> {
     let mut report = MaintainReport {
         table: name.to_string(),
@@ -90,15 +90,15 @@ pub async fn maintain(
     report.version = table.version();
 
     let store = table.log_store().object_store(None);
-    report.states_removed = prune_states(store.as_ref(), retention, current_state.as_deref()).await?;
+    report.states_removed = prune_states(store.as_ref(), retention, current_state).await?;
     Ok(report)
 }
 
-/// Deletes operator-state snapshots older than `retention`, except `keep`.
+/// Deletes operator-state snapshots older than `retention`, except those in `keep`.
 async fn prune_states(
     store: &dyn ObjectStore,
     retention: std::time::Duration,
-    keep: Option<&str>,
+    keep: &[String],
 ) -> Result<usize, DeltaTableError> {
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     let prefix = Path::from(super::delta::STATE_DIR);
@@ -106,7 +106,7 @@ async fn prune_states(
         .list(Some(&prefix))
         .try_filter(|meta| {
             let name = meta.location.filename().unwrap_or_default();
-            std::future::ready(meta.last_modified < cutoff && Some(name) != keep)
+            std::future::ready(meta.last_modified < cutoff && !keep.iter().any(|k| k == name))
         })
         .map_ok(|meta| meta.location)
         .try_collect()

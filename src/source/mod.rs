@@ -228,6 +228,48 @@ pub struct Resume {
     /// Per stream, the schema of a table it already feeds: what a source reading
     /// against a declared schema (JSON topics) reads with when none is configured.
     pub schemas: std::collections::BTreeMap<String, SchemaRef>,
+    /// The shards this process reads now, kept by sources whose shards move between
+    /// processes.
+    pub owned: Arc<Owned>,
+}
+
+/// The shards a process reads now. A source whose shards move between processes
+/// (Kafka consumer groups) keeps it: a shard is added when it is assigned, before its
+/// records are read, and removed when it is revoked, after the revocation's wait for
+/// its records to be committed and before another process can be assigned it. So a
+/// process that finds a shard here may commit it; one that does not must leave it to
+/// its next owner. Sources that never lose a shard leave it untracked (every shard is
+/// owned).
+#[derive(Debug, Default)]
+pub struct Owned(std::sync::Mutex<Option<std::collections::HashSet<Arc<str>>>>);
+
+impl Owned {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::collections::HashSet<Arc<str>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts tracking: from now on only shards added are owned.
+    pub fn track(&self) {
+        self.lock().get_or_insert_with(Default::default);
+    }
+
+    pub fn add(&self, shards: impl IntoIterator<Item = Arc<str>>) {
+        if let Some(set) = self.lock().as_mut() {
+            set.extend(shards);
+        }
+    }
+
+    pub fn remove(&self, shards: &[Arc<str>]) {
+        if let Some(set) = self.lock().as_mut() {
+            for s in shards {
+                set.remove(s);
+            }
+        }
+    }
+
+    pub fn owns(&self, shard: &str) -> bool {
+        self.lock().as_ref().is_none_or(|set| set.contains(shard))
+    }
 }
 
 /// Reads, from the tables themselves, where each shard resumes: the smallest progress

@@ -42,6 +42,7 @@ fn cfg(window: Window, watermark_secs: u64) -> AggregateConfig {
         late: LatePolicy::Drop,
         lateness: Span::from_secs(0),
         late_table: None,
+        per_partition: false,
     }
 }
 

@@ -20,6 +20,7 @@ mod postgres;
 mod postgres_tls;
 mod quickstart;
 mod registry;
+mod scale_out;
 mod sink;
 mod support;
 mod validate;

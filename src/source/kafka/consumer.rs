@@ -22,7 +22,7 @@ use super::schemas::{Chunk, Gather, TopicDecoder};
 use super::{METADATA_TIMEOUT, kafka_err, shard_name};
 use crate::config::{KafkaConfig, StartAt};
 use crate::progress::Progress;
-use crate::source::{Polled, SourceError, TableProgress};
+use crate::source::{Owned, Polled, SourceError, TableProgress};
 
 /// How long `poll` blocks for a message once the local queue is empty.
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
@@ -122,6 +122,8 @@ pub struct Setup {
     pub chunk_rows: usize,
     pub dead_letters: bool,
     pub oracle: Arc<dyn TableProgress>,
+    /// The partitions this process reads now, for the runtime (see [`Owned`]).
+    pub owned: Arc<Owned>,
     pub shared: Arc<Shared>,
     pub tx: mpsc::Sender<Result<Polled, SourceError>>,
     pub handle: tokio::runtime::Handle,
@@ -141,6 +143,7 @@ struct Events {
 struct Context {
     cfg: KafkaConfig,
     oracle: Arc<dyn TableProgress>,
+    owned: Arc<Owned>,
     shared: Arc<Shared>,
     handle: tokio::runtime::Handle,
     /// Per shard, one past the last offset handed to the runtime.
@@ -225,6 +228,8 @@ impl ConsumerContext for Context {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => match self.starts(tpl) {
                 Ok((starts, assigned)) => {
                     tracing::info!(partitions = ?assigned, "kafka partitions assigned");
+                    self.owned
+                        .add(assigned.iter().map(|(t, p, _)| Arc::from(shard_name(t, *p))));
                     if let Err(e) = consumer.assign(&starts) {
                         self.events().error = Some(SourceError::Kafka(format!("assign: {e}")));
                     }
@@ -247,11 +252,11 @@ impl ConsumerContext for Context {
                 // commit at once.
                 let started = Instant::now();
                 let wait = revoke_wait(&self.cfg);
-                let shards = revoked
+                let shards: Vec<Arc<str>> = revoked
                     .iter()
                     .map(|(t, p)| Arc::from(shard_name(t, *p)))
                     .collect();
-                self.marker.send(Polled::Revoked(shards), started + wait);
+                self.marker.send(Polled::Revoked(shards.clone()), started + wait);
                 self.queued.wait_empty(wait.saturating_sub(started.elapsed()));
                 let sent: HashMap<String, i64> = {
                     let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
@@ -269,6 +274,9 @@ impl ConsumerContext for Context {
                 {
                     tracing::warn!(?revoked, "partitions revoked before their records were committed");
                 }
+                // From here on another member may be assigned them: this process must
+                // no longer commit them.
+                self.owned.remove(&shards);
                 let acked = self.shared.lock().clone();
                 commit_offsets(consumer, &acked, tpl, CommitMode::Sync);
                 tracing::info!(partitions = ?revoked, "kafka partitions revoked");
@@ -301,6 +309,8 @@ fn assign_all(
     }
     let ctx = consumer.context();
     let (starts, assigned) = ctx.starts(&tpl)?;
+    ctx.owned
+        .add(assigned.iter().map(|(t, p, _)| Arc::from(shard_name(t, *p))));
     consumer.assign(&starts).map_err(kafka_err("assign"))?;
     tracing::info!(partitions = ?assigned, "kafka partitions assigned (--once: every partition)");
     ctx.events().assigned.extend(assigned);
@@ -430,6 +440,7 @@ pub fn spawn(mut setup: Setup) -> Result<std::thread::JoinHandle<()>, SourceErro
     let context = Context {
         cfg: setup.cfg.clone(),
         oracle: setup.oracle.clone(),
+        owned: setup.owned.clone(),
         shared: setup.shared.clone(),
         handle: setup.handle.clone(),
         sent,

@@ -225,6 +225,9 @@ impl KafkaSource {
             }
             RunMode::Continuous => None,
         };
+        // Partitions come and go with the group: only those assigned are this
+        // process's to commit.
+        resume.owned.track();
         let shared = Arc::new(Shared::new(resume.min.clone()));
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let mut client = client_config(cfg);
@@ -250,6 +253,7 @@ impl KafkaSource {
             chunk_rows,
             dead_letters,
             oracle,
+            owned: resume.owned.clone(),
             shared: shared.clone(),
             tx,
             handle: tokio::runtime::Handle::current(),

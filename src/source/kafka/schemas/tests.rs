@@ -29,6 +29,7 @@ fn config(key: KeyFormat, upsert: bool, headers: bool) -> KafkaConfig {
         headers,
         upsert,
         start_at: StartAt::Earliest,
+        scale_out: false,
         options: Default::default(),
     }
 }
