@@ -57,6 +57,16 @@ def produce(brokers, topic, events):
                 p.poll(0.05)
         if i % 10_000 == 0:
             p.poll(0)
+    # One event per partition an hour later: every window and session closes, so each
+    # aggregate commits its progress to the last offset (an aggregate with nothing to
+    # emit commits every 10 micro-batches, and an idle one not at all).
+    for part in range(PARTITIONS):
+        value = json.dumps({
+            "event_id": str(uuid.UUID(int=events + part)), "user_id": f"closer{part}", "page": "/",
+            "action": "view", "session_id": "s", "device": "mobile", "country": "NL",
+            "event_timestamp": BASE_US + events * 1000 + 3_600_000_000 + (events // 100_000) * 60_000_000,
+        }).encode()
+        p.produce(topic, value=value, key=f"closer{part}".encode(), partition=part)
     p.flush(60)
 
 
@@ -107,7 +117,7 @@ def drain(binary, workdir, topic, brokers, events, k, join_third_at=None):
     procs = [spawn(binary, path, logs[i]) for i in range(k)]
     joined = None
     while True:
-        done = sum(committed(brokers, topic, group).values())
+        done = sum(committed(brokers, topic, group).values()) - PARTITIONS
         if join_third_at is not None and joined is None and done >= join_third_at * events:
             procs.append(spawn(binary, path, logs[2]))
             joined = time.monotonic()

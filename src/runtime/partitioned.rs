@@ -91,7 +91,7 @@ impl AggregateTarget {
         if mine.is_empty() {
             return Ok(());
         }
-        let mut attempt = 0;
+        let (mut attempt, mut conflicts) = (0, 0);
         loop {
             self.sink.refresh().await?;
             let mut claim = Vec::new();
@@ -117,6 +117,14 @@ impl AggregateTarget {
                 Err(e @ SinkError::ForeignProgress { .. }) if attempt < ATTEMPTS => {
                     attempt += 1;
                     tracing::info!(aggregate = %self.cfg.name, error = %e, "the previous owner committed first: claiming again");
+                }
+                // Another process committed other partitions in between.
+                Err(e)
+                    if e.is_conflict()
+                        && let Some(pause) = RetryPolicy::after_conflict(conflicts) =>
+                {
+                    conflicts += 1;
+                    tokio::time::sleep(pause).await;
                 }
                 Err(e) => return Err(e.into()),
             }

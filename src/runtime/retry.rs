@@ -1,5 +1,6 @@
 //! The one retry policy: transient failures are retried with exponential backoff,
-//! everything else stops the pipeline with its cause.
+//! commit conflicts (contention between writers) promptly, everything else stops the
+//! pipeline with its cause.
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,6 +15,9 @@ impl Retryable for crate::sink::SinkError {
         crate::sink::SinkError::is_transient(self)
     }
 }
+
+/// Commit conflicts in a row retried promptly (see [`RetryPolicy::after_conflict`]).
+const CONFLICT_RETRIES: u32 = 50;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -60,6 +64,20 @@ impl RetryPolicy {
         }
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
         Some(self.first_backoff.saturating_mul(factor).min(self.max_backoff))
+    }
+
+    /// How long to wait before committing again after the `conflicts`-th commit
+    /// conflict in a row (another writer committed first), or `None` to leave it to
+    /// [`RetryPolicy::retry_after`]. A conflict is contention, not an outage: each one
+    /// is another writer's progress, so the commit is tried again almost at once
+    /// against the new version, after a short random pause (so that two writers do
+    /// not collide again in step), up to [`CONFLICT_RETRIES`] times.
+    pub fn after_conflict(conflicts: u32) -> Option<Duration> {
+        if conflicts >= CONFLICT_RETRIES {
+            return None;
+        }
+        let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u16 % 50);
+        Some(Duration::from_millis(5 + jitter))
     }
 
     /// Runs `op` until it succeeds, fails permanently, or runs out of attempts. `op` must

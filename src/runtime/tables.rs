@@ -64,6 +64,7 @@ pub(super) async fn commit_with_retry(
     retry: &RetryPolicy,
 ) -> Result<Committed, SinkError> {
     let mut attempt = 1;
+    let mut conflicts = 0;
     let started = std::time::Instant::now();
     loop {
         match sink.commit(commit.clone()).await {
@@ -71,6 +72,21 @@ pub(super) async fn commit_with_retry(
                 metrics::histogram!(telemetry::COMMIT_SECONDS, "table" => sink.name().to_string())
                     .record(started.elapsed().as_secs_f64());
                 return Ok(c);
+            }
+            // Several processes writing one table (a consumer group): a commit that
+            // rewrites files (MERGE) is never rebased, so every commit of another
+            // process in between refuses it.
+            Err(e)
+                if e.is_conflict()
+                    && let Some(pause) = RetryPolicy::after_conflict(conflicts) =>
+            {
+                conflicts += 1;
+                tracing::debug!(
+                    table = sink.name(),
+                    conflicts,
+                    "another writer committed first; committing again"
+                );
+                tokio::time::sleep(pause).await;
             }
             Err(e) => match retry.retry_after(&e, attempt) {
                 Some(backoff) => {

@@ -137,6 +137,23 @@ impl SinkError {
             | SinkError::ForeignProgress { .. } => false,
         }
     }
+
+    /// Whether another writer committed first (the table moved on between this
+    /// commit's read and its write): not an outage but contention, which a prompt
+    /// retry against the new version resolves (each conflict is someone's progress).
+    pub fn is_conflict(&self) -> bool {
+        use deltalake::DeltaTableError as E;
+        use deltalake::kernel::transaction::TransactionError as T;
+        matches!(
+            self,
+            SinkError::Delta {
+                source: E::Transaction {
+                    source: T::VersionAlreadyExists(_) | T::MaxCommitAttempts(_) | T::CommitConflict(_)
+                },
+                ..
+            }
+        )
+    }
 }
 
 /// A table that commits atomically with its progress.

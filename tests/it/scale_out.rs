@@ -131,15 +131,28 @@ fn pipeline(
     kafka_pipeline(dir, name, &source, prefix, &tables)
 }
 
-fn spawn(dir: &Path, pipeline: &Path, log: &str) -> Child {
-    Command::new(bin())
+/// A `tributary run` process, killed when the test ends without stopping it (a failed
+/// assertion), so no run outlives its test.
+struct Run(Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(dir: &Path, pipeline: &Path, log: &str) -> Run {
+    Run(Command::new(bin())
         .args(["run", pipeline.to_str().unwrap()])
         .current_dir(dir)
         .env("TRIBUTARY_LOG", "info,tributary::runtime=debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(log)).unwrap())
         .spawn()
-        .unwrap()
+        .unwrap())
 }
 
 /// The three aggregates as DuckDB computes them over the raw table (real events only,
@@ -235,7 +248,7 @@ fn a_group_of_processes_aggregates_exactly_what_one_process_does() {
     let p = pipeline(dir.path(), "scaled", &topic, &group, &prefix, true);
     let raw = format!("{prefix}/clicks");
     let count = || duck_i64(&format!("SELECT count(*) FROM {}", scan(&raw)));
-    let wait_for = |rows: i64, procs: &mut [&mut Child]| {
+    let wait_for = |rows: i64, procs: &mut [&mut Run]| {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             if s3_has(&raw) && count() >= rows {
@@ -243,7 +256,7 @@ fn a_group_of_processes_aggregates_exactly_what_one_process_does() {
             }
             for c in procs.iter_mut() {
                 assert!(
-                    c.try_wait().unwrap().is_none(),
+                    c.0.try_wait().unwrap().is_none(),
                     "a process died:\n{}",
                     logs(dir.path())
                 );
@@ -264,8 +277,8 @@ fn a_group_of_processes_aggregates_exactly_what_one_process_does() {
     wait_for(150_000, &mut [&mut a, &mut b, &mut c]);
     // One is killed outright, holding partitions and uncommitted windows; its
     // partitions move once its session times out, and it comes back.
-    b.kill().unwrap();
-    b.wait().unwrap();
+    b.0.kill().unwrap();
+    b.0.wait().unwrap();
     produce(&topic, id, EVENTS / 2, 3 * EVENTS / 4);
     std::thread::sleep(Duration::from_secs(1));
     let mut b = spawn(dir.path(), &p, "b2.log");
@@ -293,10 +306,10 @@ fn a_group_of_processes_aggregates_exactly_what_one_process_does() {
         std::thread::sleep(Duration::from_secs(2));
     }
     for c in [&mut a, &mut b, &mut c, &mut d] {
-        Command::new("kill").arg(c.id().to_string()).status().unwrap();
+        Command::new("kill").arg(c.0.id().to_string()).status().unwrap();
     }
     for c in [&mut a, &mut b, &mut c, &mut d] {
-        assert!(c.wait().unwrap().success(), "{}", logs(dir.path()));
+        assert!(c.0.wait().unwrap().success(), "{}", logs(dir.path()));
     }
     let all = logs(dir.path());
     assert!(
