@@ -83,7 +83,7 @@ pub(crate) fn clicks_source(topic: &str, group: &str) -> String {
     )
 }
 
-fn spawn_run(dir: &Path, pipeline: &Path, log: &str) -> Child {
+pub(crate) fn spawn_run(dir: &Path, pipeline: &Path, log: &str) -> Child {
     Command::new(bin())
         .args(["run", pipeline.to_str().unwrap()])
         .current_dir(dir)

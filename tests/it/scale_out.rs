@@ -2,7 +2,7 @@
 //! partitions (issue: windowed aggregates across a consumer group).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
@@ -145,14 +145,7 @@ impl Drop for Run {
 }
 
 fn spawn(dir: &Path, pipeline: &Path, log: &str) -> Run {
-    Run(Command::new(bin())
-        .args(["run", pipeline.to_str().unwrap()])
-        .current_dir(dir)
-        .env("TRIBUTARY_LOG", "info,tributary::runtime=debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(log)).unwrap())
-        .spawn()
-        .unwrap())
+    Run(crate::kafka::spawn_run(dir, pipeline, log))
 }
 
 /// The three aggregates as DuckDB computes them over the raw table (real events only,
