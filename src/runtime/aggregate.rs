@@ -85,6 +85,13 @@ impl AggregateTarget {
         Ok(())
     }
 
+    /// Whether it has folded records past what its table holds (see `IDLE_COMMIT`).
+    pub(super) fn behind(&self) -> bool {
+        self.processed
+            .iter()
+            .any(|(s, v)| self.sink.committed().get(s).is_none_or(|c| c < v))
+    }
+
     /// Folds the new rows of `pending` into the operator and commits what it emits.
     /// `flush` (end of run) commits progress even when nothing was emitted.
     pub(super) async fn process(

@@ -51,6 +51,9 @@ const MAX_CHUNK_ROWS: usize = 32_768;
 /// byte budget ([`crate::config::RuntimeConfig::in_flight_bytes`]), this only bounds
 /// empty control markers.
 const CHANNEL_CHUNKS: usize = 64;
+/// How long the input must be quiet before aggregates commit the progress they hold
+/// (at least `batch.max_latency`).
+const IDLE_COMMIT: Duration = Duration::from_secs(1);
 /// `commitInfo` key naming the operator-state snapshot a commit depends on.
 pub const STATE_INFO_KEY: &str = "tributary.state";
 
@@ -404,6 +407,14 @@ async fn run_once(
         let mut revoking = false;
         // A control marker is committed alone (see `source::Control`).
         let mut alone = false;
+        // Aggregates hold progress they have not committed (they commit when they emit,
+        // or every few micro-batches): once the input is quiet for a while, they commit
+        // it, so that the source is acknowledged up to its end (Kafka lag reads zero).
+        let idle_at = aggregates
+            .iter()
+            .any(AggregateTarget::behind)
+            .then(|| tokio::time::Instant::now() + max_latency.max(IDLE_COMMIT));
+        let mut idle = false;
         if let Some((b, permit)) = carry.take().filter(|(b, _)| fence.admits(b)) {
             rows = b.records.num_rows();
             bytes = b.bytes();
@@ -424,6 +435,7 @@ async fn run_once(
             }
             let wake = match (deadline, ready_at) {
                 (Some(d), Some(r)) if r > now => Some(d.min(r)),
+                (None, _) if pending.is_empty() => idle_at,
                 (d, _) => d,
             };
             let timer = async {
@@ -513,7 +525,12 @@ async fn run_once(
                 () = timer => {
                     // `min_interval` is over: the check above closes the batch once
                     // what is waiting is in; `max_latency` closes it now.
-                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    let now = tokio::time::Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        break;
+                    }
+                    if pending.is_empty() && idle_at.is_some_and(|t| now >= t) {
+                        idle = true;
                         break;
                     }
                 }
@@ -526,6 +543,16 @@ async fn run_once(
             }
             for a in &mut aggregates {
                 a.release(&mut fence, &owned);
+            }
+            if idle {
+                for a in &mut aggregates {
+                    a.process(&[], true, &retry, &owned, &mut fence).await?;
+                }
+                let ack = held_by_all(&tables, &aggregates, &shard_info);
+                if ack != acked {
+                    acked = ack.clone();
+                    let _ = ack_tx.send(ack);
+                }
             }
             continue;
         }

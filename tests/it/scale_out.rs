@@ -395,3 +395,52 @@ fn an_aggregate_that_several_processes_would_split_is_refused() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_quiet_input_is_acknowledged_to_its_end() {
+    // Windows that never close (a minute of event time, no later events) and nothing
+    // to emit: the aggregates still commit what they folded once the input is quiet,
+    // so the group's committed offsets (what lag tools read) reach the end.
+    let topic = unique("quiet");
+    create_topic(&topic, PARTITIONS);
+    let (text, _) = clickstream();
+    let id = register(
+        &stack_env("SCHEMA_REGISTRY_URL"),
+        &format!("{topic}-value"),
+        &text,
+    );
+    produce(&topic, id, 0, 3000);
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("group");
+    let prefix = dir.path().join("lake");
+    let p = pipeline(
+        dir.path(),
+        "quiet",
+        &topic,
+        &group,
+        prefix.to_str().unwrap(),
+        true,
+    );
+    let mut run = spawn(dir.path(), &p, "run.log");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let offsets = committed_offsets(&group, &topic, PARTITIONS);
+        if offsets.iter().sum::<i64>() == 3000 {
+            break;
+        }
+        assert!(
+            run.0.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "committed offsets {offsets:?} never reached the end:\n{}",
+            logs(dir.path())
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Nothing was emitted: the windows are still open.
+    assert_eq!(
+        duck_i64(&format!(
+            "SELECT count(*) FROM {}",
+            scan(prefix.join("per_minute").to_str().unwrap())
+        )),
+        0
+    );
+}
