@@ -387,7 +387,6 @@ async fn run_once(
     let mut last_start: Option<tokio::time::Instant> = None;
     let max_bytes = usize::try_from(pipeline.batch.max_bytes.0).unwrap_or(usize::MAX);
     let mut carry: Option<(SourceBatch, Option<OwnedSemaphorePermit>)> = None;
-    let mut acked = resume;
     let movable = matches!(pipeline.source, SourceConfig::Kafka(_));
     let mut fence = handover::Fence::default();
     tokio::pin!(shutdown);
@@ -510,7 +509,7 @@ async fn run_once(
                         reassigned = Some(shards);
                         break;
                     }
-                    Some((Ok(Polled::Revoked(_)), _)) => {
+                    Some((Ok(Polled::Revoked), _)) => {
                         // The consumer waits for this commit before the next owner
                         // reads the tables: make it now.
                         revoking = true;
@@ -548,11 +547,7 @@ async fn run_once(
                 for a in &mut aggregates {
                     a.process(&[], true, &retry, &owned, &mut fence).await?;
                 }
-                let ack = held_by_all(&tables, &aggregates, &shard_info);
-                if ack != acked {
-                    acked = ack.clone();
-                    let _ = ack_tx.send(ack);
-                }
+                acknowledge(&ack_tx, held_by_all(&tables, &aggregates, &shard_info));
             }
             continue;
         }
@@ -604,11 +599,7 @@ async fn run_once(
         }
 
         // --- acknowledge ----------------------------------------------------------------
-        let ack = held_by_all(&tables, &aggregates, &shard_info);
-        if ack != acked {
-            acked = ack.clone();
-            let _ = ack_tx.send(ack);
-        }
+        acknowledge(&ack_tx, held_by_all(&tables, &aggregates, &shard_info));
     }
     drop(rx);
     drop(ack_tx);
@@ -700,6 +691,17 @@ fn held_by_all(
 
 /// Reads every table's progress again (shards were reassigned: another process may
 /// have written them since).
+/// Hands the source `ack` when it moved (the source acknowledges up to it).
+fn acknowledge(tx: &watch::Sender<Progress>, ack: Progress) {
+    tx.send_if_modified(|sent| {
+        let moved = *sent != ack;
+        if moved {
+            *sent = ack;
+        }
+        moved
+    });
+}
+
 /// Per-partition aggregates take the state of the shards just assigned (see
 /// [`aggregate::AggregateTarget::claim`]).
 async fn claim(

@@ -117,11 +117,11 @@ pub enum Polled {
     /// process may have advanced the tables for them, so the tables must read their
     /// progress again before the records that follow.
     Reassigned(Vec<Arc<str>>),
-    /// The source no longer reads these shards (a consumer-group rebalance): every
-    /// record of them it delivered came before this. The runtime commits what it holds
-    /// at once, so the next owner finds it in the tables, and stops writing them:
-    /// records of them it still holds are left to the next owner.
-    Revoked(Vec<Arc<str>>),
+    /// The source is letting shards go (a consumer-group rebalance): every record of
+    /// them it delivered came before this. The runtime commits what it holds at once,
+    /// so the next owner finds it in the tables; which shards go, and when, is in
+    /// [`Owned`].
+    Revoked,
 }
 
 /// Why a source failed.

@@ -63,8 +63,13 @@ pub(crate) fn produce_clicks(
 /// A new 3-partition topic named after `prefix`, with the clickstream schema registered
 /// under `{topic}-value`; returns the topic and the schema id.
 pub(crate) fn clicks_topic(prefix: &str) -> (String, u32) {
+    clicks_topic_of(prefix, 3)
+}
+
+/// [`clicks_topic`] with `partitions` partitions.
+pub(crate) fn clicks_topic_of(prefix: &str, partitions: i32) -> (String, u32) {
     let topic = unique(prefix);
-    create_topic(&topic, 3);
+    create_topic(&topic, partitions);
     let (text, _) = clickstream();
     let id = register(
         &stack_env("SCHEMA_REGISTRY_URL"),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
 
-use crate::kafka::{click, clickstream};
+use crate::kafka::{click, clicks_topic_of, clickstream};
 use crate::kafka_support::*;
 use crate::support::*;
 
@@ -225,14 +225,7 @@ fn logs(dir: &Path) -> String {
 
 #[test]
 fn a_group_of_processes_aggregates_exactly_what_one_process_does() {
-    let topic = unique("keyed");
-    create_topic(&topic, PARTITIONS);
-    let (text, _) = clickstream();
-    let id = register(
-        &stack_env("SCHEMA_REGISTRY_URL"),
-        &format!("{topic}-value"),
-        &text,
-    );
+    let (topic, id) = clicks_topic_of("keyed", PARTITIONS);
     produce(&topic, id, 0, EVENTS / 2);
 
     let dir = tempfile::tempdir().unwrap();
@@ -401,14 +394,7 @@ fn a_quiet_input_is_acknowledged_to_its_end() {
     // Windows that never close (a minute of event time, no later events) and nothing
     // to emit: the aggregates still commit what they folded once the input is quiet,
     // so the group's committed offsets (what lag tools read) reach the end.
-    let topic = unique("quiet");
-    create_topic(&topic, PARTITIONS);
-    let (text, _) = clickstream();
-    let id = register(
-        &stack_env("SCHEMA_REGISTRY_URL"),
-        &format!("{topic}-value"),
-        &text,
-    );
+    let (topic, id) = clicks_topic_of("quiet", PARTITIONS);
     produce(&topic, id, 0, 3000);
     let dir = tempfile::tempdir().unwrap();
     let group = unique("group");

@@ -256,7 +256,7 @@ impl ConsumerContext for Context {
                     .iter()
                     .map(|(t, p)| Arc::from(shard_name(t, *p)))
                     .collect();
-                self.marker.send(Polled::Revoked(shards.clone()), started + wait);
+                self.marker.send(Polled::Revoked, started + wait);
                 self.queued.wait_empty(wait.saturating_sub(started.elapsed()));
                 let sent: HashMap<String, i64> = {
                     let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
