@@ -41,7 +41,7 @@ const LOG_CLEANUP_EVERY: std::time::Duration = std::time::Duration::from_secs(36
 /// Rounds per table per look: a look at a busy table ends, and the next catches up.
 const MAX_ROUNDS: usize = 8;
 /// Rounds per look and files per round on a gated table, whose ingest waits for their
-/// commits (and then re-indexes what they wrote).
+/// commits.
 const GATED_MAX_ROUNDS: usize = 2;
 pub(super) const GATED_MAX_FILES: usize = 64;
 

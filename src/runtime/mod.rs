@@ -237,6 +237,9 @@ async fn run_once(
     }
     let mut tables = Vec::with_capacity(pipeline.tables.len());
     for t in &pipeline.tables {
+        // A mirror's commits take turns with its compaction rounds (see `compaction`).
+        let gate: Option<std::sync::Arc<crate::sink::compact::Gate>> =
+            (t.mode == crate::config::TableMode::Mirror).then(Default::default);
         let options = TableOptions {
             mode: t.mode,
             key: t.key.clone(),
@@ -248,6 +251,7 @@ async fn run_once(
             index: Some(IndexOptions {
                 cache_dir: pipeline.runtime.cache_dir.clone(),
                 cache_bytes: pipeline.runtime.key_index_cache_bytes(),
+                moves: gate.as_ref().map(|g| g.moves()),
             }),
         };
         let sink = open(t.name.clone(), options).await?;
@@ -256,7 +260,7 @@ async fn run_once(
             cfg: t.clone(),
             summary: summary(&t.name),
             sink,
-            gate: (t.mode == crate::config::TableMode::Mirror).then(Default::default),
+            gate,
             gate_epoch: 0,
         });
     }

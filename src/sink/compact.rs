@@ -58,6 +58,8 @@ pub struct Gate {
     lock: tokio::sync::Mutex<()>,
     /// Rounds committed so far; the ingest re-reads the table when it changed.
     epoch: AtomicU64,
+    /// How committed rounds moved rows, for the table's key index.
+    moves: std::sync::Arc<super::moved::Moves>,
 }
 
 impl Gate {
@@ -74,9 +76,18 @@ impl Gate {
         self.lock.lock().await
     }
 
-    /// A round committed (called while holding the gate).
-    pub(super) fn advance(&self) {
+    /// A round committed (called while holding the gate), having moved rows as
+    /// `moved` says when it wrote one file.
+    pub(super) fn advance(&self, moved: Option<super::moved::Moved>) {
+        if let Some(m) = moved {
+            self.moves.push(m);
+        }
         self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Where this table's rounds hand their moves to its key index.
+    pub fn moves(&self) -> std::sync::Arc<super::moved::Moves> {
+        self.moves.clone()
     }
 }
 

@@ -61,6 +61,9 @@ pub struct IndexOptions {
     /// The cache root (`[runtime] cache_dir`); each table gets a folder below it.
     pub cache_dir: std::path::PathBuf,
     pub cache_bytes: usize,
+    /// Where the table's compaction rounds say how they moved rows (a running
+    /// pipeline's mirrors: see [`super::moved`]).
+    pub moves: Option<std::sync::Arc<super::moved::Moves>>,
 }
 
 impl TableOptions {
@@ -223,7 +226,11 @@ impl DeltaSink {
                 .map_err(self.delta_err())?;
         }
         let dir = key_index::dir_for(&index.cache_dir, self.table.table_url());
-        let index = KeyIndex::open(&dir, index.cache_bytes).map_err(self.delta_err())?;
+        let mut opened = KeyIndex::open(&dir, index.cache_bytes).map_err(self.delta_err())?;
+        if let Some(moves) = index.moves {
+            opened.follow(moves);
+        }
+        let index = opened;
         let mut mor = MergeOnRead::new(index);
         if !self.options.key.is_empty() {
             mor.sync(&self.table, &self.options.key)

@@ -16,11 +16,12 @@
 //! - `meta`: the table's identity (metadata id), the key encoding, and the table version
 //!   the index was last brought to.
 //!
-//! An entry is only a *candidate*: the merge uses it when its file is live in the
-//! snapshot being written against and its row is not in that file's deletion vector.
-//! Otherwise the key has no live row (deleted, or its file compacted away and
-//! re-indexed under the new file). Since a mirror has at most one live row per key,
-//! a live candidate is *the* row.
+//! An entry is only a *candidate*: followed through the redirects of compaction
+//! rounds (below) to a known file, the merge uses it when that file is live in the
+//! snapshot being written against and its row is not in the file's deletion vector.
+//! Otherwise the key has no live row (deleted, or its file compacted away and indexed
+//! under the new file). Since a mirror has at most one live row per key, a live
+//! candidate is *the* row.
 //!
 //! [`KeyIndex::sync`] brings the index to a snapshot: known files no longer live are
 //! forgotten, and every live file not yet known has its live rows read (key columns
@@ -36,6 +37,10 @@
 //! again (upserts of the same positions). A lost, corrupt or foreign index file
 //! (another table id or key encoding, or a version beyond the table's) is deleted and
 //! rebuilt. Nothing here can make a commit wrong; at worst it makes the next one slow.
+//!
+//! After a compaction round of a running mirror, the round's new file is not read:
+//! the index redirects its inputs' rows into it ([`super::moved`]), and a lookup
+//! follows the redirects to the live file.
 //!
 //! Writes are not flushed to disk one by one: every [`DURABLE_EVERY`]th sync, a sync
 //! that brings the rows indexed since the last flush to [`DURABLE_ROWS`], and the
@@ -59,11 +64,14 @@ use futures::TryStreamExt as _;
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use roaring::RoaringTreemap;
 
+use super::moved::{self, MAX_REDIRECTS, Moved, Moves, Redirect};
 use super::{data_file, dv};
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const KEYS: TableDefinition<'_, &[u8], (u32, u64)> = TableDefinition::new("keys");
 const FILES: TableDefinition<'_, u32, &str> = TableDefinition::new("files");
+/// Old file id → where its rows went (see [`super::moved`]).
+const REDIRECTS: TableDefinition<'_, u32, &[u8]> = TableDefinition::new("redirects");
 /// Bump when what the index stores changes meaning.
 const LAYOUT: &str = "tributary-key-index-1";
 /// Rows read from a data file per step while indexing it.
@@ -133,6 +141,8 @@ pub struct LiveFile {
     pub path: String,
     pub size: u64,
     pub dv: Option<deltalake::kernel::DeletionVectorDescriptor>,
+    /// Physical rows, from the file's statistics.
+    pub rows: Option<u64>,
 }
 
 /// Where a key's row was last written.
@@ -149,6 +159,12 @@ pub struct KeyIndex {
     /// Known (fully indexed, live at the last sync) files.
     files: HashMap<u32, String>,
     ids: HashMap<String, u32>,
+    /// Files rewritten by compaction rounds, by id: where their rows went.
+    redirects: HashMap<u32, Redirect>,
+    /// Where the table's compaction rounds hand over their moves.
+    moves: Option<Arc<Moves>>,
+    /// Redirects kept before they are collapsed (see [`super::moved`]).
+    max_redirects: usize,
     next_id: u32,
     /// Syncs and rows indexed since the last durable commit.
     syncs: u32,
@@ -186,6 +202,8 @@ pub struct SyncReport {
     pub files_indexed: usize,
     pub rows_indexed: u64,
     pub files_forgotten: usize,
+    /// New files known through the moves of compaction rounds, without reading them.
+    pub files_redirected: usize,
 }
 
 impl KeyIndex {
@@ -211,6 +229,9 @@ impl KeyIndex {
             db,
             files: HashMap::new(),
             ids: HashMap::new(),
+            redirects: HashMap::new(),
+            moves: None,
+            max_redirects: MAX_REDIRECTS,
             next_id: 0,
             syncs: 0,
             rows: 0,
@@ -226,6 +247,7 @@ impl KeyIndex {
         w.open_table(META)?;
         w.open_table(KEYS)?;
         w.open_table(FILES)?;
+        w.open_table(REDIRECTS)?;
         w.commit()?;
         Ok(db)
     }
@@ -240,6 +262,13 @@ impl KeyIndex {
             let (id, path) = entry.map_err(|e| err(&dir, e))?;
             self.files.insert(id.value(), path.value().to_string());
             self.ids.insert(path.value().to_string(), id.value());
+        }
+        let redirects = r.open_table(REDIRECTS).map_err(|e| err(&dir, e))?;
+        self.redirects.clear();
+        for entry in redirects.iter().map_err(|e| err(&dir, e))? {
+            let (id, bytes) = entry.map_err(|e| err(&dir, e))?;
+            self.redirects
+                .insert(id.value(), Redirect::decode(bytes.value())?);
         }
         let meta = r.open_table(META).map_err(|e| err(&dir, e))?;
         self.next_id = match meta.get("next_id").map_err(|e| err(&dir, e))? {
@@ -281,10 +310,12 @@ impl KeyIndex {
         let w = self.db.begin_write().map_err(|e| err(&self.dir, e))?;
         w.delete_table(KEYS).map_err(|e| err(&self.dir, e))?;
         w.delete_table(FILES).map_err(|e| err(&self.dir, e))?;
+        w.delete_table(REDIRECTS).map_err(|e| err(&self.dir, e))?;
         w.delete_table(META).map_err(|e| err(&self.dir, e))?;
         {
             w.open_table(KEYS).map_err(|e| err(&self.dir, e))?;
             w.open_table(FILES).map_err(|e| err(&self.dir, e))?;
+            w.open_table(REDIRECTS).map_err(|e| err(&self.dir, e))?;
             let mut meta = w.open_table(META).map_err(|e| err(&self.dir, e))?;
             meta.insert("identity", identity.as_bytes())
                 .map_err(|e| err(&self.dir, e))?;
@@ -292,8 +323,171 @@ impl KeyIndex {
         w.commit().map_err(|e| err(&self.dir, e))?;
         self.files.clear();
         self.ids.clear();
+        self.redirects.clear();
         self.next_id = 0;
         Ok(())
+    }
+
+    /// Takes the moves of the table's compaction rounds from `moves` at each sync.
+    pub fn follow(&mut self, moves: Arc<Moves>) {
+        self.moves = Some(moves);
+    }
+
+    /// Sets how many redirects are kept before they are collapsed (default
+    /// [`MAX_REDIRECTS`]).
+    pub fn with_max_redirects(mut self, n: usize) -> Self {
+        self.max_redirects = n;
+        self
+    }
+
+    /// Rewritten files whose rows the index finds through redirects.
+    pub fn redirects(&self) -> usize {
+        self.redirects.len()
+    }
+
+    /// Where the row at `pos` is now: `pos` in a known file, or the position the
+    /// redirects from a rewritten file lead to (`None` when they lead nowhere known, or
+    /// the row was dropped when its file was rewritten).
+    fn resolve(&self, pos: RowPos) -> Option<RowPos> {
+        let RowPos { mut file, mut row } = pos;
+        loop {
+            if self.files.contains_key(&file) {
+                return Some(RowPos { file, row });
+            }
+            let r = self.redirects.get(&file)?;
+            // Ids grow, so a chain ends (a damaged one is not followed).
+            if r.to <= file {
+                return None;
+            }
+            row = r.row(row)?;
+            file = r.to;
+        }
+    }
+
+    /// The known file the redirects from `id` end in.
+    fn chain_end(&self, mut id: u32) -> Option<u32> {
+        loop {
+            if self.files.contains_key(&id) {
+                return Some(id);
+            }
+            let r = self.redirects.get(&id)?;
+            if r.to <= id {
+                return None;
+            }
+            id = r.to;
+        }
+    }
+
+    /// Makes the new file of a round known through redirects from its inputs; false
+    /// when the move cannot be used (the file is then read like any other).
+    fn apply(&mut self, moved: &Moved, live: &HashMap<&str, &LiveFile>) -> Result<bool, DeltaTableError> {
+        if self.ids.contains_key(&moved.into) {
+            return Ok(false);
+        }
+        let Some(ids) = moved
+            .from
+            .iter()
+            .map(|f| self.ids.get(&f.path).copied())
+            .collect::<Option<Vec<u32>>>()
+        else {
+            return Ok(false);
+        };
+        if let Some(now) = live.get(moved.into.as_str())
+            && now.rows != Some(moved.rows)
+        {
+            return Ok(false);
+        }
+        let to = self.next_id;
+        let Some(redirects) = moved::redirects(moved, to, &ids) else {
+            return Ok(false);
+        };
+        let w = self.write(false)?;
+        {
+            let mut table = w.open_table(REDIRECTS).map_err(|e| err(&self.dir, e))?;
+            for (id, r) in &redirects {
+                table
+                    .insert(id, r.encode().as_slice())
+                    .map_err(|e| err(&self.dir, e))?;
+            }
+            let mut files = w.open_table(FILES).map_err(|e| err(&self.dir, e))?;
+            files
+                .insert(to, moved.into.as_str())
+                .map_err(|e| err(&self.dir, e))?;
+            let mut meta = w.open_table(META).map_err(|e| err(&self.dir, e))?;
+            meta.insert("next_id", (to + 1).to_le_bytes().as_slice())
+                .map_err(|e| err(&self.dir, e))?;
+        }
+        w.commit().map_err(|e| err(&self.dir, e))?;
+        self.redirects.extend(redirects);
+        self.files.insert(to, moved.into.clone());
+        self.ids.insert(moved.into.clone(), to);
+        self.next_id = to + 1;
+        Ok(true)
+    }
+
+    /// Forgets known files (no longer live, or about to be indexed again) and the
+    /// redirects that then lead nowhere.
+    fn forget(&mut self, gone: &[u32]) -> Result<(), DeltaTableError> {
+        for id in gone {
+            if let Some(p) = self.files.remove(id) {
+                self.ids.remove(&p);
+            }
+        }
+        let dead: Vec<u32> = self
+            .redirects
+            .keys()
+            .copied()
+            .filter(|id| self.chain_end(*id).is_none())
+            .collect();
+        let w = self.write(false)?;
+        {
+            let mut files = w.open_table(FILES).map_err(|e| err(&self.dir, e))?;
+            for id in gone {
+                files.remove(id).map_err(|e| err(&self.dir, e))?;
+            }
+            let mut redirects = w.open_table(REDIRECTS).map_err(|e| err(&self.dir, e))?;
+            for id in &dead {
+                redirects.remove(id).map_err(|e| err(&self.dir, e))?;
+            }
+        }
+        w.commit().map_err(|e| err(&self.dir, e))?;
+        for id in &dead {
+            self.redirects.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Past `max_redirects`, indexes the live file most redirects lead into, so they
+    /// can go (its live rows get direct entries); returns the rows indexed.
+    async fn collapse_redirects(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        live: &HashMap<&str, &LiveFile>,
+        codec: &KeyCodec,
+    ) -> Result<u64, DeltaTableError> {
+        if self.redirects.len() <= self.max_redirects {
+            return Ok(0);
+        }
+        let mut into: HashMap<u32, usize> = HashMap::new();
+        for id in self.redirects.keys() {
+            if let Some(end) = self.chain_end(*id) {
+                *into.entry(end).or_default() += 1;
+            }
+        }
+        let Some((target, _)) = into.into_iter().max_by_key(|(id, n)| (*n, *id)) else {
+            return Ok(0);
+        };
+        let Some(file) = self
+            .files
+            .get(&target)
+            .and_then(|p| live.get(p.as_str()))
+            .copied()
+        else {
+            return Ok(0);
+        };
+        let file = file.clone();
+        self.forget(&[target])?;
+        self.index_file(store, &file, codec).await
     }
 
     /// Whether `path` is a live file the index has indexed (as of the last sync).
@@ -331,7 +525,7 @@ impl KeyIndex {
         for i in order {
             if let Some(v) = table.get(keys.row(i).data()).map_err(|e| err(&self.dir, e))? {
                 let (file, row) = v.value();
-                out[i] = self.files.contains_key(&file).then_some(RowPos { file, row });
+                out[i] = self.resolve(RowPos { file, row });
             }
         }
         Ok(out)
@@ -365,29 +559,26 @@ impl KeyIndex {
                 path: f.path().to_string(),
                 size: f.size().max(0) as u64,
                 dv: f.deletion_vector_descriptor(),
+                rows: f.num_records().map(|n| n as u64),
             })
             .collect();
-        let live_paths: std::collections::HashSet<&str> = live.iter().map(|f| f.path.as_str()).collect();
+        let live_paths: HashMap<&str, &LiveFile> = live.iter().map(|f| (f.path.as_str(), f)).collect();
+        // Files the table's compaction rounds wrote are known from their inputs'.
+        if let Some(moves) = self.moves.clone() {
+            for moved in moves.take() {
+                if self.apply(&moved, &live_paths)? {
+                    report.files_redirected += 1;
+                }
+            }
+        }
         let gone: Vec<u32> = self
             .files
             .iter()
-            .filter(|(_, p)| !live_paths.contains(p.as_str()))
+            .filter(|(_, p)| !live_paths.contains_key(p.as_str()))
             .map(|(id, _)| *id)
             .collect();
         if !gone.is_empty() {
-            let w = self.write(false)?;
-            {
-                let mut files = w.open_table(FILES).map_err(|e| err(&self.dir, e))?;
-                for id in &gone {
-                    files.remove(id).map_err(|e| err(&self.dir, e))?;
-                }
-            }
-            w.commit().map_err(|e| err(&self.dir, e))?;
-            for id in &gone {
-                if let Some(p) = self.files.remove(id) {
-                    self.ids.remove(&p);
-                }
-            }
+            self.forget(&gone)?;
             report.files_forgotten = gone.len();
         }
         let store = table.log_store().object_store(None);
@@ -396,6 +587,7 @@ impl KeyIndex {
             report.rows_indexed += self.index_file(&store, file, codec).await?;
             report.files_indexed += 1;
         }
+        report.rows_indexed += self.collapse_redirects(&store, &live_paths, codec).await?;
         self.syncs += 1;
         self.rows += report.rows_indexed;
         let durable = self.syncs >= DURABLE_EVERY || self.rows >= DURABLE_ROWS;

@@ -17,6 +17,7 @@ pub mod key_index;
 pub mod maintain;
 pub mod merge_on_read;
 mod mirror;
+pub mod moved;
 mod parts;
 pub mod purge;
 pub mod schema;

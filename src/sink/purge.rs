@@ -30,6 +30,7 @@ use roaring::RoaringTreemap;
 
 use super::compact::Gate;
 use super::merge_on_read::{loose_stats, physical_rows, remove_of};
+use super::moved::{Moved, MovedFile};
 use super::{data_file, dv};
 
 /// A file is purged once its DV deletes at least this share of its rows.
@@ -213,7 +214,7 @@ impl Prepared {
             match outcome {
                 Ok(committed) => {
                     if let Some(g) = gate {
-                        g.advance();
+                        g.advance(self.moved());
                     }
                     table.update_incremental(Some(committed.version())).await?;
                     return Ok((table, self.report));
@@ -228,6 +229,26 @@ impl Prepared {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// How the rows moved, when the rewrite wrote one file (see [`super::moved`]).
+    fn moved(&self) -> Option<Moved> {
+        let [new] = self.adds.as_slice() else {
+            return None;
+        };
+        Some(Moved {
+            into: new.path.clone(),
+            rows: physical_rows(new)?,
+            from: self
+                .read
+                .iter()
+                .map(|(add, dropped, rows)| MovedFile {
+                    path: add.path.clone(),
+                    rows: *rows,
+                    dropped: dropped.clone(),
+                })
+                .collect(),
+        })
     }
 
     /// The actions against `table`'s snapshot: removes of the rewritten files as they

@@ -40,12 +40,18 @@ fn changes(ids: &[i64], op: &str, v: i64, first_position: i64) -> RecordBatch {
 
 /// A deletion-vector mirror keyed by `id` in `dir/m`.
 async fn mirror(dir: &std::path::Path) -> (DeltaSink, url::Url) {
+    mirror_gated(dir, None).await
+}
+
+/// The same, its key index following the moves of compaction rounds under `gate`.
+async fn mirror_gated(dir: &std::path::Path, gate: Option<&Gate>) -> (DeltaSink, url::Url) {
     let mut options = TableOptions::append(100);
     options.mode = TableMode::Mirror;
     options.key = vec!["id".into()];
     options.index = Some(IndexOptions {
         cache_dir: dir.join("cache"),
         cache_bytes: 4 << 20,
+        moves: gate.map(Gate::moves),
     });
     let url = url::Url::from_directory_path(dir.join("m")).unwrap();
     let sink = DeltaSink::open("m", url.clone(), Default::default(), "p", &["s".into()], options)
@@ -364,4 +370,138 @@ fn assert_events_once(table: &std::path::Path, events: i64) {
         (Some(events), Some(events)),
         "every generated event up to the committed position, once"
     );
+}
+
+/// A mirror commit as a running pipeline makes it: in turn with compaction rounds,
+/// re-reading the table when one committed.
+async fn commit_in_turn(sink: &mut DeltaSink, gate: &Gate, seen: &mut u64, c: tributary::sink::Commit) {
+    let (_turn, compacted) = gate.enter(*seen).await;
+    if let Some(epoch) = compacted {
+        sink.refresh().await.unwrap();
+        *seen = epoch;
+    }
+    sink.commit(c).await.unwrap();
+}
+
+/// Random creates, updates and deletes of up to `n` keys among 1..=300, one change per
+/// key, applied to `model`; `v` is the new value.
+fn random_changes(
+    model: &mut BTreeMap<i64, i64>,
+    rng: &mut u64,
+    n: usize,
+    v: i64,
+    position: i64,
+) -> RecordBatch {
+    let mut next = |m: u64| {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng % m
+    };
+    let ids: std::collections::BTreeSet<i64> = (0..n).map(|_| next(300) as i64 + 1).collect();
+    let mut ops = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let op = match model.contains_key(id) {
+            true if next(3) == 0 => "d",
+            true => "u",
+            false => "c",
+        };
+        if op == "d" {
+            model.remove(id);
+        } else {
+            model.insert(*id, v);
+        }
+        ops.push(op);
+    }
+    let ids: Vec<i64> = ids.into_iter().collect();
+    let mut batch = changes(&ids, "c", v, position);
+    let mut columns = batch.columns().to_vec();
+    columns[0] = Arc::new(StringArray::from(ops));
+    batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    batch
+}
+
+#[tokio::test]
+async fn a_mirror_index_follows_compaction_rounds_without_reading_their_files() {
+    use tributary::sink::key_index::{KeyCodec, KeyIndex, dir_for};
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::default();
+    let (mut sink, url) = mirror_gated(dir.path(), Some(&gate)).await;
+    let mut model = BTreeMap::new();
+    let (mut rng, mut seen, mut position) = (0x9e37_79b9_7f4a_7c15u64, 0u64, 0i64);
+    let mut rounds = 0;
+    // The last step is a mirror commit, which takes the last round's move.
+    for step in 0..25 {
+        let batch = random_changes(&mut model, &mut rng, 40, step, position);
+        let n = batch.num_rows() as i64;
+        commit_in_turn(&mut sink, &gate, &mut seen, commit(vec![batch], position + n)).await;
+        position += n;
+        if step % 4 == 3 {
+            // A round rewrites every file (the last round's output too, so redirects
+            // chain), while the mirror deletes and updates rows of them.
+            let table = open_table(url.clone(), Default::default()).await.unwrap();
+            let files = purge::live_adds(&table, |_| true).unwrap();
+            let prepared = purge::prepare(&table, &files, 8 << 20).await.unwrap();
+            let batch = random_changes(&mut model, &mut rng, 30, 100 + step, position);
+            let n = batch.num_rows() as i64;
+            commit_in_turn(&mut sink, &gate, &mut seen, commit(vec![batch], position + n)).await;
+            position += n;
+            match prepared.commit(table, Some(&gate)).await {
+                Ok((_, report)) => {
+                    assert_eq!(report.files_written, 1);
+                    rounds += 1;
+                }
+                // The mirror deleted every row of a file, and removed it: the round
+                // gives up (the next tries again).
+                Err(e) => assert!(e.to_string().contains("removed while it was rewritten"), "{e}"),
+            }
+        }
+    }
+    assert!(rounds >= 3, "{rounds} of 6 rounds committed");
+    let table = dir.path().join("m");
+    let sql = format!("SELECT id, v FROM {} ORDER BY id", scan(table.to_str().unwrap()));
+    let want: Vec<Vec<Value>> = model
+        .iter()
+        .map(|(k, v)| vec![Value::from(*k), Value::from(*v)])
+        .collect();
+    assert_eq!(duck(&sql), want, "DuckDB: every key once, as the model has it");
+
+    // The index redirected the rounds' rows, and finds each live key where an index
+    // rebuilt from the table's files finds it.
+    drop(sink);
+    let codec = KeyCodec::new(vec![Arc::new(deltalake::arrow::datatypes::Field::new(
+        "id",
+        deltalake::arrow::datatypes::DataType::Int64,
+        true,
+    ))])
+    .unwrap();
+    let keys = codec
+        .encode(&changes(&model.keys().copied().collect::<Vec<_>>(), "c", 0, 0))
+        .unwrap();
+    let table = open_table(url.clone(), Default::default()).await.unwrap();
+    let positions = |index: &KeyIndex| -> Vec<Option<(String, u64)>> {
+        index
+            .lookup(&keys)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.and_then(|p| Some((index.path_of(p.file)?.to_string(), p.row))))
+            .collect()
+    };
+    let mut rebuilt = KeyIndex::open(&dir.path().join("rebuilt"), 1 << 20).unwrap();
+    rebuilt.sync(&table, &codec).await.unwrap();
+    let truth = positions(&rebuilt);
+    assert!(truth.iter().all(Option::is_some));
+    let kept = dir_for(&dir.path().join("cache"), &url);
+    let mut index = KeyIndex::open(&kept, 1 << 20).unwrap();
+    let report = index.sync(&table, &codec).await.unwrap();
+    assert!(index.redirects() > 0, "{rounds} rounds, no redirect kept");
+    assert_eq!((report.rebuilt, report.files_indexed), (false, 0), "{report:?}");
+    assert_eq!(positions(&index), truth);
+
+    // Past its cap, the redirects are collapsed by indexing the file they lead into.
+    drop(index);
+    let mut index = KeyIndex::open(&kept, 1 << 20).unwrap().with_max_redirects(2);
+    let report = index.sync(&table, &codec).await.unwrap();
+    assert!(report.rows_indexed > 0 && index.redirects() <= 2, "{report:?}");
+    assert_eq!(positions(&index), truth);
 }

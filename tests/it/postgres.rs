@@ -402,6 +402,46 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
         String::from_utf8_lossy(&bench.stderr)
     );
     assert!(kills >= 5, "only {kills} kills during the load");
+    // Kills every few seconds may leave background compaction no time to commit. A
+    // last run under load goes on until a round has committed to the accounts mirror
+    // and the mirror has committed over it (its key index following the round's
+    // moves), and is then killed too.
+    let accounts_log = dir.path().join("lake/pgbench_accounts/_delta_log");
+    let before = log_entries(&accounts_log);
+    let mut pipeline_run = spawn();
+    let dsn = db.dsn();
+    let load = std::thread::spawn(move || {
+        std::process::Command::new(Db::bin("pgbench"))
+            .args(["-T", "90", "-c", "2", "-n", &dsn])
+            .output()
+            .unwrap()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(80);
+    let compacted_over = loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let entries = log_entries(&accounts_log);
+        let round = entries
+            .iter()
+            .filter(|(v, _)| !before.contains_key(v))
+            .find(|(_, optimize)| **optimize)
+            .map(|(v, _)| *v);
+        if let Some(r) = round
+            && entries.keys().any(|v| *v > r + 1)
+        {
+            break true;
+        }
+        if std::time::Instant::now() > deadline || load.is_finished() {
+            break false;
+        }
+    };
+    pipeline_run.kill().unwrap();
+    pipeline_run.wait().unwrap();
+    db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgbench' AND datname = current_database()");
+    let _ = load.join();
+    assert!(
+        compacted_over,
+        "background compaction did not commit to the accounts mirror (with mirror commits after it) within 80 s"
+    );
     run_once(dir.path(), &p);
     // Kills may all have landed inside snapshots; these changes surely reach a mirror
     // whose snapshot is complete, through whatever key index the kills left behind
@@ -458,20 +498,22 @@ fn pgbench_with_sigkills_ends_equal_to_postgres() {
         "pgbench_accounts is a deletion-vector mirror"
     );
     assert!(dv_adds > 0, "updates were merged by deletion vectors");
-    let compactions: usize = std::fs::read_dir(dir.path().join("lake/pgbench_accounts/_delta_log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .contains("\"operation\":\"OPTIMIZE\"")
+}
+
+/// A table's log entries by version: whether each is a compaction (OPTIMIZE).
+fn log_entries(log: &std::path::Path) -> std::collections::BTreeMap<u64, bool> {
+    std::fs::read_dir(log)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .filter_map(|p| {
+                    let version = p.file_stem()?.to_str()?.parse().ok()?;
+                    let text = std::fs::read_to_string(&p).ok()?;
+                    Some((version, text.contains("\"operation\":\"OPTIMIZE\"")))
+                })
+                .collect()
         })
-        .count();
-    assert!(
-        compactions > 0,
-        "background compaction never committed to the accounts mirror"
-    );
+        .unwrap_or_default()
 }
 
 /// A range-partitioned table streamed and snapshotted through its root

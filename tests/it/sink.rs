@@ -49,6 +49,7 @@ async fn open(dir: &std::path::Path, name: &str, mode: TableMode, key: &[&str]) 
     options.index = Some(IndexOptions {
         cache_dir: dir.join("cache"),
         cache_bytes: 4 << 20,
+        moves: None,
     });
     let url = url::Url::from_directory_path(dir.join(name)).unwrap();
     DeltaSink::open(name, url, Default::default(), "p", &["s".to_string()], options)
