@@ -602,6 +602,14 @@ impl KeyIndex {
             self.syncs = 0;
             self.rows = 0;
         }
+        if report.files_indexed + report.files_redirected + report.files_forgotten > 0 {
+            tracing::debug!(
+                version,
+                ?report,
+                redirects = self.redirects.len(),
+                "key index synced"
+            );
+        }
         Ok(report)
     }
 
