@@ -60,6 +60,18 @@ async fn mirror_gated(dir: &std::path::Path, gate: Option<&Gate>) -> (DeltaSink,
     (sink, url)
 }
 
+/// Asserts DuckDB reads the mirror at `table` as `model` (id → v), every key once;
+/// returns the rows.
+fn assert_duckdb_equals(table: &std::path::Path, model: &BTreeMap<i64, i64>) -> Vec<Vec<Value>> {
+    let sql = format!("SELECT id, v FROM {} ORDER BY id", scan(table.to_str().unwrap()));
+    let want: Vec<Vec<Value>> = model
+        .iter()
+        .map(|(k, v)| vec![Value::from(*k), Value::from(*v)])
+        .collect();
+    assert_eq!(duck(&sql), want, "DuckDB: every key once, as the model has it");
+    want
+}
+
 /// `files` commits of ten new keys each (one small file each), values 0: the model
 /// (id → v) and the next position.
 async fn small_files(sink: &mut DeltaSink, files: i64) -> (BTreeMap<i64, i64>, i64) {
@@ -128,12 +140,7 @@ async fn a_compaction_that_wins_makes_a_mirror_commit_start_over() {
     model.remove(&27);
 
     let table = dir.path().join("m");
-    let sql = format!("SELECT id, v FROM {} ORDER BY id", scan(table.to_str().unwrap()));
-    let want: Vec<Vec<Value>> = model
-        .iter()
-        .map(|(k, v)| vec![Value::from(*k), Value::from(*v)])
-        .collect();
-    assert_eq!(duck(&sql), want, "DuckDB: every key once, as the model has it");
+    let want = assert_duckdb_equals(&table, &model);
     let path = table.to_str().unwrap().to_string();
     assert_eq!(
         delta_rs(&[("m", &path)], "SELECT id, v FROM m ORDER BY id"),
@@ -206,12 +213,7 @@ async fn rows_a_mirror_deletes_while_their_files_are_rewritten_stay_deleted() {
     model.insert(41, 1);
 
     let path = dir.path().join("m");
-    let sql = format!("SELECT id, v FROM {} ORDER BY id", scan(path.to_str().unwrap()));
-    let want: Vec<Vec<Value>> = model
-        .iter()
-        .map(|(k, v)| vec![Value::from(*k), Value::from(*v)])
-        .collect();
-    assert_eq!(duck(&sql), want, "DuckDB: every key once, as the model has it");
+    let want = assert_duckdb_equals(&path, &model);
     assert_eq!(
         delta_rs(
             &[("m", path.to_str().unwrap())],
@@ -458,13 +460,7 @@ async fn a_mirror_index_follows_compaction_rounds_without_reading_their_files() 
         }
     }
     assert!(rounds >= 3, "{rounds} of 6 rounds committed");
-    let table = dir.path().join("m");
-    let sql = format!("SELECT id, v FROM {} ORDER BY id", scan(table.to_str().unwrap()));
-    let want: Vec<Vec<Value>> = model
-        .iter()
-        .map(|(k, v)| vec![Value::from(*k), Value::from(*v)])
-        .collect();
-    assert_eq!(duck(&sql), want, "DuckDB: every key once, as the model has it");
+    assert_duckdb_equals(&dir.path().join("m"), &model);
 
     // The index redirected the rounds' rows, and finds each live key where an index
     // rebuilt from the table's files finds it.
