@@ -226,12 +226,11 @@ impl DeltaSink {
                 .map_err(self.delta_err())?;
         }
         let dir = key_index::dir_for(&index.cache_dir, self.table.table_url());
-        let mut opened = KeyIndex::open(&dir, index.cache_bytes).map_err(self.delta_err())?;
+        let mut key_index = KeyIndex::open(&dir, index.cache_bytes).map_err(self.delta_err())?;
         if let Some(moves) = index.moves {
-            opened.follow(moves);
+            key_index.follow(moves);
         }
-        let index = opened;
-        let mut mor = MergeOnRead::new(index);
+        let mut mor = MergeOnRead::new(key_index);
         if !self.options.key.is_empty() {
             mor.sync(&self.table, &self.options.key)
                 .await

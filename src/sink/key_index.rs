@@ -409,20 +409,30 @@ impl KeyIndex {
                     .insert(id, r.encode().as_slice())
                     .map_err(|e| err(&self.dir, e))?;
             }
-            let mut files = w.open_table(FILES).map_err(|e| err(&self.dir, e))?;
-            files
-                .insert(to, moved.into.as_str())
-                .map_err(|e| err(&self.dir, e))?;
-            let mut meta = w.open_table(META).map_err(|e| err(&self.dir, e))?;
-            meta.insert("next_id", (to + 1).to_le_bytes().as_slice())
-                .map_err(|e| err(&self.dir, e))?;
+            self.mark_known(&w, to, &moved.into)?;
         }
         w.commit().map_err(|e| err(&self.dir, e))?;
         self.redirects.extend(redirects);
-        self.files.insert(to, moved.into.clone());
-        self.ids.insert(moved.into.clone(), to);
-        self.next_id = to + 1;
+        self.learn(to, &moved.into);
         Ok(true)
+    }
+
+    /// Records in `w` that file `id` at `path` is known (its keys are indexed or
+    /// redirected) and that ids up to it are taken; [`Self::learn`] follows the commit.
+    fn mark_known(&self, w: &redb::WriteTransaction, id: u32, path: &str) -> Result<(), DeltaTableError> {
+        let mut files = w.open_table(FILES).map_err(|e| err(&self.dir, e))?;
+        files.insert(id, path).map_err(|e| err(&self.dir, e))?;
+        let mut meta = w.open_table(META).map_err(|e| err(&self.dir, e))?;
+        meta.insert("next_id", (id + 1).to_le_bytes().as_slice())
+            .map_err(|e| err(&self.dir, e))?;
+        Ok(())
+    }
+
+    /// What [`Self::mark_known`] recorded, once committed.
+    fn learn(&mut self, id: u32, path: &str) {
+        self.files.insert(id, path.to_string());
+        self.ids.insert(path.to_string(), id);
+        self.next_id = id + 1;
     }
 
     /// Forgets known files (no longer live, or about to be indexed again) and the
@@ -481,11 +491,10 @@ impl KeyIndex {
             .files
             .get(&target)
             .and_then(|p| live.get(p.as_str()))
-            .copied()
+            .map(|f| (*f).clone())
         else {
             return Ok(0);
         };
-        let file = file.clone();
         self.forget(&[target])?;
         self.index_file(store, &file, codec).await
     }
@@ -691,20 +700,12 @@ impl KeyIndex {
                 n += 1;
             }
             if let Some(file) = done {
-                let mut files = w.open_table(FILES).map_err(|e| err(&self.dir, e))?;
-                files
-                    .insert(id, file.path.as_str())
-                    .map_err(|e| err(&self.dir, e))?;
-                let mut meta = w.open_table(META).map_err(|e| err(&self.dir, e))?;
-                meta.insert("next_id", (id + 1).to_le_bytes().as_slice())
-                    .map_err(|e| err(&self.dir, e))?;
+                self.mark_known(&w, id, &file.path)?;
             }
         }
         w.commit().map_err(|e| err(&self.dir, e))?;
         if let Some(file) = done {
-            self.files.insert(id, file.path.clone());
-            self.ids.insert(file.path.clone(), id);
-            self.next_id = id + 1;
+            self.learn(id, &file.path);
         }
         Ok(n)
     }
