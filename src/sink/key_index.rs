@@ -467,36 +467,44 @@ impl KeyIndex {
         Ok(())
     }
 
-    /// Past `max_redirects`, indexes the live file most redirects lead into, so they
-    /// can go (its live rows get direct entries); returns the rows indexed.
+    /// Past `max_redirects`, indexes live files that redirects lead into until they
+    /// are back under it (their live rows get direct entries, their redirects go);
+    /// returns the rows indexed. The files read first are those with the fewest rows per
+    /// redirect they remove: a snapshot's compacted files, millions of rows each, would
+    /// stall a commit for minutes, and are left to their redirects.
     async fn collapse_redirects(
         &mut self,
         store: &Arc<dyn ObjectStore>,
         live: &HashMap<&str, &LiveFile>,
         codec: &KeyCodec,
     ) -> Result<u64, DeltaTableError> {
-        if self.redirects.len() <= self.max_redirects {
-            return Ok(0);
-        }
-        let mut into: HashMap<u32, usize> = HashMap::new();
-        for id in self.redirects.keys() {
-            if let Some(end) = self.chain_end(*id) {
-                *into.entry(end).or_default() += 1;
+        let mut indexed = 0;
+        while self.redirects.len() > self.max_redirects {
+            let mut into: HashMap<u32, u64> = HashMap::new();
+            for id in self.redirects.keys() {
+                if let Some(end) = self.chain_end(*id) {
+                    *into.entry(end).or_default() += 1;
+                }
             }
+            let cheapest = into
+                .into_iter()
+                .filter_map(|(id, n)| {
+                    let file = self.files.get(&id).and_then(|p| live.get(p.as_str()))?;
+                    Some((file.rows.unwrap_or(u64::MAX / 2), n, id, (*file).clone()))
+                })
+                // rows / n ascending, compared without dividing.
+                .min_by(|a, b| {
+                    (u128::from(a.0) * u128::from(b.1))
+                        .cmp(&(u128::from(b.0) * u128::from(a.1)))
+                        .then(a.2.cmp(&b.2))
+                });
+            let Some((_, _, target, file)) = cheapest else {
+                break;
+            };
+            self.forget(&[target])?;
+            indexed += self.index_file(store, &file, codec).await?;
         }
-        let Some((target, _)) = into.into_iter().max_by_key(|(id, n)| (*n, *id)) else {
-            return Ok(0);
-        };
-        let Some(file) = self
-            .files
-            .get(&target)
-            .and_then(|p| live.get(p.as_str()))
-            .map(|f| (*f).clone())
-        else {
-            return Ok(0);
-        };
-        self.forget(&[target])?;
-        self.index_file(store, &file, codec).await
+        Ok(indexed)
     }
 
     /// Whether `path` is a live file the index has indexed (as of the last sync).

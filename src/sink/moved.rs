@@ -28,8 +28,11 @@
 //! files (or whose row count does not add up) hands over nothing.
 //!
 //! Bounds: redirects into a live file last until that file is indexed directly: once
-//! there are more than [`MAX_REDIRECTS`], the sync indexes the live file most of them
-//! lead into (its live rows then have direct entries) and drops those leading there.
+//! there are more than [`MAX_REDIRECTS`], the sync indexes the live files with the
+//! fewest rows per redirect leading into them (their live rows then have direct
+//! entries) and drops those redirects, until it is back under the cap. A steady load
+//! reaches the cap after about `MAX_REDIRECTS / inputs per round` rounds; from then on
+//! each round's inputs cost one such file read, as before redirects.
 //! Pending moves are capped at [`MAX_PENDING`] (the oldest are dropped: their files
 //! are read instead), so a mirror that stops syncing holds no more.
 
@@ -39,8 +42,9 @@ use std::sync::Mutex;
 use deltalake::DeltaTableError;
 use roaring::RoaringTreemap;
 
-/// Redirects kept before the file most of them lead into is indexed directly.
-pub const MAX_REDIRECTS: usize = 4096;
+/// Redirects kept before files they lead into are indexed directly. Each holds two
+/// numbers and the (usually tiny) bitmap of its file's deleted rows.
+pub const MAX_REDIRECTS: usize = 16_384;
 /// Moves waiting for the index.
 pub const MAX_PENDING: usize = 64;
 
