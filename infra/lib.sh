@@ -15,6 +15,10 @@ REGISTRY_PORT=18081
 TANSU_VERSION=0.6.0
 TANSU_BIN="$TRIBUTARY_CACHE/tansu-$TANSU_VERSION/bin/tansu"
 VENV="$TRIBUTARY_CACHE/venv"
+PROMTOOL="$TRIBUTARY_CACHE/prometheus/bin/promtool"
+# One build for everything: the quickstart, up.sh (the registry), the tests and CI all
+# compile the test profile into this directory, so a newcomer compiles the tree once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
 PIDS="$TRIBUTARY_STATE/pids"
 
 log() { printf '[infra] %s\n' "$*" >&2; }

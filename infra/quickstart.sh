@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The quickstart: builds Tributary, runs pipelines/quickstart.toml into ./lake on the
 # local disk (no services needed), then reads both tables back with DuckDB.
+# It builds what the test command then reuses: the test profile (dependencies
+# optimised), the same features, in $CARGO_TARGET_DIR (lib.sh), so infra/test.sh
+# compiles nothing more.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_DIR"
 "$INFRA_DIR/python.sh"
-cargo build --release --locked
-bin="${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/tributary"
+# `cargo build` alone would resolve features without the dev-dependencies and compile
+# every dependency a second time for the tests.
+cargo test --locked --no-run
+bin="$CARGO_TARGET_DIR/debug/tributary"
 "$bin" run pipelines/quickstart.toml --once
 lake="$REPO_DIR/lake"
 "$VENV/bin/python" tests/duckdb_query.py --show <<SQL

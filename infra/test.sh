@@ -2,6 +2,9 @@
 # The one test command: brings the local stack up, runs every test, brings it down.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# The build directory the quickstart and up.sh use (CARGO_TARGET_DIR), so nothing is
+# compiled twice.
+source "$here/lib.sh"
 "$here/up.sh"
 trap '"$here/down.sh"' EXIT
 source "$here/env.sh"

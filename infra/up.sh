@@ -14,10 +14,24 @@ chmod 755 "$TRIBUTARY_STATE"
 "$INFRA_DIR/python.sh"
 if [ ! -x "$TANSU_BIN" ]; then
   log "installing tansu $TANSU_VERSION (one-off, ~7 min)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features \
+  # Its own temporary build directory, not the project's shared one.
+  env -u CARGO_TARGET_DIR cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features \
     --features dynostore --root "$TRIBUTARY_CACHE/tansu-$TANSU_VERSION" \
     >"$TRIBUTARY_STATE/tansu-install.log" 2>&1 \
     || { tail -n 40 "$TRIBUTARY_STATE/tansu-install.log" >&2; die "tansu install failed"; }
+fi
+# promtool (checks deploy/monitoring's alert rules): taken out of Debian's prometheus
+# package without installing it, so no Prometheus server is set up or started.
+if [ ! -x "$PROMTOOL" ]; then
+  log "installing promtool from Debian's prometheus package"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; }) \
+    || die "apt-get download prometheus failed"
+  dpkg -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p "$(dirname "$PROMTOOL")"
+  cp "$tmp/x/usr/bin/promtool" "$PROMTOOL"
+  rm -rf "$tmp"
 fi
 # librdkafka (built from source by the rdkafka crate) links the system OpenSSL.
 [ -f /usr/include/openssl/ssl.h ] || die "OpenSSL headers not found (apt-get install libssl-dev)"
@@ -138,7 +152,6 @@ fi
 # --- schema registry (Tributary's own) ---------------------------------------------------
 if ! pid_alive registry; then
   port_open "$REGISTRY_PORT" && die "port $REGISTRY_PORT is taken by a process up.sh did not start"
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRIBUTARY_CACHE/target}"
   log "building tributary for the schema registry"
   # The test build's binary: building the bin alone would resolve features without the
   # dev-dependencies and compile every dependency a second time.
@@ -166,6 +179,7 @@ export AWS_SECRET_ACCESS_KEY="tributary-secret"
 export AWS_REGION="us-east-1"
 export AWS_ALLOW_HTTP="true"
 export TRIBUTARY_PYTHON="$VENV/bin/python"
+export TRIBUTARY_PROMTOOL="$PROMTOOL"
 export TRIBUTARY_STATE="$TRIBUTARY_STATE"
 export TRIBUTARY_CACHE="$TRIBUTARY_CACHE"
 ENV

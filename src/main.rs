@@ -75,7 +75,7 @@ enum Command {
         #[arg(long)]
         into: Option<String>,
     },
-    /// Serve a Confluent-compatible schema registry (Avro) over HTTP.
+    /// Serve a Confluent-compatible schema registry (Avro) over HTTP or HTTPS.
     Registry {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:18081")]
@@ -84,6 +84,26 @@ enum Command {
         /// configure S3).
         #[arg(long)]
         store: String,
+        /// Write a snapshot of the store every N events, so a start reads the snapshot
+        /// and the events after it.
+        #[arg(long, default_value_t = tributary::registry::DEFAULT_COMPACT_EVERY)]
+        compact_every: u64,
+        /// Users and roles (TOML, password hashes from `tributary hash-password`):
+        /// requests then need HTTP basic auth.
+        #[arg(long, env = "TRIBUTARY_REGISTRY_USERS")]
+        users: Option<PathBuf>,
+        /// Certificate chain (PEM) for https; needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Private key (PEM) for https; needs --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Hash a registry user's password (read from stdin) for a --users file.
+    HashPassword {
+        /// PBKDF2 iterations.
+        #[arg(long, default_value_t = tributary::registry::auth::DEFAULT_ITERATIONS)]
+        iterations: u32,
     },
     /// Check a pipeline file and print what it resolves to.
     Validate {
@@ -100,8 +120,11 @@ const DEFAULT_LOG_FILTER: &str = "info,deltalake_core=warn,deltalake_core::opera
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    // Colours only for a terminal: files, pipes and journald get plain `key=value`.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -284,8 +307,44 @@ async fn run(tuning: runtime::malloc::Tuning) -> ExitCode {
     init_logs(cli.log_format);
     tracing::debug!(?tuning, "allocator");
     match cli.command {
-        Command::Registry { listen, store } => {
-            match tributary::registry::serve(listen, &store, shutdown_signal()).await {
+        Command::HashPassword { iterations } => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("error: reading the password from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                eprintln!("error: no password on stdin");
+                return ExitCode::FAILURE;
+            }
+            match tributary::registry::auth::hash_password(password, iterations) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Registry {
+            listen,
+            store,
+            compact_every,
+            users,
+            tls_cert,
+            tls_key,
+        } => {
+            let settings = tributary::registry::Settings {
+                listen,
+                store,
+                compact_every,
+                users,
+                tls: tls_cert.zip(tls_key),
+            };
+            match tributary::registry::serve(settings, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -59,6 +59,11 @@ pub const HANDOVER_CONFLICTS: &str = "tributary_handover_conflicts_total";
 pub const HANDOVER_SECONDS: &str = "tributary_partition_claim_seconds";
 /// Files background compaction replaced (label `table`).
 pub const COMPACTED_FILES: &str = "tributary_compacted_files_total";
+/// 1 for the state the run is in (label `state`: starting, running, retrying,
+/// stopping, failed), 0 for the others; what `/health` reports, for alerting.
+pub const STATE: &str = "tributary_state";
+/// When a micro-batch was last committed to every table, seconds since the epoch.
+pub const LAST_COMMIT: &str = "tributary_last_commit_timestamp_seconds";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -88,6 +93,11 @@ pub fn install() -> Result<&'static PrometheusHandle, String> {
                 .install_recorder()
                 .map_err(|e| e.to_string())?;
             describe();
+            // Counters without labels exist from the start, so `increase()` over them
+            // (and alerts on them) work before the first event.
+            for name in [RESTARTS, DEAD_LETTERS, MICRO_BATCHES] {
+                metrics::counter!(name).increment(0);
+            }
             Ok(handle)
         })
         .as_ref()
@@ -99,19 +109,22 @@ pub fn enabled() -> bool {
     EXPORTER.get().is_some_and(Result::is_ok)
 }
 
-/// Records, per record of `pending` with a source time in `column`, the time from
-/// then to now. Records of one source transaction or one Kafka millisecond share a
+/// Records, per record of each `(stream, records)` with a source time in `column`, the
+/// time from then to now. Records of one source transaction or one Kafka millisecond share a
 /// time, so the latency is computed once per run of equal times and recorded with its
 /// count (the exporter keeps one sample per record until its upkeep folds them into
 /// buckets, every 5 s).
-pub fn record_latencies(pending: &[crate::source::SourceBatch], column: &str) {
+pub fn record_latencies<'a>(
+    pending: impl IntoIterator<Item = (&'a str, &'a deltalake::arrow::array::RecordBatch)>,
+    column: &str,
+) {
     use deltalake::arrow::array::{Array, TimestampMicrosecondArray};
     use deltalake::arrow::compute::cast;
     use deltalake::arrow::datatypes::{DataType, TimeUnit};
 
     let now = chrono::Utc::now().timestamp_micros();
-    for b in pending {
-        let Some(times) = b.records.column_by_name(column) else {
+    for (stream, records) in pending {
+        let Some(times) = records.column_by_name(column) else {
             continue;
         };
         let Ok(times) = cast(times, &DataType::Timestamp(TimeUnit::Microsecond, None)) else {
@@ -120,7 +133,7 @@ pub fn record_latencies(pending: &[crate::source::SourceBatch], column: &str) {
         let Some(times) = times.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
             continue;
         };
-        let histogram = metrics::histogram!(END_TO_END_SECONDS, "stream" => b.stream.to_string());
+        let histogram = metrics::histogram!(END_TO_END_SECONDS, "stream" => stream.to_string());
         let mut run: Option<(i64, usize)> = None;
         for t in times.iter().flatten() {
             match &mut run {
@@ -203,6 +216,15 @@ fn describe() {
         COMPACTED_FILES,
         "Small files background compaction replaced, per table."
     );
+    describe_gauge!(
+        STATE,
+        "1 for the state the run is in (label state), 0 for the others."
+    );
+    describe_gauge!(
+        LAST_COMMIT,
+        Unit::Seconds,
+        "When a micro-batch was last committed to every table (seconds since the epoch)."
+    );
 }
 
 /// What `/health` reports.
@@ -217,15 +239,35 @@ pub enum State {
     Failed = 4,
 }
 
-static STATE: AtomicU8 = AtomicU8::new(State::Starting as u8);
+impl State {
+    const ALL: [State; 5] = [
+        State::Starting,
+        State::Running,
+        State::Retrying,
+        State::Stopping,
+        State::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Retrying => "retrying",
+            State::Stopping => "stopping",
+            State::Failed => "failed",
+        }
+    }
+}
+
+static STATE_NOW: AtomicU8 = AtomicU8::new(State::Starting as u8);
 static LAST_COMMIT_MS: AtomicI64 = AtomicI64::new(0);
 
 pub fn set_state(s: State) {
-    STATE.store(s as u8, Ordering::Relaxed);
+    STATE_NOW.store(s as u8, Ordering::Relaxed);
 }
 
 fn state() -> State {
-    match STATE.load(Ordering::Relaxed) {
+    match STATE_NOW.load(Ordering::Relaxed) {
         1 => State::Running,
         2 => State::Retrying,
         3 => State::Stopping,
@@ -260,6 +302,15 @@ pub async fn serve(
                 if let Some(rss) = resident_bytes() {
                     metrics::gauge!(RESIDENT_BYTES).set(rss as f64);
                 }
+                let now = state();
+                for s in State::ALL {
+                    let label = s.label();
+                    metrics::gauge!(STATE, "state" => label).set(if s == now { 1.0 } else { 0.0 });
+                }
+                let last = LAST_COMMIT_MS.load(Ordering::Relaxed);
+                if last > 0 {
+                    metrics::gauge!(LAST_COMMIT).set(last as f64 / 1000.0);
+                }
                 (
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                     handle.render(),
@@ -287,7 +338,7 @@ async fn health() -> impl IntoResponse {
     let age = (last > 0).then(|| (chrono::Utc::now().timestamp_millis() - last) as f64 / 1000.0);
     let body = serde_json::json!({
         "status": if matches!(s, State::Retrying | State::Failed) { "unhealthy" } else { "ok" },
-        "state": format!("{s:?}").to_lowercase(),
+        "state": s.label(),
         "last_commit_age_seconds": age,
     });
     let code = if matches!(s, State::Retrying | State::Failed) {

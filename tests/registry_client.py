@@ -2,8 +2,11 @@
 Confluent-framed Avro records with its AvroSerializer. Prints what it produced as JSON
 (the independent truth the Rust test checks the Delta table against).
 
-usage: registry_client.py REGISTRY_URL BROKERS TOPIC"""
+usage: registry_client.py REGISTRY_URL BROKERS TOPIC
+REGISTRY_CLIENT_CONF (JSON), when set, adds client settings such as
+basic.auth.user.info and ssl.ca.location."""
 import json
+import os
 import sys
 
 from confluent_kafka import Producer
@@ -14,7 +17,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 url, brokers, topic = sys.argv[1:4]
 subject = f"{topic}-value"
-client = SchemaRegistryClient({"url": url})
+client = SchemaRegistryClient({"url": url, **json.loads(os.environ.get("REGISTRY_CLIENT_CONF", "{}"))})
 
 V1 = {"type": "record", "name": "Click", "namespace": "t",
       "fields": [{"name": "user", "type": "long"}, {"name": "page", "type": "string"}]}

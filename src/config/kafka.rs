@@ -18,8 +18,8 @@ pub struct KafkaConfig {
     pub topics: Vec<String>,
     pub group_id: String,
     pub format: KafkaFormat,
-    /// Base URL of a Confluent-compatible schema registry (Avro values or keys).
-    pub schema_registry: Option<String>,
+    /// A Confluent-compatible schema registry (Avro values or keys).
+    pub schema_registry: Option<RegistryEndpoint>,
     pub subject_strategy: SubjectStrategy,
     /// Per topic, the values' schema (Avro JSON text): the reader schema of Avro
     /// values, the schema JSON values are read against. An Avro topic not listed reads
@@ -40,6 +40,28 @@ pub struct KafkaConfig {
     /// Other librdkafka settings (`security.protocol`, `sasl.*`, `ssl.*`…), passed
     /// through; values may be credentials.
     pub options: BTreeMap<String, Secret>,
+}
+
+/// Where the schema registry is and how to log in to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryEndpoint {
+    /// Base URL, without credentials.
+    pub url: String,
+    /// HTTP basic auth: user and password (Confluent's `basic.auth.user.info`).
+    pub credentials: Option<(String, Secret)>,
+    /// Extra CA certificates (PEM) to trust for https, besides the system's.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+impl RegistryEndpoint {
+    /// A registry reached without credentials or extra CAs.
+    pub fn plain(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            credentials: None,
+            ca: None,
+        }
+    }
 }
 
 /// How record values are written.
@@ -193,18 +215,7 @@ impl Resolver<'_> {
         let format = k.format;
         let key_format = k.key_format;
         let registry = match &k.schema_registry {
-            Some(r) => {
-                let registry = self.expand("source.schema_registry", r)?;
-                match Url::parse(&registry) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") => Some(registry),
-                    _ => {
-                        return Err(self.err(
-                            "source.schema_registry",
-                            format!("\"{registry}\" is not an http(s) URL"),
-                        ));
-                    }
-                }
-            }
+            Some(r) => Some(self.registry_endpoint(&k, r)?),
             None if !format.is_json() => {
                 return Err(self.err(
                     "source.schema_registry",
@@ -351,6 +362,74 @@ impl Resolver<'_> {
     }
 
     /// The text of an Avro record schema file.
+    /// The registry's URL, credentials (`schema_registry_user_info`, or `user:password@`
+    /// in the URL, as Confluent's clients take them) and CA file.
+    fn registry_endpoint(&self, k: &spec::KafkaSpec, url: &str) -> Result<RegistryEndpoint, ConfigError> {
+        let key = "source.schema_registry";
+        let text = self.expand(key, url)?;
+        let mut parsed = match Url::parse(&text) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            // Credentials in the URL must not be printed back.
+            Ok(mut u) => {
+                let _ = (u.set_username(""), u.set_password(None));
+                return Err(self.err(key, format!("\"{u}\" is not an http(s) URL")));
+            }
+            Err(_) => return Err(self.err(key, "not an http(s) URL")),
+        };
+        let in_url = (!parsed.username().is_empty()).then(|| {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (
+                decode(parsed.username()),
+                Secret::new(decode(parsed.password().unwrap_or(""))),
+            )
+        });
+        let _ = (parsed.set_username(""), parsed.set_password(None));
+        let info_key = "source.schema_registry_user_info";
+        let credentials = match (&k.schema_registry_user_info, in_url) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    info_key,
+                    "credentials are also in source.schema_registry's URL: give them once",
+                ));
+            }
+            (Some(info), None) => {
+                let info = self.expand(info_key, info)?;
+                match info.split_once(':') {
+                    Some((user, password)) if !user.is_empty() => {
+                        Some((user.to_string(), Secret::new(password)))
+                    }
+                    _ => return Err(self.err(info_key, "expected \"user:password\"")),
+                }
+            }
+            (None, from_url) => from_url,
+        };
+        let ca = match &k.schema_registry_ca {
+            Some(path) => {
+                let ca_key = "source.schema_registry_ca";
+                let path = self.expand(ca_key, &path.to_string_lossy())?;
+                let pem =
+                    std::fs::read_to_string(&path).map_err(|e| self.err(ca_key, format!("{path}: {e}")))?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(self.err(ca_key, format!("{path}: no PEM certificate in the file")));
+                }
+                if parsed.scheme() != "https" {
+                    return Err(self.err(ca_key, "the registry URL is http: a CA is for https"));
+                }
+                Some(std::path::PathBuf::from(path))
+            }
+            None => None,
+        };
+        Ok(RegistryEndpoint {
+            url: parsed.as_str().trim_end_matches('/').to_string(),
+            credentials,
+            ca,
+        })
+    }
+
     fn record_schema(&self, key: &str, path: &Path) -> Result<String, ConfigError> {
         let path = self.expand(key, &path.to_string_lossy())?;
         let text = std::fs::read_to_string(&path).map_err(|e| self.err(key, format!("{path}: {e}")))?;

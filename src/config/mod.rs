@@ -17,8 +17,8 @@ use url::Url;
 
 pub use aggregate::{AggregateConfig, Measure, MeasureFn, Window, parse_measure};
 pub use kafka::{
-    HEADERS_COLUMN, KEY_COLUMN, KafkaConfig, KafkaFormat, KeyConfig, KeyFormat, RESERVED_OPTIONS, StartAt,
-    SubjectStrategy, UnknownFields,
+    HEADERS_COLUMN, KEY_COLUMN, KafkaConfig, KafkaFormat, KeyConfig, KeyFormat, RESERVED_OPTIONS,
+    RegistryEndpoint, StartAt, SubjectStrategy, UnknownFields,
 };
 pub use postgres::{PostgresConfig, PostgresDsn, RootCert, SslMode, TlsSettings, parse_dsn, qualify};
 pub use spec::{EmitMode, FileFormat, LatePolicy, MergeMode, OnIncompatible, TableMode};

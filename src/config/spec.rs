@@ -115,6 +115,12 @@ pub struct KafkaSpec {
     pub format: super::kafka::KafkaFormat,
     /// Schema registry base URL; `${ENV}` is expanded. Needed for Avro values or keys.
     pub schema_registry: Option<String>,
+    /// `user:password` for the registry's basic auth (Confluent's
+    /// `basic.auth.user.info`); `${ENV}` is expanded.
+    pub schema_registry_user_info: Option<String>,
+    /// A PEM file of CA certificates to trust for an https registry, besides the
+    /// system's (Confluent's `schema.registry.ssl.ca.location`).
+    pub schema_registry_ca: Option<PathBuf>,
     /// The values' schema (`.avsc`) for every topic not in `reader_schemas`; for JSON
     /// it is the schema messages are read against (default: the columns of a table
     /// the topic already feeds).

@@ -196,6 +196,56 @@ fn a_kafka_source_resolves_with_secret_options() {
 }
 
 #[test]
+fn registry_credentials_come_from_the_env_or_the_url_and_never_print() {
+    let with = |line: &str| KAFKA.replace("schema_registry = \"http://127.0.0.1:18081\"", line);
+    let endpoint = |text: &str| {
+        let p = parse("p.toml", text, env).unwrap();
+        let SourceConfig::Kafka(k) = p.source else {
+            panic!("not kafka")
+        };
+        k.schema_registry.unwrap()
+    };
+    let e = endpoint(&with(
+        "schema_registry = \"https://reg:8081/\"\nschema_registry_user_info = \"ingest:${SECRET}\"",
+    ));
+    assert_eq!(e.url, "https://reg:8081");
+    let (user, password) = e.credentials.clone().unwrap();
+    assert_eq!((user.as_str(), password.expose()), ("ingest", "s3cr3t"));
+    assert!(!format!("{e:?}").contains("s3cr3t"), "secrets never print");
+    // Confluent's clients also take them from the URL; they are taken out of it.
+    let e = endpoint(&with("schema_registry = \"https://ingest:p%40ss@reg:8081\""));
+    assert_eq!(e.url, "https://reg:8081");
+    assert_eq!(e.credentials.unwrap().1.expose(), "p@ss");
+
+    let e = error_of(&with(
+        "schema_registry = \"https://u:p@reg\"\nschema_registry_user_info = \"u:p\"",
+    ));
+    assert!(
+        e.contains("source.schema_registry_user_info: credentials are also in"),
+        "{e}"
+    );
+    let e = error_of(&with(
+        "schema_registry = \"https://reg\"\nschema_registry_user_info = \"nopassword\"",
+    ));
+    assert!(
+        e.contains("source.schema_registry_user_info: expected \"user:password\""),
+        "{e}"
+    );
+    let e = error_of(&with("schema_registry = \"ftp://u:hunter2@reg\""));
+    assert!(
+        e.contains("source.schema_registry") && !e.contains("hunter2"),
+        "{e}"
+    );
+    let e = error_of(&with(
+        "schema_registry = \"https://reg\"\nschema_registry_ca = \"/nonexistent/ca.pem\"",
+    ));
+    assert!(
+        e.contains("source.schema_registry_ca: /nonexistent/ca.pem"),
+        "{e}"
+    );
+}
+
+#[test]
 fn kafka_mistakes_name_their_key() {
     let cases: &[(&str, &str, &str)] = &[
         (

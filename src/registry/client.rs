@@ -1,10 +1,13 @@
 //! A client for Confluent-compatible schema registries (this one included): the few
-//! calls a consumer needs, with the registry's own error codes kept.
+//! calls a consumer needs, with the registry's own error codes kept. It logs in with
+//! HTTP basic auth when given credentials and trusts extra CAs for https.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
+
+use crate::config::{RegistryEndpoint, Secret};
 
 /// Why a registry call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,6 +42,7 @@ pub struct Registered {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    credentials: Option<(String, Secret)>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +57,7 @@ struct SchemaOnly {
 }
 
 impl Client {
+    /// A client without credentials or extra CAs.
     pub fn new(base: &str) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -61,7 +66,30 @@ impl Client {
         Self {
             base: base.trim_end_matches('/').to_string(),
             http,
+            credentials: None,
         }
+    }
+
+    /// A client for `endpoint`; fails when its CA file cannot be read or used.
+    pub fn connect(endpoint: &RegistryEndpoint) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(path) = &endpoint.ca {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("source.schema_registry_ca {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("source.schema_registry_ca {}: {e}", path.display()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("source.schema_registry: cannot make an HTTP client: {e}"))?;
+        Ok(Self {
+            base: endpoint.url.trim_end_matches('/').to_string(),
+            http,
+            credentials: endpoint.credentials.clone(),
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -75,6 +103,10 @@ impl Client {
         let transport = |e: reqwest::Error| ClientError::Transport {
             url: self.base.clone(),
             message: e.to_string(),
+        };
+        let req = match &self.credentials {
+            Some((user, password)) => req.basic_auth(user, Some(password.expose())),
+            None => req,
         };
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();

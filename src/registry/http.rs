@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Registry;
-use super::model::{Event, Level, Model, RegistryError, VersionRef, parse_schema};
+use super::model::{Event, Level, Model, RegistryError, Seen, VersionRef, parse_schema};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -25,6 +25,8 @@ pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/", get(|| async { ok(json!({})) }))
         .route("/schemas/types", get(|| async { ok(json!(["AVRO"])) }))
+        // One context, the default: what clients that list contexts expect.
+        .route("/contexts", get(|| async { ok(json!(["."])) }))
         .route("/subjects", get(subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
         .route("/subjects/{subject}/versions", get(versions).post(register))
@@ -88,6 +90,11 @@ fn flag(q: &HashMap<String, String>, name: &str) -> bool {
     q.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
+/// `deleted` and `deletedOnly`, as list reads take them.
+fn seen(q: &HashMap<String, String>) -> Seen {
+    Seen::from_flags(flag(q, "deleted"), flag(q, "deletedOnly"))
+}
+
 /// The body of a register, lookup or compatibility request.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -122,24 +129,35 @@ fn registered_json(r: &super::model::Registered) -> Value {
 }
 
 async fn subjects(State(r): Reg, Query(q): Params) -> Answer {
-    let deleted = flag(&q, "deleted");
-    Ok(ok(json!(r.read(|m| m.subjects(deleted)).await)))
+    let seen = seen(&q);
+    let mut names = r.read(|m| m.subjects(seen)).await;
+    // Confluent's default prefix, ":*:", means every subject of every context.
+    if let Some(prefix) = q.get("subjectPrefix").filter(|p| !p.is_empty() && *p != ":*:") {
+        names.retain(|n| n.starts_with(prefix.as_str()));
+    }
+    Ok(ok(json!(names)))
 }
 
 async fn versions(State(r): Reg, Path(subject): Path<String>, Query(q): Params) -> Answer {
-    let deleted = flag(&q, "deleted");
-    Ok(ok(json!(r.read(|m| m.versions(&subject, deleted)).await?)))
+    let seen = seen(&q);
+    Ok(ok(json!(r.read(|m| m.versions(&subject, seen)).await?)))
 }
 
-async fn version(State(r): Reg, Path((subject, v)): Path<(String, String)>) -> Answer {
+async fn version(State(r): Reg, Path((subject, v)): Path<(String, String)>, Query(q): Params) -> Answer {
     let which = VersionRef::parse(&v)?;
-    let reg = r.read(|m| m.version(&subject, which)).await?;
+    let deleted = flag(&q, "deleted");
+    let reg = r.read(|m| m.version(&subject, which, deleted)).await?;
     Ok(ok(registered_json(&reg)))
 }
 
-async fn version_schema(State(r): Reg, Path((subject, v)): Path<(String, String)>) -> Answer {
+async fn version_schema(
+    State(r): Reg,
+    Path((subject, v)): Path<(String, String)>,
+    Query(q): Params,
+) -> Answer {
     let which = VersionRef::parse(&v)?;
-    let reg = r.read(|m| m.version(&subject, which)).await?;
+    let deleted = flag(&q, "deleted");
+    let reg = r.read(|m| m.version(&subject, which, deleted)).await?;
     Ok(ok(
         serde_json::from_str(&reg.schema).unwrap_or(Value::String(reg.schema))
     ))
@@ -156,9 +174,10 @@ async fn register(State(r): Reg, Path(subject): Path<String>, body: Bytes) -> An
     Ok(ok(registered_json(&reg)))
 }
 
-async fn lookup(State(r): Reg, Path(subject): Path<String>, body: Bytes) -> Answer {
+async fn lookup(State(r): Reg, Path(subject): Path<String>, Query(q): Params, body: Bytes) -> Answer {
     let b = schema_body(&body)?;
-    let reg = r.read(|m| m.lookup(&subject, &b.schema)).await?;
+    let deleted = flag(&q, "deleted");
+    let reg = r.read(|m| m.lookup(&subject, &b.schema, deleted)).await?;
     Ok(ok(registered_json(&reg)))
 }
 
@@ -196,9 +215,10 @@ async fn raw_schema_by_id(State(r): Reg, Path(id): Path<String>) -> Answer {
     Ok(ok(serde_json::from_str(&text).unwrap_or(Value::String(text))))
 }
 
-async fn id_versions(State(r): Reg, Path(id): Path<String>) -> Answer {
+async fn id_versions(State(r): Reg, Path(id): Path<String>, Query(q): Params) -> Answer {
     let id = parse_id(&id)?;
-    let uses = r.read(|m| m.uses_of(id)).await?;
+    let deleted = flag(&q, "deleted");
+    let uses = r.read(|m| m.uses_of(id, deleted)).await?;
     Ok(ok(Value::Array(
         uses.into_iter()
             .map(|(subject, version)| json!({ "subject": subject, "version": version }))
@@ -206,10 +226,11 @@ async fn id_versions(State(r): Reg, Path(id): Path<String>) -> Answer {
     )))
 }
 
-async fn id_subjects(State(r): Reg, Path(id): Path<String>) -> Answer {
+async fn id_subjects(State(r): Reg, Path(id): Path<String>, Query(q): Params) -> Answer {
     let id = parse_id(&id)?;
+    let deleted = flag(&q, "deleted");
     let mut subjects: Vec<String> = r
-        .read(|m| m.uses_of(id))
+        .read(|m| m.uses_of(id, deleted))
         .await?
         .into_iter()
         .map(|(s, _)| s)

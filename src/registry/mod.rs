@@ -10,11 +10,16 @@
 //! soft delete. Compatibility levels are Confluent's (default `BACKWARD`), checked with
 //! Avro's schema-resolution rules. Every change is written to the store before it is
 //! acknowledged, so a registry restarted on the same store answers the same.
+//!
+//! Exposed beyond loopback it takes users (`--users`, basic auth, see [`auth`]) and
+//! serves https (`--tls-cert`, `--tls-key`, see [`tls`]).
 
+pub mod auth;
 pub mod client;
 mod http;
 pub mod model;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,35 +38,79 @@ const APPEND_ATTEMPTS: usize = 8;
 #[derive(Debug)]
 pub struct Registry {
     log: EventLog,
+    compact_every: u64,
     state: Mutex<State>,
 }
+
+/// Events between snapshots of the store, unless told otherwise.
+pub const DEFAULT_COMPACT_EVERY: u64 = 1000;
 
 #[derive(Debug, Default)]
 struct State {
     model: Model,
     /// Events applied so far; the next one is number `seq + 1`.
     seq: u64,
+    /// The event the newest snapshot this registry knows of folds.
+    snapshot: u64,
 }
 
 impl Registry {
-    /// Opens the store and replays its events.
-    pub async fn open(store: &str) -> Result<Arc<Self>, StoreError> {
+    /// Opens the store and loads its newest snapshot and the events after it. A
+    /// snapshot is written every `compact_every` events.
+    pub async fn open(store: &str, compact_every: u64) -> Result<Arc<Self>, StoreError> {
         let log = EventLog::open(store)?;
         let state = Self::replay(&log).await?;
-        tracing::info!(store, events = state.seq, "registry store loaded");
+        tracing::info!(
+            store,
+            events = state.seq,
+            snapshot = state.snapshot,
+            replayed = state.seq - state.snapshot,
+            "registry store loaded"
+        );
         Ok(Arc::new(Self {
             log,
+            compact_every: compact_every.max(1),
             state: Mutex::new(state),
         }))
     }
 
     async fn replay(log: &EventLog) -> Result<State, StoreError> {
-        let mut state = State::default();
-        for e in log.load().await? {
-            state.model.apply(&e);
+        let loaded = log.load().await?;
+        let model = match loaded.snapshot {
+            Some(image) => Model::from_image(image).map_err(|message| StoreError::Corrupt {
+                uri: log.uri().to_string(),
+                object: format!("snapshot {}", loaded.base),
+                message,
+            })?,
+            None => Model::default(),
+        };
+        let mut state = State {
+            model,
+            seq: loaded.base,
+            snapshot: loaded.base,
+        };
+        for e in &loaded.events {
+            state.model.apply(e);
             state.seq += 1;
         }
         Ok(state)
+    }
+
+    /// Snapshots the state when `compact_every` events have passed since the last one.
+    /// A failure leaves the events as they are, so it is only logged.
+    async fn maybe_snapshot(&self, state: &mut State) {
+        if state.seq - state.snapshot < self.compact_every {
+            return;
+        }
+        match self.log.put_snapshot(state.seq, state.model.image()).await {
+            Ok(_) => {
+                tracing::info!(events = state.seq, "registry store snapshot written");
+                state.snapshot = state.seq;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "registry store snapshot not written; retried after the next write")
+            }
+        }
     }
 
     /// Reads the state.
@@ -94,6 +143,7 @@ impl Registry {
                 }
             }
             if !taken {
+                self.maybe_snapshot(&mut state).await;
                 return Ok(answer);
             }
             tracing::warn!("another registry wrote to the store: reloading it");
@@ -105,19 +155,59 @@ impl Registry {
     }
 }
 
-/// Serves the registry on `listen` until `shutdown` resolves.
+/// How a registry is served.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// A folder, `file://…` or `s3://bucket/prefix`.
+    pub store: String,
+    /// Events between snapshots of the store.
+    pub compact_every: u64,
+    /// Users file; without one, anyone who reaches the port may read and write.
+    pub users: Option<std::path::PathBuf>,
+    /// Certificate chain and key (PEM): https instead of http.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Serves the registry until `shutdown` resolves.
 pub async fn serve(
-    listen: SocketAddr,
-    store: &str,
+    settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let registry = Registry::open(store).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let users = match &settings.users {
+        Some(path) => Some(Arc::new(auth::Users::load(path).map_err(anyhow::Error::msg)?)),
+        None => None,
+    };
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let registry = Registry::open(&settings.store, settings.compact_every).await?;
+    let mut app = router(registry);
+    if let Some(users) = users {
+        app = app.layer(axum::middleware::from_fn_with_state(users, auth::authenticate));
+    }
+    let listen = settings.listen;
+    let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(%listen, "schema registry listening");
-    axum::serve(listener, router(registry))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let auth = if settings.users.is_some() {
+        "basic auth"
+    } else {
+        "no auth"
+    };
+    match tls {
+        Some(config) => {
+            tracing::info!(%listen, auth, "schema registry listening (https)");
+            let listener = tls::TlsListener::new(tcp, config)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        None => {
+            tracing::info!(%listen, auth, "schema registry listening (http)");
+            axum::serve(tcp, app).with_graceful_shutdown(shutdown).await?;
+        }
+    }
     Ok(())
 }

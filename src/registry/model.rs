@@ -129,6 +129,43 @@ impl RegistryError {
     }
 }
 
+/// Which versions a read sees: Confluent's `deleted=true` adds soft-deleted ones,
+/// `deletedOnly=true` (which wins over `deleted`) shows only those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Seen {
+    #[default]
+    Live,
+    WithDeleted,
+    DeletedOnly,
+}
+
+impl Seen {
+    pub fn from_flags(deleted: bool, deleted_only: bool) -> Seen {
+        match (deleted, deleted_only) {
+            (_, true) => Seen::DeletedOnly,
+            (true, false) => Seen::WithDeleted,
+            (false, false) => Seen::Live,
+        }
+    }
+
+    fn sees(self, v: &Version) -> bool {
+        match self {
+            Seen::Live => !v.deleted,
+            Seen::WithDeleted => true,
+            Seen::DeletedOnly => v.deleted,
+        }
+    }
+
+    /// Whether a subject exists for this read: any version it sees, or (as Confluent's
+    /// `hasSubjects(subject, lookupDeleted)`) any version at all once deleted ones count.
+    fn finds(self, s: &Subject) -> bool {
+        match self {
+            Seen::Live => s.live().next().is_some(),
+            Seen::WithDeleted | Seen::DeletedOnly => !s.versions.is_empty(),
+        }
+    }
+}
+
 /// A version selector: a number or `latest` (`-1` is Confluent's alias for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionRef {
@@ -271,10 +308,10 @@ impl Model {
         }
     }
 
-    fn subject(&self, subject: &str) -> Result<&Subject, RegistryError> {
+    fn subject(&self, subject: &str, seen: Seen) -> Result<&Subject, RegistryError> {
         self.subjects
             .get(subject)
-            .filter(|s| s.live().next().is_some())
+            .filter(|s| seen.finds(s))
             .ok_or_else(|| RegistryError::SubjectNotFound(subject.to_string()))
     }
 
@@ -299,36 +336,21 @@ impl Model {
             .ok_or_else(|| RegistryError::SubjectLevelNotConfigured(subject.to_string()))
     }
 
-    /// Subjects with at least one version (soft-deleted ones too when `deleted`).
-    pub fn subjects(&self, deleted: bool) -> Vec<String> {
+    /// Subjects with a version `seen` sees.
+    pub fn subjects(&self, seen: Seen) -> Vec<String> {
         self.subjects
             .iter()
-            .filter(|(_, s)| {
-                if deleted {
-                    !s.versions.is_empty()
-                } else {
-                    s.live().next().is_some()
-                }
-            })
+            .filter(|(_, s)| s.versions.iter().any(|v| seen.sees(v)))
             .map(|(k, _)| k.clone())
             .collect()
     }
 
-    pub fn versions(&self, subject: &str, deleted: bool) -> Result<Vec<u32>, RegistryError> {
-        let s = self
-            .subjects
-            .get(subject)
-            .filter(|s| {
-                if deleted {
-                    !s.versions.is_empty()
-                } else {
-                    s.live().next().is_some()
-                }
-            })
-            .ok_or_else(|| RegistryError::SubjectNotFound(subject.to_string()))?;
+    /// The versions of `subject` that `seen` sees.
+    pub fn versions(&self, subject: &str, seen: Seen) -> Result<Vec<u32>, RegistryError> {
+        let s = self.subject(subject, seen)?;
         Ok(s.versions
             .iter()
-            .filter(|v| deleted || !v.deleted)
+            .filter(|v| seen.sees(v))
             .map(|v| v.version)
             .collect())
     }
@@ -346,11 +368,19 @@ impl Model {
         }
     }
 
-    pub fn version(&self, subject: &str, which: VersionRef) -> Result<Registered, RegistryError> {
-        let s = self.subject(subject)?;
+    /// One version of `subject`; a soft-deleted one only when `deleted` (`latest` is
+    /// always the latest live version, as in Confluent).
+    pub fn version(
+        &self,
+        subject: &str,
+        which: VersionRef,
+        deleted: bool,
+    ) -> Result<Registered, RegistryError> {
+        let seen = if deleted { Seen::WithDeleted } else { Seen::Live };
+        let s = self.subject(subject, seen)?;
         let v = match which {
             VersionRef::Latest => s.live().next_back(),
-            VersionRef::Number(n) => s.live().find(|v| v.version == n),
+            VersionRef::Number(n) => s.versions.iter().find(|v| v.version == n && seen.sees(v)),
         };
         let v = v.ok_or_else(|| RegistryError::VersionNotFound(which.to_string()))?;
         Ok(self.registered(subject, v))
@@ -363,33 +393,37 @@ impl Model {
             .ok_or_else(|| RegistryError::SchemaNotFound(id.to_string()))
     }
 
-    /// Subject and version pairs (live ones) that hold schema `id`.
-    pub fn uses_of(&self, id: u32) -> Result<Vec<(String, u32)>, RegistryError> {
+    /// Subject and version pairs that hold schema `id` (soft-deleted ones too when
+    /// `deleted`).
+    pub fn uses_of(&self, id: u32, deleted: bool) -> Result<Vec<(String, u32)>, RegistryError> {
         self.schema_by_id(id)?;
         Ok(self
             .subjects
             .iter()
             .flat_map(|(name, s)| {
-                s.live()
-                    .filter(|v| v.id == id)
+                s.versions
+                    .iter()
+                    .filter(move |v| v.id == id && (deleted || !v.deleted))
                     .map(move |v| (name.clone(), v.version))
             })
             .collect())
     }
 
-    /// The live version of `subject` holding `schema`, if any.
-    pub fn lookup(&self, subject: &str, schema: &str) -> Result<Registered, RegistryError> {
-        let s = self.subject(subject)?;
+    /// The version of `subject` holding `schema`, if any: the latest live one, else
+    /// (with `deleted`) the latest soft-deleted one.
+    pub fn lookup(&self, subject: &str, schema: &str, deleted: bool) -> Result<Registered, RegistryError> {
+        let seen = if deleted { Seen::WithDeleted } else { Seen::Live };
+        let s = self.subject(subject, seen)?;
         parse_schema(schema)?;
-        let id = self
-            .ids
-            .get(&normalise(schema)?)
-            .ok_or_else(|| RegistryError::SchemaNotFound(format!("under subject {subject}")))?;
+        let not_found = || RegistryError::SchemaNotFound(format!("under subject {subject}"));
+        let id = self.ids.get(&normalise(schema)?).ok_or_else(not_found)?;
+        let holding = |v: &&Version| v.id == *id;
         s.live()
             .rev()
-            .find(|v| v.id == *id)
+            .find(holding)
+            .or_else(|| s.versions.iter().rev().filter(|v| seen.sees(v)).find(holding))
             .map(|v| self.registered(subject, v))
-            .ok_or_else(|| RegistryError::SchemaNotFound(format!("under subject {subject}")))
+            .ok_or_else(not_found)
     }
 
     /// Checks `schema` against the versions of `subject` its level names (all live
@@ -565,6 +599,9 @@ impl Model {
         Ok((event, v.version))
     }
 }
+
+mod image;
+pub use image::Image;
 
 #[cfg(test)]
 mod tests;

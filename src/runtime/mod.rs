@@ -592,7 +592,7 @@ async fn run_once(
         if let Some(column) = time_column
             && telemetry::enabled()
         {
-            telemetry::record_latencies(&pending, column);
+            telemetry::record_latencies(pending.iter().map(|b| (&*b.stream, &b.records)), column);
         }
         drop(held);
         report_in_flight(&budget, limit);

@@ -205,11 +205,14 @@ impl TableTarget {
             let own = pending
                 .iter()
                 .find(|b| *b.stream == *self.cfg.from && b.records.num_columns() > 0);
+            let exists = self.sink.schema().is_some();
             let schema = self.sink.schema().or_else(|| own.map(|b| self.empty_shape(b)));
             let Some(schema) = schema.filter(|_| !progress.is_empty()) else {
                 return Ok(None);
             };
-            if control == Control::Reset {
+            // Every snapshot starts with a reset; only a table that exists can hold rows
+            // of an earlier, interrupted one.
+            if control == Control::Reset && exists {
                 tracing::warn!(table = %self.cfg.name, "dropping the rows of an interrupted snapshot");
             }
             return Ok(Some(Prepared {

@@ -144,6 +144,27 @@ pub fn free_port() -> u16 {
 
 impl RegistryProcess {
     pub fn start(store: &str, port: u16) -> Self {
+        Self::start_with(store, port, &[], None)
+    }
+
+    /// With more arguments (`--tls-cert` makes the URL https://localhost), its log
+    /// written to `log` when given.
+    pub fn start_with(store: &str, port: u16, args: &[&str], log: Option<&Path>) -> Self {
+        Self::start_with_env(store, port, args, log, &[])
+    }
+
+    /// As [`RegistryProcess::start_with`], with variables added to its environment.
+    pub fn start_with_env(
+        store: &str,
+        port: u16,
+        args: &[&str],
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(bin())
             .args([
                 "registry",
@@ -152,11 +173,17 @@ impl RegistryProcess {
                 "--store",
                 store,
             ])
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
+        let url = if args.contains(&"--tls-cert") {
+            format!("https://localhost:{port}")
+        } else {
+            format!("http://127.0.0.1:{port}")
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "registry did not start");

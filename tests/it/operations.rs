@@ -180,7 +180,7 @@ fn noted_ends(log: &str) -> BTreeMap<String, i64> {
 }
 
 /// Samples of a `/metrics` page, parsed by the Prometheus client library's parser.
-fn prometheus(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+pub(crate) fn prometheus(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
     let mut child = Command::new(stack_env("TRIBUTARY_PYTHON"))
         .args([
             "-c",
@@ -208,7 +208,7 @@ fn get(port: u16, path: &str) -> reqwest::blocking::Response {
     reqwest::blocking::get(format!("http://127.0.0.1:{port}{path}")).unwrap()
 }
 
-fn spawn_logged(dir: &Path, args: &[&str], log: &str) -> Child {
+pub(crate) fn spawn_logged(dir: &Path, args: &[&str], log: &str) -> Child {
     Command::new(bin())
         .args(args)
         .current_dir(dir)
@@ -219,7 +219,7 @@ fn spawn_logged(dir: &Path, args: &[&str], log: &str) -> Child {
 }
 
 /// SIGTERM, and how long the process took to exit.
-fn terminate(child: &mut Child) -> (std::process::ExitStatus, Duration) {
+pub(crate) fn terminate(child: &mut Child) -> (std::process::ExitStatus, Duration) {
     let asked = Instant::now();
     Command::new("kill").arg(child.id().to_string()).status().unwrap();
     (child.wait().unwrap(), asked.elapsed())

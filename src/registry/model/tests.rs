@@ -28,15 +28,17 @@ fn the_same_schema_gets_the_same_id_under_every_subject() {
     assert_eq!((b.id, b.version), (a.id, 1));
     let v2 = register(&mut m, "a-value", V2).unwrap();
     assert_eq!((v2.id, v2.version), (a.id + 1, 2));
-    assert_eq!(m.versions("a-value", false).unwrap(), [1, 2]);
-    assert_eq!(m.lookup("b-value", V1).unwrap().version, 1);
-    assert_eq!(m.lookup("b-value", V2).unwrap_err().codes(), (404, 40403));
+    assert_eq!(m.versions("a-value", Seen::Live).unwrap(), [1, 2]);
+    assert_eq!(m.lookup("b-value", V1, false).unwrap().version, 1);
+    assert_eq!(m.lookup("b-value", V2, false).unwrap_err().codes(), (404, 40403));
     assert_eq!(
-        m.version("zzz", VersionRef::Latest).unwrap_err().codes(),
+        m.version("zzz", VersionRef::Latest, false).unwrap_err().codes(),
         (404, 40401)
     );
     assert_eq!(
-        m.version("a-value", VersionRef::Number(9)).unwrap_err().codes(),
+        m.version("a-value", VersionRef::Number(9), false)
+            .unwrap_err()
+            .codes(),
         (404, 40402)
     );
 }
@@ -114,8 +116,8 @@ fn deletes_are_soft_first_and_ids_survive_them() {
     let (event, v) = m.plan_delete_version("d", VersionRef::Latest, false).unwrap();
     assert_eq!(v, 2);
     m.apply(&event);
-    assert_eq!(m.versions("d", false).unwrap(), [1]);
-    assert_eq!(m.versions("d", true).unwrap(), [1, 2]);
+    assert_eq!(m.versions("d", Seen::Live).unwrap(), [1]);
+    assert_eq!(m.versions("d", Seen::WithDeleted).unwrap(), [1, 2]);
     assert_eq!(
         m.plan_delete_subject("d", true).unwrap_err().codes(),
         (404, 40405)
@@ -123,8 +125,8 @@ fn deletes_are_soft_first_and_ids_survive_them() {
     let (events, versions) = m.plan_delete_subject("d", false).unwrap();
     assert_eq!(versions, [1]);
     events.iter().for_each(|e| m.apply(e));
-    assert!(m.subjects(false).is_empty());
-    assert_eq!(m.subjects(true), ["d"]);
+    assert!(m.subjects(Seen::Live).is_empty());
+    assert_eq!(m.subjects(Seen::WithDeleted), ["d"]);
     assert_eq!(
         m.plan_delete_subject("d", false).unwrap_err().codes(),
         (404, 40404)
@@ -133,7 +135,7 @@ fn deletes_are_soft_first_and_ids_survive_them() {
     assert_eq!(m.schema_by_id(a.id).unwrap(), V1);
     let (events, _) = m.plan_delete_subject("d", true).unwrap();
     events.iter().for_each(|e| m.apply(e));
-    assert!(m.subjects(true).is_empty());
+    assert!(m.subjects(Seen::WithDeleted).is_empty());
     // Registering again gets the same id and the next version number.
     let again = register(&mut m, "d", V1).unwrap();
     assert_eq!((again.id, again.version), (a.id, 1));
@@ -193,4 +195,110 @@ fn compatibility_with_a_subject_or_version_that_is_not_there_answers_as_confluen
             .codes(),
         (404, 40402)
     );
+}
+
+#[test]
+fn deleted_reads_see_soft_deleted_versions_as_confluent() {
+    let mut m = Model::default();
+    let a = register(&mut m, "s", V1).unwrap();
+    let b = register(&mut m, "s", V2).unwrap();
+    register(&mut m, "other", V2).unwrap();
+    m.apply(&Event::Delete {
+        subject: "s".into(),
+        version: 1,
+        permanent: false,
+    });
+    // Versions and subjects: live, with deleted, deleted only.
+    assert_eq!(m.versions("s", Seen::Live).unwrap(), [2]);
+    assert_eq!(m.versions("s", Seen::WithDeleted).unwrap(), [1, 2]);
+    assert_eq!(m.versions("s", Seen::DeletedOnly).unwrap(), [1]);
+    assert_eq!(m.subjects(Seen::DeletedOnly), ["s"]);
+    assert_eq!(m.subjects(Seen::Live), ["other", "s"]);
+    // One version: hidden unless deleted=true; `latest` stays the latest live one.
+    let hidden = m.version("s", VersionRef::Number(1), false).unwrap_err();
+    assert_eq!(hidden.codes(), (404, 40402));
+    let shown = m.version("s", VersionRef::Number(1), true).unwrap();
+    assert_eq!((shown.id, shown.version, shown.schema.as_str()), (a.id, 1, V1));
+    assert_eq!(m.version("s", VersionRef::Latest, true).unwrap().version, 2);
+    // Lookup under the subject.
+    assert_eq!(m.lookup("s", V1, false).unwrap_err().codes(), (404, 40403));
+    assert_eq!(m.lookup("s", V1, true).unwrap().version, 1);
+    assert_eq!(m.lookup("s", V2, true).unwrap().version, 2);
+    // Where an id is used.
+    assert!(m.uses_of(a.id, false).unwrap().is_empty());
+    assert_eq!(m.uses_of(a.id, true).unwrap(), [("s".to_string(), 1)]);
+    assert_eq!(
+        m.uses_of(b.id, false).unwrap(),
+        [("other".to_string(), 1), ("s".to_string(), 2)]
+    );
+    assert_eq!(m.uses_of(999, true).unwrap_err().codes(), (404, 40403));
+    // A subject whose every version is soft-deleted: not found unless deleted=true,
+    // and then a version it does not have is a missing version, not a missing subject.
+    m.apply(&Event::Delete {
+        subject: "s".into(),
+        version: 2,
+        permanent: false,
+    });
+    assert_eq!(m.versions("s", Seen::Live).unwrap_err().codes(), (404, 40401));
+    assert_eq!(m.versions("s", Seen::DeletedOnly).unwrap(), [1, 2]);
+    assert_eq!(
+        m.version("s", VersionRef::Number(1), false).unwrap_err().codes(),
+        (404, 40401)
+    );
+    assert_eq!(
+        m.version("s", VersionRef::Number(7), true).unwrap_err().codes(),
+        (404, 40402)
+    );
+    assert_eq!(m.lookup("s", V2, false).unwrap_err().codes(), (404, 40401));
+    assert_eq!(m.lookup("s", V2, true).unwrap().version, 2);
+}
+
+#[test]
+fn a_model_rebuilt_from_its_image_answers_the_same() {
+    let mut m = Model::default();
+    register(&mut m, "a", V1).unwrap();
+    register(&mut m, "a", V2).unwrap();
+    register(&mut m, "b", V2).unwrap();
+    m.apply(&Event::Config {
+        subject: None,
+        level: Some(Level::Full),
+    });
+    m.apply(&Event::Config {
+        subject: Some("c".into()),
+        level: Some(Level::None),
+    });
+    m.apply(&Event::Delete {
+        subject: "a".into(),
+        version: 1,
+        permanent: false,
+    });
+    let (events, _) = m.plan_delete_subject("b", false).unwrap();
+    events.iter().for_each(|e| m.apply(e));
+    let (events, _) = m.plan_delete_subject("b", true).unwrap();
+    events.iter().for_each(|e| m.apply(e));
+
+    let image = m.image();
+    let text = serde_json::to_string(&image).unwrap();
+    let back = Model::from_image(serde_json::from_str(&text).unwrap()).unwrap();
+    assert_eq!(back.image(), image);
+    for seen in [Seen::Live, Seen::WithDeleted, Seen::DeletedOnly] {
+        assert_eq!(back.subjects(seen), m.subjects(seen));
+    }
+    assert_eq!(
+        back.versions("a", Seen::WithDeleted),
+        m.versions("a", Seen::WithDeleted)
+    );
+    assert_eq!(back.lookup("a", V1, true), m.lookup("a", V1, true));
+    assert_eq!(back.global_level(), Level::Full);
+    assert_eq!(back.subject_level("c"), Ok(Level::None));
+    // Ids keep counting where they were, and the same schema keeps its id.
+    let mut back = back;
+    let next = register(&mut back, "d", NARROW).unwrap();
+    assert_eq!(next.id, register(&mut m, "d", NARROW).unwrap().id);
+    assert_eq!(register(&mut back, "e", V1).unwrap().id, 1);
+
+    let mut broken = image.clone();
+    broken.schemas.clear();
+    let e = Model::from_image(broken).unwrap_err();
+    assert!(e.contains("subject a version 1 names schema id 1"), "{e}");
 }

@@ -177,7 +177,10 @@ impl TopicDecoder {
         table: Option<&SchemaRef>,
         chunk_rows: usize,
     ) -> Result<Self, SourceError> {
-        let client = cfg.schema_registry.as_deref().map(Client::new);
+        let client = match &cfg.schema_registry {
+            Some(endpoint) => Some(Client::connect(endpoint).map_err(SourceError::Setup)?),
+            None => None,
+        };
         let declared = match (cfg.reader_schemas.get(topic), &client) {
             (Some(text), _) => Declared::Avro(text.clone()),
             (None, _) if cfg.format.is_json() => match table {
