@@ -291,7 +291,10 @@ fn a_continuous_run_deletes_expired_log_entries_in_the_background() {
         )
     };
     // A scheduled run creates the table and its history; its commits write checkpoints
-    // but never find anything expired (the default retention is 30 days).
+    // but never find anything expired (the default retention is 30 days). Then the
+    // retention drops to 2 seconds: short enough to expire version 0 during the run,
+    // long enough that no commit the writer is still reading expires under it (with 0
+    // seconds the cleanup could delete a version between its listing and its read).
     let once = write_file(dir.path(), "once.toml", &pipeline("events = 2000", ""));
     run_once(dir.path(), &once);
     let table = dir.path().join("lake").join("clicks");
@@ -303,7 +306,7 @@ fn a_continuous_run_deletes_expired_log_entries_in_the_background() {
             "-c",
             "import sys; from deltalake import DeltaTable, PostCommitHookProperties; \
              DeltaTable(sys.argv[1]).alter.set_table_properties(\
-             {'delta.logRetentionDuration': 'interval 0 seconds'}, \
+             {'delta.logRetentionDuration': 'interval 2 seconds'}, \
              post_commithook_properties=PostCommitHookProperties(cleanup_expired_logs=False))",
             table.to_str().unwrap(),
         ])
@@ -315,6 +318,8 @@ fn a_continuous_run_deletes_expired_log_entries_in_the_background() {
         String::from_utf8_lossy(&altered.stderr)
     );
 
+    // Old enough to expire at the run's first cleanup.
+    std::thread::sleep(Duration::from_secs(3));
     let continuous = write_file(
         dir.path(),
         "continuous.toml",
@@ -324,7 +329,10 @@ fn a_continuous_run_deletes_expired_log_entries_in_the_background() {
     let started = Instant::now();
     while first.exists() && started.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(200));
-        assert!(child.try_wait().unwrap().is_none(), "the run died");
+        if let Some(status) = child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
+            panic!("the run died ({status}):\n{log}");
+        }
     }
     std::thread::sleep(Duration::from_secs(1));
     let log = stop(dir.path(), child);
