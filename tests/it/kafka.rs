@@ -60,6 +60,19 @@ pub(crate) fn produce_clicks(
     counts
 }
 
+/// A new 3-partition topic of clicks `0..n` and, after them, one record per partition
+/// that no decoder accepts (a dead letter); returns the topic and the schema id.
+pub(crate) fn clicks_with_a_bad_record_each(prefix: &str, n: u64) -> (String, u32) {
+    let (topic, id) = clicks_topic(prefix);
+    produce_clicks(&topic, id, 3, 0, n);
+    let p = Produce::new();
+    for part in 0..3 {
+        p.send(&topic, part, None, Some(b"not avro"));
+    }
+    p.flush();
+    (topic, id)
+}
+
 /// A new 3-partition topic named after `prefix`, with the clickstream schema registered
 /// under `{topic}-value`; returns the topic and the schema id.
 pub(crate) fn clicks_topic(prefix: &str) -> (String, u32) {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::kafka::{clicks_source, clicks_topic, produce_clicks};
+use crate::kafka::{clicks_source, clicks_with_a_bad_record_each, produce_clicks};
 use crate::kafka_support::*;
 use crate::operations::{prometheus, spawn_logged, terminate};
 use crate::pg::Db;
@@ -69,14 +69,7 @@ fn scrape_until(
 }
 
 fn kafka_run(wanted: &BTreeSet<String>) -> BTreeSet<String> {
-    let (topic, id) = clicks_topic("monitoring");
-    produce_clicks(&topic, id, 3, 0, 20_000);
-    // Records no decoder accepts: dead letters.
-    let p = Produce::new();
-    for part in 0..3 {
-        p.send(&topic, part, None, Some(b"not avro"));
-    }
-    p.flush();
+    let (topic, id) = clicks_with_a_bad_record_each("monitoring", 20_000);
     let dir = tempfile::tempdir().unwrap();
     let pipeline = kafka_pipeline(
         dir.path(),

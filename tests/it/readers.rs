@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::kafka::{clicks_source, clicks_topic, produce_clicks};
+use crate::kafka::{clicks_source, clicks_with_a_bad_record_each, produce_clicks};
 use crate::kafka_support::*;
 use crate::pg::Db;
 use crate::support::*;
@@ -100,13 +100,7 @@ fn postgres_tables(lake: &Path) {
 
 /// Kafka → append, aggregates (final with late events set aside, update), dead letters.
 fn kafka_tables(lake: &Path) {
-    let (topic, id) = clicks_topic("readers");
-    produce_clicks(&topic, id, 3, 0, 3000);
-    let p = Produce::new();
-    for part in 0..3 {
-        p.send(&topic, part, None, Some(b"not avro"));
-    }
-    p.flush();
+    let (topic, id) = clicks_with_a_bad_record_each("readers", 3000);
     let dir = lake.parent().unwrap();
     let aggregate = |name: &str, extra: &str| {
         format!(
