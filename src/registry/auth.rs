@@ -19,7 +19,8 @@
 //! memory; later requests cost one HMAC. `read-only` users may read and ask questions
 //! (lookups, compatibility checks); only `read-write` users register, delete or change
 //! levels. A failed login is logged with the user name, never the password, and
-//! answered 401 with Confluent's body.
+//! answered 401 with Confluent's body; an unknown user costs the same hash check as a
+//! wrong password, so timing does not tell which names exist.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -127,6 +128,9 @@ struct User {
 #[derive(Debug)]
 pub struct Users {
     users: HashMap<String, User>,
+    /// Checked for a user who does not exist, so that a refusal takes as long either
+    /// way and does not tell which user names exist.
+    decoy: Hash,
     /// Keys memory of accepted passwords; random per process.
     key: hmac::Key,
     /// User → HMAC of the password last accepted for them.
@@ -175,8 +179,11 @@ impl Users {
         }
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rand::SystemRandom::new())
             .map_err(|_| "the system's random source failed".to_string())?;
+        let iterations = users.values().map(|u| u.hash.iterations.get()).max().unwrap_or(1);
+        let decoy = Hash::parse(&hash_password("no such user", iterations)?)?;
         Ok(Users {
             users,
+            decoy,
             key,
             accepted: Mutex::new(HashMap::new()),
         })
@@ -184,7 +191,11 @@ impl Users {
 
     /// The role of `user` when `password` is theirs.
     pub fn check(&self, user: &str, password: &str) -> Option<Role> {
-        let u = self.users.get(user)?;
+        let Some(u) = self.users.get(user) else {
+            // As long as a wrong password of a user who exists.
+            self.decoy.verify(password);
+            return None;
+        };
         let remembered = self.accepted.lock().ok()?.get(user).cloned();
         if let Some(tag) = remembered
             && hmac::verify(&self.key, password.as_bytes(), tag.as_ref()).is_ok()
