@@ -5,7 +5,7 @@ use std::path::Path;
 
 use url::Url;
 
-use super::values::Secret;
+use super::values::{Secret, percent_decode};
 use super::{ConfigError, Resolver, spec};
 
 /// Settings of a Kafka consumer-group source.
@@ -376,17 +376,16 @@ impl Resolver<'_> {
             }
             Err(_) => return Err(self.err(key, "not an http(s) URL")),
         };
-        let in_url = (!parsed.username().is_empty()).then(|| {
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (
-                decode(parsed.username()),
-                Secret::new(decode(parsed.password().unwrap_or(""))),
-            )
-        });
+        let in_url = match (parsed.username(), parsed.password().unwrap_or("")) {
+            ("", _) => None,
+            (user, password) => {
+                let decode = |s| {
+                    percent_decode(s)
+                        .ok_or_else(|| self.err(key, "a percent-escape in the URL is not valid UTF-8"))
+                };
+                Some((decode(user)?, Secret::new(decode(password)?)))
+            }
+        };
         let _ = (parsed.set_username(""), parsed.set_password(None));
         let info_key = "source.schema_registry_user_info";
         let credentials = match (&k.schema_registry_user_info, in_url) {

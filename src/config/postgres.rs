@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::values::Secret;
+use super::values::{Secret, percent_decode};
 
 /// Settings of a Postgres logical-replication source.
 #[derive(Debug, Clone)]
@@ -237,23 +237,6 @@ fn resolve_tls(
         (None, None) => default("postgresql.crt").zip(default("postgresql.key")),
     };
     Ok(())
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `key=value` pairs separated by whitespace; values may be single-quoted with `\'`

@@ -231,6 +231,8 @@ fn registry_credentials_come_from_the_env_or_the_url_and_never_print() {
         e.contains("source.schema_registry_user_info: expected \"user:password\""),
         "{e}"
     );
+    let e = error_of(&with("schema_registry = \"https://u:%ff@reg\""));
+    assert!(e.contains("source.schema_registry: a percent-escape"), "{e}");
     let e = error_of(&with("schema_registry = \"ftp://u:hunter2@reg\""));
     assert!(
         e.contains("source.schema_registry") && !e.contains("hunter2"),

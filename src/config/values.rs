@@ -144,6 +144,25 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Decodes the `%XX` escapes of a URL part (user, password); `None` when an escape
+/// is not hex or the result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Replaces every `${NAME}` in `text` with the value `lookup` gives for NAME.
 /// `$${` escapes a literal `${`. Returns the name of the first variable that is unset.
 pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {

@@ -59,15 +59,11 @@ struct SchemaOnly {
 impl Client {
     /// A client without credentials or extra CAs.
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
-        Self {
+        Self::connect(&RegistryEndpoint::plain(base)).unwrap_or_else(|_| Self {
             base: base.trim_end_matches('/').to_string(),
-            http,
+            http: reqwest::Client::default(),
             credentials: None,
-        }
+        })
     }
 
     /// A client for `endpoint`; fails when its CA file cannot be read or used.
