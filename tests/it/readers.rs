@@ -10,9 +10,7 @@
 //! (`TRIBUTARY_WRITE_READER_TABLE=1` rewrites it).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use crate::kafka::{clicks_source, clicks_with_a_bad_record_each, produce_clicks};
 use crate::kafka_support::*;
@@ -193,22 +191,8 @@ fn every_table_kind_read_by_every_reader_matches_the_readme() {
         .iter()
         .map(|(_, t)| (*t, lake.join(t).to_str().unwrap().to_string()))
         .collect();
-    let mut child = Command::new(stack_env("TRIBUTARY_PYTHON"))
-        .arg(repo().join("tests/readers.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let spec = serde_json::json!({ "tables": tables }).to_string();
-    child.stdin.take().unwrap().write_all(spec.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "readers.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: serde_json::Value = python_json("readers.py", "readers.py", &[], &spec);
 
     let mut matrix = BTreeMap::new();
     let mut report = String::new();

@@ -83,6 +83,17 @@ fn spawn_quiet(dir: &Path, args: &[&str]) -> std::process::Child {
 /// Runs `script` (a reader in tests/) with `args`, SQL on stdin, and returns the JSON
 /// rows it prints.
 fn python_query(reader: &str, script: &str, args: &[String], sql: &str) -> Vec<Vec<Value>> {
+    python_json(reader, script, args, sql)
+}
+
+/// Runs `tests/{script}` with `args`, `input` on its standard input, and parses the
+/// JSON it prints; `what` names it when it fails.
+pub fn python_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    script: &str,
+    args: &[String],
+    input: &str,
+) -> T {
     use std::io::Write;
     let python = stack_env("TRIBUTARY_PYTHON");
     let mut child = Command::new(python)
@@ -97,15 +108,15 @@ fn python_query(reader: &str, script: &str, args: &[String], sql: &str) -> Vec<V
         .stdin
         .take()
         .expect("stdin")
-        .write_all(sql.as_bytes())
-        .expect("write sql");
-    let out = child.wait_with_output().expect("the reader finishes");
+        .write_all(input.as_bytes())
+        .expect("write the input");
+    let out = child.wait_with_output().expect("the script finishes");
     assert!(
         out.status.success(),
-        "{reader} failed on:\n{sql}\n{}",
+        "{what} failed on:\n{input}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{reader} printed no JSON: {e}"))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what} printed no JSON: {e}"))
 }
 
 /// Runs SQL in DuckDB with the delta extension and returns the last statement's rows.
