@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use apache_avro::types::Value;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
@@ -520,4 +521,84 @@ fn an_https_registry_with_users_serves_confluents_client_and_tributary() {
         &source,
         &[("REG_USER", "reader"), ("REG_PASSWORD", "r-pass")],
     );
+}
+
+#[test]
+fn a_registry_killed_at_random_moments_while_snapshotting_keeps_every_acknowledged_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store_s = store.to_str().unwrap().to_string();
+    let port = free_port();
+    // A snapshot every 3 events, so kills land before, during and after snapshot writes.
+    let args = ["--compact-every", "3"];
+    let mut between = random_between();
+    // The truth: every registration the registry acknowledged, with the id it gave.
+    let mut acknowledged: Vec<(String, u64)> = Vec::new();
+    let mut next = 0usize;
+    for _ in 0..8 {
+        let r = RegistryProcess::start_with(&store_s, port, &args, None);
+        let url = r.url.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            let first = next;
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::new();
+                let mut got = Vec::new();
+                for n in first.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let schema = format!(
+                        r#"{{"type":"record","name":"K{n}","fields":[{{"name":"x","type":"long"}}]}}"#
+                    );
+                    let body = serde_json::json!({ "schema": schema }).to_string();
+                    let Ok(resp) = http
+                        .post(format!("{url}/subjects/k{n}-value/versions"))
+                        .header("Content-Type", CT)
+                        .body(body)
+                        .send()
+                    else {
+                        break;
+                    };
+                    let Ok(answer) = resp.json::<serde_json::Value>() else {
+                        break;
+                    };
+                    got.push((format!("k{n}-value"), answer["id"].as_u64().expect("an id")));
+                }
+                got
+            })
+        };
+        std::thread::sleep(Duration::from_millis(between(20, 300)));
+        r.kill();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let got = writer.join().unwrap();
+        next += got.len() + 1;
+        acknowledged.extend(got);
+    }
+    assert!(
+        acknowledged.len() > 20,
+        "only {} registrations",
+        acknowledged.len()
+    );
+    assert!(
+        std::fs::read_dir(store.join("snapshots")).unwrap().count() > 3,
+        "snapshots were written"
+    );
+
+    let r = RegistryProcess::start_with(&store_s, port, &args, None);
+    let http = reqwest::blocking::Client::new();
+    for (subject, id) in &acknowledged {
+        let (status, latest) = http_json(
+            http.get(format!("{}/subjects/{subject}/versions/latest", r.url))
+                .send()
+                .unwrap(),
+        );
+        assert_eq!((status, latest["id"].as_u64()), (200, Some(*id)), "{subject}");
+    }
+    // Ids are never given twice, and numbering goes on after the last one.
+    let ids: std::collections::BTreeSet<u64> = acknowledged.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids.len(), acknowledged.len());
+    let fresh = r#"{"type":"record","name":"Fresh","fields":[]}"#;
+    assert!(u64::from(register(&r.url, "fresh-value", fresh)) > *ids.iter().max().unwrap());
 }
