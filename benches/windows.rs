@@ -94,6 +94,9 @@ fn cfg(window: Window, group_by: &str, distinct: bool) -> AggregateConfig {
         lateness: Span::from_secs(0),
         late_table: None,
         per_partition: false,
+        over: Vec::new(),
+        watermark_from: tributary::config::WatermarkFrom::Aggregate,
+        sql: None,
     }
 }
 
@@ -176,6 +179,28 @@ fn main() {
                 "hopping 10m / 1m (10 panes), count by page",
                 cfg(hop, "page", false),
             ),
+            (
+                "cumulate 10m / 1m (10 windows per block), count by page",
+                cfg(
+                    Window::Cumulate {
+                        size: Span::from_secs(600),
+                        step: Span::from_secs(60),
+                    },
+                    "page",
+                    false,
+                ),
+            ),
+            ("tumbling 1m, count by page + avg over 3 rows per page", {
+                let mut c = cfg(minute, "page", false);
+                c.over = vec![tributary::config::Over {
+                    name: "n_ma3".into(),
+                    func: tributary::config::OverFn::Avg,
+                    measure: "n".into(),
+                    partition_by: vec!["page".into()],
+                    preceding: 2,
+                }];
+                c
+            }),
         ])
         .collect();
     println!("| operator | events | seconds | events/s | rows out |");

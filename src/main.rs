@@ -110,6 +110,13 @@ enum Command {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
     },
+    /// Print each aggregate as the engine will run it (window, keys, measures,
+    /// watermark, emit, late policy, output table) and its TOML form, for SQL and TOML
+    /// aggregates alike.
+    Explain {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
 }
 
 /// Dependencies' routine chatter is hidden by default; the delta kernel logs an ERROR
@@ -352,6 +359,24 @@ async fn run(tuning: runtime::malloc::Tuning) -> ExitCode {
                 }
             }
         }
+        Command::Explain { pipeline } => match config::load(&pipeline) {
+            Ok(p) => {
+                if p.aggregates.is_empty() {
+                    println!("{}: no aggregates", pipeline.display());
+                }
+                for (i, a) in p.aggregates.iter().enumerate() {
+                    if i > 0 {
+                        println!();
+                    }
+                    print!("{}", config::explain::aggregate(&p, a));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Validate { pipeline } => match config::load(&pipeline) {
             Ok(p) => {
                 println!("{}: ok", pipeline.display());

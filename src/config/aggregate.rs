@@ -2,12 +2,13 @@
 //! types are checked when the operator meets the stream's schema (see
 //! [`crate::window::build`]); everything knowable from the file alone is checked here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use deltalake::datafusion::sql::sqlparser::dialect::GenericDialect;
 use deltalake::datafusion::sql::sqlparser::parser::Parser;
 
 use super::spec::{AggregateSpec, EmitMode, LatePolicy, WindowSpec};
+use super::sql::resolve::StreamTime;
 use super::{ConfigError, Resolver, Span};
 
 #[derive(Debug, Clone)]
@@ -34,6 +35,44 @@ pub struct AggregateConfig {
     /// Each shard's windows are state of their own (`partitioned_by_key`, resolved
     /// against the source): see `runtime::partitioned`.
     pub per_partition: bool,
+    /// Post-window steps (`over`), computed over the window rows as they are emitted.
+    pub over: Vec<Over>,
+    /// Where the watermark's delay came from, for `explain`.
+    pub watermark_from: WatermarkFrom,
+    /// The query it was written as (`sql`), if it was.
+    pub sql: Option<String>,
+}
+
+/// Where an aggregate's watermark delay is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatermarkFrom {
+    /// Its own `watermark` key.
+    Aggregate,
+    /// `[streams.<name>] watermark`.
+    Stream(String),
+    /// Global windows have none.
+    None,
+}
+
+/// `name = "func(measure) over (…)"`: a moving aggregate of a measure over the last
+/// `preceding + 1` window rows of its partition, in window_start order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Over {
+    pub name: String,
+    pub func: OverFn,
+    /// The measure it reads.
+    pub measure: String,
+    pub partition_by: Vec<String>,
+    pub preceding: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverFn {
+    Avg,
+    Sum,
+    Min,
+    Max,
+    Count,
 }
 
 impl AggregateConfig {
@@ -43,6 +82,17 @@ impl AggregateConfig {
     pub fn keyed(&self) -> bool {
         self.emit == EmitMode::Update || self.late == LatePolicy::Update || self.window == Window::Global
     }
+
+    /// The columns a keyed output table is merged on: the window (its end too for
+    /// cumulating windows, which share starts) and the group keys.
+    pub fn merge_key(&self) -> Vec<String> {
+        let mut key = vec!["window_start".to_string()];
+        if matches!(self.window, Window::Cumulate { .. }) {
+            key.push("window_end".to_string());
+        }
+        key.extend(self.group_by.iter().cloned());
+        key
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +100,7 @@ pub enum Window {
     Tumbling { size: Span },
     Hopping { size: Span, slide: Span },
     Session { gap: Span },
+    Cumulate { size: Span, step: Span },
     Global,
 }
 
@@ -138,16 +189,37 @@ impl Resolver<'_> {
     pub(super) fn aggregate(
         &self,
         i: usize,
-        a: AggregateSpec,
+        mut a: AggregateSpec,
         streams: &Option<Vec<String>>,
+        times: &BTreeMap<String, StreamTime>,
         names: &mut BTreeSet<String>,
     ) -> Result<AggregateConfig, ConfigError> {
         let key = format!("aggregates[{i}]");
-        self.name(&format!("{key}.name"), &a.name)?;
-        if !names.insert(a.name.clone()) {
-            return Err(self.err(format!("{key}.name"), format!("\"{}\" is used twice", a.name)));
+        let sql = match a.sql.take() {
+            Some(sql) => Some(self.read_sql(&key, &mut a, sql)?),
+            None => None,
+        };
+        let missing = |k: &str, what: &str| self.err(format!("{key}.{k}"), format!("missing: {what}"));
+        let name = a.name.ok_or_else(|| missing("name", "the output table's name"))?;
+        let from = a
+            .from
+            .ok_or_else(|| missing("from", "the stream it aggregates"))?;
+        let stream_time = times.get(&from);
+        let event_time = match (a.event_time, stream_time.and_then(|t| t.event_time.clone())) {
+            (Some(c), _) | (None, Some(c)) => c,
+            (None, None) => return Err(missing("event_time", "the event-time column")),
+        };
+        let window = a.window.ok_or_else(|| {
+            missing(
+                "window",
+                "the window, e.g. { kind = \"tumbling\", size = \"1m\" }",
+            )
+        })?;
+        self.name(&format!("{key}.name"), &name)?;
+        if !names.insert(name.clone()) {
+            return Err(self.err(format!("{key}.name"), format!("\"{name}\" is used twice")));
         }
-        self.stream(&format!("{key}.from"), streams, &a.from)?;
+        self.stream(&format!("{key}.from"), streams, &from)?;
         let positive = |k: &str, s: Span| {
             if s.0.is_zero() {
                 Err(self.err(format!("{key}.window.{k}"), "must be longer than 0"))
@@ -155,7 +227,7 @@ impl Resolver<'_> {
                 Ok(s)
             }
         };
-        let window = match a.window {
+        let window = match window {
             WindowSpec::Tumbling { size } => Window::Tumbling {
                 size: positive("size", size)?,
             },
@@ -172,15 +244,32 @@ impl Resolver<'_> {
             WindowSpec::Session { gap } => Window::Session {
                 gap: positive("gap", gap)?,
             },
+            WindowSpec::Cumulate { size, step } => {
+                let (size, step) = (positive("size", size)?, positive("step", step)?);
+                if step.0 > size.0 || size.as_micros() % step.as_micros() != 0 {
+                    return Err(self.err(
+                        format!("{key}.window.size"),
+                        format!("{size:?} must be a whole multiple of the step {step:?}"),
+                    ));
+                }
+                Window::Cumulate { size, step }
+            }
             WindowSpec::Global => Window::Global,
         };
-        let watermark = match (a.watermark, window) {
-            (Some(w), _) => w,
-            (None, Window::Global) => Span::from_secs(0),
-            (None, _) => {
+        // The stream's declared delay applies to aggregates on its declared column.
+        let declared = stream_time.filter(|t| t.event_time.as_deref() == Some(event_time.as_str()));
+        let (watermark, watermark_from) = match (a.watermark, window, declared.and_then(|t| t.delay)) {
+            (Some(w), _, _) => (w, WatermarkFrom::Aggregate),
+            (None, Window::Global, _) => (Span::from_secs(0), WatermarkFrom::None),
+            (None, _, Some(d)) => (d, WatermarkFrom::Stream(from.clone())),
+            (None, _, None) => {
                 return Err(self.err(
                     format!("{key}.watermark"),
-                    "missing: how far behind the latest event time the watermark trails, e.g. \"30s\"",
+                    format!(
+                        "missing: how far behind the latest event time the watermark trails, e.g. \"30s\" \
+                         (here or for every aggregate of the stream: [streams.{from}] watermark = \
+                         \"WATERMARK FOR {event_time} AS {event_time} - INTERVAL '30' SECOND\")"
+                    ),
                 ));
             }
         };
@@ -230,7 +319,7 @@ impl Resolver<'_> {
         };
         let late_table = match (a.late, a.late_table) {
             (LatePolicy::Dlq, t) => {
-                let t = t.unwrap_or_else(|| format!("{}_late_events", a.name));
+                let t = t.unwrap_or_else(|| format!("{name}_late_events"));
                 self.name(&format!("{key}.late_table"), &t)?;
                 if !names.insert(t.clone()) {
                     return Err(self.err(format!("{key}.late_table"), format!("\"{t}\" is used twice")));
@@ -248,11 +337,12 @@ impl Resolver<'_> {
                 "a global window never closes, so no event is ever late",
             ));
         }
+        let over = self.over(&key, &a.over, &measures, &a.group_by, window, a.emit, a.late)?;
         Ok(AggregateConfig {
-            name: a.name,
+            name,
             key,
-            from: a.from,
-            event_time: a.event_time,
+            from,
+            event_time,
             window,
             watermark,
             idle_timeout: a.idle_timeout,
@@ -264,6 +354,9 @@ impl Resolver<'_> {
             lateness,
             late_table,
             per_partition: a.partitioned_by_key.unwrap_or(false),
+            over,
+            watermark_from,
+            sql,
         })
     }
 
@@ -291,6 +384,19 @@ impl Resolver<'_> {
             .as_ref()
             .is_some_and(|cols| !cols.is_empty() && cols.iter().all(|c| a.group_by.contains(c)));
         a.per_partition = declared.unwrap_or(k.scale_out && derived);
+        if a.per_partition
+            && let Some(o) = a
+                .over
+                .iter()
+                .find(|o| a.group_by.iter().any(|g| !o.partition_by.contains(g)))
+        {
+            return Err(self.err(
+                format!("{}.over.{}", a.key, o.name),
+                "with state per Kafka partition, each partition's rows get their own frames: \
+                 PARTITION BY every group-by column, or keep the aggregate's state whole \
+                 (partitioned_by_key = false)",
+            ));
+        }
         if k.scale_out && !a.per_partition {
             let why = match (&key_columns, declared) {
                 (_, Some(false)) => format!("{}.partitioned_by_key is false", a.key),

@@ -5,9 +5,11 @@
 
 mod aggregate;
 mod compaction;
+pub mod explain;
 mod kafka;
 mod postgres;
 pub mod spec;
+pub mod sql;
 pub mod values;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
-pub use aggregate::{AggregateConfig, Measure, MeasureFn, Window, parse_measure};
+pub use aggregate::{
+    AggregateConfig, Measure, MeasureFn, Over, OverFn, WatermarkFrom, Window, parse_measure,
+};
 pub use kafka::{
     HEADERS_COLUMN, KEY_COLUMN, KafkaConfig, KafkaFormat, KeyConfig, KeyFormat, RESERVED_OPTIONS,
     RegistryEndpoint, StartAt, SubjectStrategy, UnknownFields,
@@ -260,7 +264,12 @@ pub fn parse(file: &str, text: &str, env: impl Fn(&str) -> Option<String>) -> Re
                 invalid(file, text, e)
             }
         })?;
-    Resolver { file, env: &env }.resolve(spec)
+    Resolver {
+        file,
+        text,
+        env: &env,
+    }
+    .resolve(spec)
 }
 
 /// A parse error, naming the key path and the line.
@@ -309,6 +318,8 @@ fn source_error(file: &str, text: &str) -> Option<ConfigError> {
 
 struct Resolver<'a> {
     file: &'a str,
+    /// The file's text, for placing errors inside values (`sql`).
+    text: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
 }
 
@@ -449,10 +460,11 @@ impl Resolver<'_> {
             });
         }
 
+        let times = self.stream_times(spec.streams, &streams)?;
         let mut aggregates = Vec::with_capacity(spec.aggregates.len());
         for (i, a) in spec.aggregates.into_iter().enumerate() {
             let declared = a.partitioned_by_key;
-            let mut resolved = self.aggregate(i, a, &streams, &mut names)?;
+            let mut resolved = self.aggregate(i, a, &streams, &times, &mut names)?;
             self.partition(&mut resolved, declared, &source)?;
             aggregates.push(resolved);
         }

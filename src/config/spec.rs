@@ -48,6 +48,9 @@ pub struct PipelineSpec {
     /// Event-time windowed aggregates of a source stream.
     #[serde(default)]
     pub aggregates: Vec<AggregateSpec>,
+    /// Per source stream: its event-time column and watermark, for its aggregates.
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamSpec>,
     /// Where records that cannot be used go; absent = such a record stops the run.
     pub dead_letters: Option<DeadLetterSpec>,
     /// Memory budget, metrics endpoint and shutdown deadline.
@@ -343,20 +346,26 @@ pub enum OnIncompatible {
     DeadLetter,
 }
 
-/// `[[aggregates]]`
-#[derive(Debug, Deserialize)]
+/// `[[aggregates]]`: either `window`/`group_by`/`measures`/`filter`/`over`, or the same
+/// written as one SQL query in `sql` (see [`super::sql`]); the rest applies to both.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateSpec {
-    /// Table name of the aggregate's output.
-    pub name: String,
+    /// Table name of the aggregate's output (with `sql`: the `INSERT INTO` table, when
+    /// the query has one).
+    pub name: Option<String>,
+    /// A Flink-style window-TVF query: `[INSERT INTO t] SELECT … FROM TABLE(TUMBLE(…))
+    /// GROUP BY window_start, window_end, …`. Kept with its place in the file, so errors
+    /// point at a line and column.
+    pub sql: Option<toml::Spanned<String>>,
     /// The source stream it aggregates.
-    pub from: String,
+    pub from: Option<String>,
     /// Column holding the event time (timestamp, date, RFC 3339 text, or epoch microseconds).
-    pub event_time: String,
+    pub event_time: Option<String>,
     /// Window shape.
-    pub window: WindowSpec,
+    pub window: Option<WindowSpec>,
     /// Allowed out-of-orderness: the watermark trails the largest event time by this much.
-    /// Required for every window but `global`.
+    /// Required for every window but `global`, unless `[streams.<from>]` declares it.
     pub watermark: Option<Span>,
     /// A shard (Kafka partition, slot) that sent nothing for this long stops holding the
     /// watermark back. Absent: a quiet shard holds it back until it sends again.
@@ -365,9 +374,15 @@ pub struct AggregateSpec {
     #[serde(default)]
     pub group_by: Vec<String>,
     /// Output column → aggregate expression, such as `count(*)`; columns keep this order.
+    #[serde(default)]
     pub measures: IndexMap<String, String>,
     /// SQL condition on the stream's columns; only rows where it is true are aggregated.
     pub filter: Option<String>,
+    /// Output column → a window function over the window rows, such as
+    /// `avg(views) over (partition by page order by window_start rows between 2 preceding
+    /// and current row)`, computed as windows are emitted (`emit = "final"`).
+    #[serde(default)]
+    pub over: IndexMap<String, String>,
     /// When windows reach the table.
     #[serde(default)]
     pub emit: EmitMode,
@@ -386,6 +401,17 @@ pub struct AggregateSpec {
     pub partitioned_by_key: Option<bool>,
 }
 
+/// `[streams.<name>]`: what is known of a source stream, shared by every aggregate of it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    /// The event-time column aggregates of the stream use by default.
+    pub event_time: Option<String>,
+    /// How far the watermark trails the largest event time: a duration (`"5s"`, with
+    /// `event_time`), or Flink's declaration `WATERMARK FOR ts AS ts - INTERVAL '5' SECOND`.
+    pub watermark: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum WindowSpec {
@@ -400,6 +426,9 @@ pub enum WindowSpec {
     /// Per group key, events less than `gap` apart share a window, which ends `gap`
     /// after its last event.
     Session { gap: Span },
+    /// Windows growing by `step` from each start (a multiple of `size`) up to `size`:
+    /// `[s, s+step)`, `[s, s+2·step)`, … `[s, s+size)`; `size` is a multiple of `step`.
+    Cumulate { size: Span, step: Span },
     /// One window over all time per group key.
     Global,
 }

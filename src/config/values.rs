@@ -33,6 +33,20 @@ impl fmt::Debug for Span {
     }
 }
 
+/// As a pipeline file writes it: the largest unit that holds it whole (`90s`, `5m`).
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        let unit = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")]
+            .into_iter()
+            .find(|(u, _)| ms > 0 && ms.is_multiple_of(*u));
+        match unit {
+            Some((u, name)) => write!(f, "{}{name}", ms / u),
+            None => write!(f, "{ms}ms"),
+        }
+    }
+}
+
 /// Parses `"<integer><unit>"` with unit one of ms, s, m, h, d.
 pub fn parse_span(text: &str) -> Result<Span, String> {
     let t = text.trim();

@@ -267,10 +267,7 @@ async fn run_once(
     let mut aggregates = Vec::with_capacity(pipeline.aggregates.len());
     for a in &pipeline.aggregates {
         let options = if a.keyed() {
-            let key = std::iter::once("window_start".to_string())
-                .chain(a.group_by.iter().cloned())
-                .collect();
-            TableOptions::keyed_aggregate(key, pipeline.sink.checkpoint_every)
+            TableOptions::keyed_aggregate(a.merge_key(), pipeline.sink.checkpoint_every)
         } else {
             TableOptions::append(pipeline.sink.checkpoint_every)
         };

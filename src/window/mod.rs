@@ -20,6 +20,7 @@
 mod hll;
 mod measure;
 mod operator;
+mod over;
 mod panes;
 mod sessions;
 mod snapshot;
@@ -263,3 +264,5 @@ impl Watermarks {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sql;

@@ -22,6 +22,7 @@ use hashbrown::{HashMap, HashSet};
 use tokio::time::Instant;
 
 use super::measure::{Measures, Store};
+use super::over::OverSteps;
 use super::panes::Panes;
 use super::sessions::Sessions;
 use super::{Ctx, Emission, Operator, OperatorStats, Outcome, Row, Watermarks, WindowError};
@@ -56,7 +57,10 @@ pub struct WindowedAggregate {
     filter: Option<Arc<dyn PhysicalExpr>>,
     pub(super) store: Store,
     pub(super) index: Index,
+    /// Rows as the windows give them; `output` adds the post-window steps' columns.
+    base: SchemaRef,
     output: SchemaRef,
+    pub(super) over: Option<OverSteps>,
     input: SchemaRef,
     /// `input` with every column nullable: the layout a changed stream is read into.
     input_nullable: SchemaRef,
@@ -202,8 +206,16 @@ impl WindowedAggregate {
             Window::Tumbling { size } => Index::Panes(Panes::new(size.as_micros(), size.as_micros())),
             Window::Hopping { size, slide } => Index::Panes(Panes::new(size.as_micros(), slide.as_micros())),
             Window::Session { gap } => Index::Sessions(Sessions::new(gap.as_micros())),
+            Window::Cumulate { size, step } => {
+                Index::Panes(Panes::cumulate(size.as_micros(), step.as_micros()))
+            }
             Window::Global => Index::Global(HashMap::new(), HashSet::new()),
         };
+        let base: SchemaRef = Arc::new(Schema::new(fields));
+        let over = OverSteps::bind(&cfg.key, &cfg.over, &base)?;
+        let output = over
+            .as_ref()
+            .map_or_else(|| base.clone(), OverSteps::output_schema);
         Ok(Self {
             name: cfg.name.clone(),
             keyed,
@@ -218,7 +230,9 @@ impl WindowedAggregate {
             measures,
             filter,
             index,
-            output: Arc::new(Schema::new(fields)),
+            base,
+            output,
+            over,
             input: input.clone(),
             input_nullable: Arc::new(Schema::new(
                 input
@@ -231,10 +245,17 @@ impl WindowedAggregate {
             watermark: i64::MIN,
             stats: OperatorStats::default(),
             late_rows: Vec::new(),
-            signature: format!(
-                "{:?} by {:?} measuring {:?} lateness {:?}",
-                cfg.window, cfg.group_by, cfg.measures, cfg.lateness
-            ),
+            signature: if cfg.over.is_empty() {
+                format!(
+                    "{:?} by {:?} measuring {:?} lateness {:?}",
+                    cfg.window, cfg.group_by, cfg.measures, cfg.lateness
+                )
+            } else {
+                format!(
+                    "{:?} by {:?} measuring {:?} lateness {:?} over {:?}",
+                    cfg.window, cfg.group_by, cfg.measures, cfg.lateness, cfg.over
+                )
+            },
         })
     }
 
@@ -284,9 +305,9 @@ impl WindowedAggregate {
             }
             if is_delete {
                 let first = 2 + self.key_fields.len();
-                let last = self.output.fields().len() - 1;
+                let last = self.base.fields().len() - 1;
                 cols.extend(
-                    self.output.fields()[first..last]
+                    self.base.fields()[first..last]
                         .iter()
                         .map(|f| new_null_array(f.data_type(), n)),
                 );
@@ -305,22 +326,26 @@ impl WindowedAggregate {
                     op, n,
                 ))));
             }
-            batches.push(RecordBatch::try_new(self.output.clone(), cols).map_err(self.arrow_err())?);
+            batches.push(RecordBatch::try_new(self.base.clone(), cols).map_err(self.arrow_err())?);
         }
-        concat_batches(&self.output, &batches)
+        concat_batches(&self.base, &batches)
             .map(Some)
             .map_err(self.arrow_err())
     }
 
     fn emit(&mut self, new: i64, to_end: bool) -> Result<Option<RecordBatch>, WindowError> {
         let ctx = self.ctx();
+        let emit_update = self.emit_update;
         let emission = match &mut self.index {
             Index::Panes(p) => p.emit(&ctx, new, to_end),
             Index::Sessions(s) => s.emit(&ctx, new, to_end),
             Index::Global(groups, dirty) => {
                 let mut rows: Vec<Row> = groups
                     .iter()
-                    .filter(|(_, slot)| to_end || dirty.contains(*slot))
+                    // At the end of an input, `final` writes every key's total; `update`
+                    // has written each change already (rewriting them would give the
+                    // commit two rows per key).
+                    .filter(|(_, slot)| (to_end && !emit_update) || dirty.contains(*slot))
                     .map(|(k, &slot)| Row::upsert(None, None, k.clone(), slot))
                     .collect();
                 rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
@@ -331,7 +356,14 @@ impl WindowedAggregate {
         // After the end of an input, what was emitted is final; a later run (new files)
         // may still add later windows.
         let emitted_end = emission.rows.iter().filter_map(|r| r.end).max();
-        let out = self.output(emission)?;
+        let mut out = self.output(emission)?;
+        if let (Some(over), Some(rows)) = (&mut self.over, &out) {
+            let with = over.apply(rows).map_err(|source| WindowError::Arrow {
+                aggregate: self.name.clone(),
+                source,
+            })?;
+            out = Some(with);
+        }
         match &mut self.index {
             Index::Panes(p) if to_end => p.clear(&mut self.store),
             Index::Panes(p) => p.evict(&mut self.store, &ctx, new),

@@ -1,9 +1,14 @@
-//! Tumbling and hopping windows over panes.
+//! Tumbling, hopping and cumulating windows over panes.
 //!
 //! A pane is a slice of `gcd(size, slide)`: every event updates exactly one pane, and a
 //! hopping window is the merge of its `size / pane` panes when it is emitted. So an
 //! event costs the same in a hopping window as in a tumbling one; only emitting costs
 //! more, in proportion to the rows emitted. A tumbling window is its one pane.
+//!
+//! Cumulating windows (Flink's CUMULATE) are panes of `step`: within each block
+//! `[s, s + size)` (s a multiple of size), the windows `[s, s + k·step)` for k = 1 …
+//! size/step are the merges of the block's first k panes. A window is identified by
+//! its start and end, since a block's windows share their start.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,6 +16,9 @@ use hashbrown::{HashMap, HashSet};
 
 use super::measure::{Input, Store};
 use super::{Ctx, Emission, Outcome, Row};
+
+/// Row-encoded group keys.
+type Keys = BTreeSet<Box<[u8]>>;
 
 /// Groups of one pane: row-encoded group key → slot.
 pub(super) type Groups = HashMap<Box<[u8]>, u32>;
@@ -22,6 +30,8 @@ pub(super) struct Panes {
     pub panes: BTreeMap<i64, Groups>,
     /// Per pane, slots whose windows need their rows written again this micro-batch.
     dirty: BTreeMap<i64, HashSet<u32>>,
+    /// Cumulating windows: `slide` is the step, windows grow from each block's start.
+    cumulate: bool,
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -46,6 +56,15 @@ impl Panes {
             pane: gcd(size, slide),
             panes: BTreeMap::new(),
             dirty: BTreeMap::new(),
+            cumulate: false,
+        }
+    }
+
+    /// Cumulating windows of at most `size`, growing by `step` (size is a multiple of step).
+    pub fn cumulate(size: i64, step: i64) -> Self {
+        Self {
+            cumulate: true,
+            ..Self::new(size, step)
         }
     }
 
@@ -56,6 +75,9 @@ impl Panes {
     /// End of the last window that contains time `t` (its start is the latest multiple
     /// of `slide` at or before `t`).
     fn last_end(&self, t: i64) -> i64 {
+        if self.cumulate {
+            return (t - t.rem_euclid(self.size)).saturating_add(self.size);
+        }
         (t - t.rem_euclid(self.slide)).saturating_add(self.size)
     }
 
@@ -91,13 +113,49 @@ impl Panes {
         if late { Outcome::Corrected } else { Outcome::Folded }
     }
 
-    /// Window starts `s` of windows holding pane `p`, ascending.
-    fn windows_of(&self, p: i64) -> impl Iterator<Item = i64> + '_ {
+    /// The windows (start, end) holding pane `p`, ascending.
+    fn windows_of(&self, p: i64) -> Vec<(i64, i64)> {
+        if self.cumulate {
+            let s = p - p.rem_euclid(self.size);
+            let last = s.saturating_add(self.size);
+            return (1..)
+                .map(|k: i64| p.saturating_add(k.saturating_mul(self.pane)))
+                .take_while(|&e| e <= last)
+                .map(|e| (s, e))
+                .collect();
+        }
         let first = clamp(align_up(i128::from(p) - i128::from(self.size) + 1, self.slide));
         let last = p - p.rem_euclid(self.slide);
         (0..)
-            .map(move |k: i64| first.saturating_add(k.saturating_mul(self.slide)))
-            .take_while(move |&s| s <= last)
+            .map(|k: i64| first.saturating_add(k.saturating_mul(self.slide)))
+            .take_while(|&s| s <= last)
+            .map(|s| (s, s.saturating_add(self.size)))
+            .collect()
+    }
+
+    /// Cumulating windows ending in `(old, new]` (every one left, with `to_end`), per
+    /// block that has panes: those from its first pane's end on.
+    fn cumulate_closing(&self, old: i64, new: i64, to_end: bool) -> Vec<(i64, i64)> {
+        let mut firsts: BTreeMap<i64, i64> = BTreeMap::new();
+        for &p in self.panes.keys() {
+            firsts.entry(p - p.rem_euclid(self.size)).or_insert(p);
+        }
+        let mut out = Vec::new();
+        for (s, p0) in firsts {
+            let block_end = i128::from(s) + i128::from(self.size);
+            let lo = (i128::from(p0) + i128::from(self.pane)).max(align_up(i128::from(old) + 1, self.pane));
+            let hi = if to_end {
+                block_end
+            } else {
+                block_end.min(i128::from(new))
+            };
+            let mut e = lo;
+            while e <= hi {
+                out.push((s, clamp(e)));
+                e += i128::from(self.pane);
+            }
+        }
+        out
     }
 
     /// Rows for the windows this micro-batch finished (`final`: watermark passed from
@@ -105,9 +163,13 @@ impl Panes {
     /// rows must be written again.
     pub fn emit(&mut self, ctx: &Ctx, new: i64, to_end: bool) -> Emission {
         let old = ctx.watermark;
-        // Window start → keys to write (None: every key it has).
-        let mut targets: BTreeMap<i64, Option<BTreeSet<Box<[u8]>>>> = BTreeMap::new();
-        if !ctx.emit_update {
+        // Window (start, end) → keys to write (None: every key it has).
+        let mut targets: BTreeMap<(i64, i64), Option<Keys>> = BTreeMap::new();
+        if !ctx.emit_update && self.cumulate {
+            for w in self.cumulate_closing(old, new, to_end) {
+                targets.insert(w, None);
+            }
+        } else if !ctx.emit_update {
             let hi = if to_end {
                 i128::MAX
             } else {
@@ -123,15 +185,14 @@ impl Panes {
                     s = align_up(i128::from(p) - i128::from(self.size) + 1, self.slide);
                     continue;
                 }
-                targets.insert(clamp(s), None);
+                targets.insert((clamp(s), clamp(s + i128::from(self.size))), None);
                 s += i128::from(self.slide);
             }
         }
         let dirty = std::mem::take(&mut self.dirty);
         for (p, slots) in &dirty {
             let Some(groups) = self.panes.get(p) else { continue };
-            for s in self.windows_of(*p) {
-                let end = s.saturating_add(self.size);
+            for (s, end) in self.windows_of(*p) {
                 let write = if end <= old {
                     ctx.late_update && ctx.correctable(end)
                 } else {
@@ -140,7 +201,7 @@ impl Panes {
                 if !write {
                     continue;
                 }
-                if let Some(keys) = targets.entry(s).or_insert_with(|| Some(BTreeSet::new())) {
+                if let Some(keys) = targets.entry((s, end)).or_insert_with(|| Some(BTreeSet::new())) {
                     keys.extend(
                         groups
                             .iter()
@@ -152,7 +213,7 @@ impl Panes {
         }
         let mut rows = Vec::new();
         if self.tumbling() {
-            for (s, keys) in targets {
+            for ((s, e), keys) in targets {
                 let Some(groups) = self.panes.get(&s) else {
                     continue;
                 };
@@ -161,16 +222,18 @@ impl Panes {
                     Some(keys) => groups.iter().filter(|(k, _)| keys.contains(*k)).collect(),
                 };
                 picked.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                rows.extend(picked.into_iter().map(|(k, &slot)| {
-                    Row::upsert(Some(s), Some(s.saturating_add(self.size)), k.clone(), slot)
-                }));
+                rows.extend(
+                    picked
+                        .into_iter()
+                        .map(|(k, &slot)| Row::upsert(Some(s), Some(e), k.clone(), slot)),
+                );
             }
             return Emission { rows, groups: None };
         }
         let mut groups: Vec<Vec<u32>> = Vec::new();
-        for (s, keys) in targets {
+        for ((s, e), keys) in targets {
             let mut merged: BTreeMap<&[u8], Vec<u32>> = BTreeMap::new();
-            for (_, pane) in self.panes.range(s..s.saturating_add(self.size)) {
+            for (_, pane) in self.panes.range(s..e) {
                 for (k, &slot) in pane {
                     if keys.as_ref().is_none_or(|keys| keys.contains(k)) {
                         merged.entry(k.as_ref()).or_default().push(slot);
@@ -180,12 +243,7 @@ impl Panes {
             for (k, slots) in merged {
                 let g = u32::try_from(groups.len()).unwrap_or(u32::MAX);
                 groups.push(slots);
-                rows.push(Row::upsert(
-                    Some(s),
-                    Some(s.saturating_add(self.size)),
-                    k.into(),
-                    g,
-                ));
+                rows.push(Row::upsert(Some(s), Some(e), k.into(), g));
             }
         }
         Emission {

@@ -19,6 +19,7 @@ const META_WATERMARKS: &str = "tributary.watermarks";
 const META_WATERMARK: &str = "tributary.watermark";
 const META_STATS: &str = "tributary.stats";
 const META_SIGNATURE: &str = "tributary.aggregate";
+const META_OVER: &str = "tributary.over";
 
 /// One state row before encoding.
 struct Entry<'a> {
@@ -111,17 +112,17 @@ impl WindowedAggregate {
             cols.push(c);
         }
         let stats = serde_json::to_string(&self.stats).unwrap_or_default();
-        let schema = Arc::new(
-            Schema::new(fields).with_metadata(
-                [
-                    (META_WATERMARKS.to_string(), self.watermarks.to_json()),
-                    (META_WATERMARK.to_string(), self.watermark.to_string()),
-                    (META_STATS.to_string(), stats),
-                    (META_SIGNATURE.to_string(), self.signature.clone()),
-                ]
-                .into(),
-            ),
-        );
+        let mut meta: std::collections::HashMap<String, String> = [
+            (META_WATERMARKS.to_string(), self.watermarks.to_json()),
+            (META_WATERMARK.to_string(), self.watermark.to_string()),
+            (META_STATS.to_string(), stats),
+            (META_SIGNATURE.to_string(), self.signature.clone()),
+        ]
+        .into();
+        if let Some(over) = &self.over {
+            meta.insert(META_OVER.to_string(), over.to_json());
+        }
+        let schema = Arc::new(Schema::new(fields).with_metadata(meta));
         let batch = RecordBatch::try_new(schema.clone(), cols).map_err(self.arrow_err())?;
         let mut buf = Vec::new();
         let mut writer = FileWriter::try_new(&mut buf, &schema).map_err(self.arrow_err())?;
@@ -164,6 +165,14 @@ impl WindowedAggregate {
             .map_err(|e| self.state_err(format!("watermarks: {e}")))?;
         self.watermark = watermark;
         self.stats = stats;
+        if self.over.is_some() {
+            let json = meta
+                .get(META_OVER)
+                .cloned()
+                .ok_or_else(|| self.state_err(format!("no {META_OVER}")))?;
+            let restored = self.over.as_mut().map_or(Ok(()), |o| o.restore_json(&json));
+            restored.map_err(|m| self.state_err(format!("over: {m}")))?;
+        }
         for batch in reader {
             let batch = batch.map_err(self.arrow_err())?;
             let int = |i: usize| {

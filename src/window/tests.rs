@@ -11,10 +11,10 @@ use deltalake::arrow::util::display::array_value_to_string;
 use super::*;
 use crate::config::{AggregateConfig, EmitMode, LatePolicy, Measure, MeasureFn, Span, Window};
 
-const SEC: i64 = 1_000_000;
-const MIN: i64 = 60 * SEC;
+pub(super) const SEC: i64 = 1_000_000;
+pub(super) const MIN: i64 = 60 * SEC;
 
-fn cfg(window: Window, watermark_secs: u64) -> AggregateConfig {
+pub(super) fn cfg(window: Window, watermark_secs: u64) -> AggregateConfig {
     let m = |name: &str, func: MeasureFn| Measure {
         name: name.into(),
         func,
@@ -43,6 +43,9 @@ fn cfg(window: Window, watermark_secs: u64) -> AggregateConfig {
         lateness: Span::from_secs(0),
         late_table: None,
         per_partition: false,
+        over: Vec::new(),
+        watermark_from: crate::config::WatermarkFrom::Aggregate,
+        sql: None,
     }
 }
 
@@ -52,7 +55,7 @@ fn tumbling() -> Window {
     }
 }
 
-fn schema() -> SchemaRef {
+pub(super) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("k", DataType::Utf8, true),
         Field::new("t", DataType::Timestamp(TimeUnit::Microsecond, None), true),
@@ -63,11 +66,11 @@ fn schema() -> SchemaRef {
 }
 
 #[derive(Clone, Copy)]
-struct Ev {
-    k: Option<&'static str>,
-    t: i64,
-    v: Option<i64>,
-    u: Option<&'static str>,
+pub(super) struct Ev {
+    pub k: Option<&'static str>,
+    pub t: i64,
+    pub v: Option<i64>,
+    pub u: Option<&'static str>,
 }
 
 fn ev(k: Option<&'static str>, t: i64) -> Ev {
@@ -79,7 +82,7 @@ fn ev(k: Option<&'static str>, t: i64) -> Ev {
     }
 }
 
-fn batch(evs: &[Ev]) -> RecordBatch {
+pub(super) fn batch(evs: &[Ev]) -> RecordBatch {
     RecordBatch::try_new(
         schema(),
         vec![
@@ -98,13 +101,13 @@ fn batch(evs: &[Ev]) -> RecordBatch {
     .unwrap()
 }
 
-fn positions(n: usize) -> Int64Array {
+pub(super) fn positions(n: usize) -> Int64Array {
     Int64Array::from_iter_values(0..n as i64)
 }
 
 /// Pseudo-random out-of-order events: times advance ~1s each, jittered by up to 20s,
 /// with bursts and pauses so sessions form and merge.
-fn events(n: usize) -> Vec<Ev> {
+pub(super) fn events(n: usize) -> Vec<Ev> {
     let keys = [Some("a"), Some("b"), None, Some("c")];
     let us = [Some("p"), Some("q"), None, Some("r"), Some("s")];
     (0..n)
@@ -176,6 +179,7 @@ fn reference(w: Window, evs: &[Ev]) -> Table {
                 }
             }
             Window::Session { .. } => by_key.entry(e.k).or_default().push(*e),
+            Window::Cumulate { .. } => unreachable!("cumulating windows have tests of their own"),
             Window::Global => groups
                 .entry((None, e.k.map(str::to_string)))
                 .or_insert((i64::MIN, vec![]))
@@ -234,7 +238,7 @@ fn reference(w: Window, evs: &[Ev]) -> Table {
         .collect()
 }
 
-fn run(op: &mut dyn Operator, evs: &[Ev], chunk: usize) -> Vec<RecordBatch> {
+pub(super) fn run(op: &mut dyn Operator, evs: &[Ev], chunk: usize) -> Vec<RecordBatch> {
     let mut out = vec![];
     for c in evs.chunks(chunk) {
         op.process_batch("s", &batch(c), &positions(c.len())).unwrap();
@@ -610,4 +614,34 @@ fn a_changed_stream_schema_is_read_by_column_name() {
         t[&(Some(0), Some("a".into()))][1..],
         ["3", "2", "1", "6", "1.5", "1", "x"].map(String::from)
     );
+}
+
+/// A bounded input's last micro-batch both changes global groups and ends the input:
+/// the rows of that commit (`on_watermark` then `on_close`) name each key once, or the
+/// MERGE that writes them refuses two source rows for one target row.
+#[test]
+fn the_last_batch_of_a_bounded_input_writes_each_global_key_once() {
+    for emit in [EmitMode::Update, EmitMode::Final] {
+        let mut c = cfg(Window::Global, 0);
+        c.emit = emit;
+        let mut op = build(&c, &schema()).unwrap();
+        let evs = events(500);
+        op.process_batch("s", &batch(&evs[..300]), &positions(300))
+            .unwrap();
+        let _ = op.on_watermark().unwrap();
+        op.process_batch("s", &batch(&evs[300..]), &positions(200))
+            .unwrap();
+        let mut commit: Vec<RecordBatch> = op.on_watermark().unwrap().into_iter().collect();
+        commit.extend(op.on_close().unwrap());
+        let mut keys: Vec<Option<String>> = vec![];
+        for b in &commit {
+            let k = b.column(2).as_string::<i32>();
+            keys.extend((0..b.num_rows()).map(|i| k.is_valid(i).then(|| k.value(i).to_string())));
+        }
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "{emit:?}: a key twice in one commit");
+        assert_eq!(n, 4, "{emit:?}: every key changed, so every key is written");
+    }
 }

@@ -27,3 +27,4 @@ mod sink;
 mod support;
 mod validate;
 mod windows;
+mod windows_sql;

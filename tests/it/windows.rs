@@ -375,9 +375,35 @@ event_time = "event_timestamp"
 window = { kind = "global" }
 group_by = ["device"]
 measures = { n = "count(*)", users = "count_distinct(user_id)" }
+[[aggregates]]
+watermark = "30s"
+sql = """
+INSERT INTO moving
+SELECT window_start, window_end, page, COUNT(*) AS n,
+       AVG(COUNT(*)) OVER (PARTITION BY page ORDER BY window_start ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS n_ma4,
+       MAX(COUNT(*)) OVER (ORDER BY window_start ROWS BETWEEN 5 PRECEDING AND CURRENT ROW) AS n_max6
+FROM TABLE(TUMBLE(TABLE clickstream, DESCRIPTOR(event_timestamp), INTERVAL '1' MINUTE))
+GROUP BY window_start, window_end, page
+"""
+[[aggregates]]
+watermark = "30s"
+emit = "update"
+sql = """
+INSERT INTO so_far
+SELECT window_start, window_end, country, COUNT(*) AS n, COUNT(DISTINCT user_id) AS users
+FROM TABLE(CUMULATE(TABLE clickstream, DESCRIPTOR(event_timestamp), INTERVAL '1' MINUTE, INTERVAL '5' MINUTE))
+GROUP BY window_start, window_end, country
+"""
 "#;
 
-const AGGREGATES: [&str; 4] = ["per_minute", "hopping", "sessions", "per_device"];
+const AGGREGATES: [&str; 6] = [
+    "per_minute",
+    "hopping",
+    "sessions",
+    "per_device",
+    "moving",
+    "so_far",
+];
 
 fn assert_tables_equal(a: &Path, b: &Path, what: &str) {
     let (a, b) = (scan(a.to_str().unwrap()), scan(b.to_str().unwrap()));
