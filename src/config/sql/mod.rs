@@ -114,12 +114,12 @@ pub fn translate(sql: &str) -> Result<Translated, SqlError> {
             let Some(query) = insert.source else {
                 return refuse(at, "INSERT INTO needs a SELECT");
             };
-            let columns: Vec<String> = insert
+            let columns = insert
                 .columns
                 .iter()
-                .map(|c| last_part(c).value.clone())
-                .collect();
-            (Some(last_part(name).value.clone()), columns, query)
+                .map(last_part)
+                .collect::<Result<Vec<_>, _>>()?;
+            (Some(last_part(name)?), columns, query)
         }
         Statement::Query(q) => (None, Vec::new(), q),
         other => return refuse(start(&other), "give a SELECT or INSERT INTO … SELECT"),
@@ -142,11 +142,12 @@ fn parser_error<T>(message: &str) -> Result<T, SqlError> {
     refuse(None, message)
 }
 
-fn last_part(name: &ObjectName) -> &Ident {
-    name.0
-        .last()
-        .and_then(|p| p.as_ident())
-        .unwrap_or_else(|| unreachable!("object names have a part"))
+/// The last part of a name (`t` of `db.t`), which must be a plain identifier.
+fn last_part(name: &ObjectName) -> Result<String, SqlError> {
+    match name.0.last().and_then(|p| p.as_ident()) {
+        Some(Ident { value, .. }) => Ok(value.clone()),
+        None => refuse(start(name), format!("{name} is not a table or column name")),
+    }
 }
 
 fn select_of(query: &Query) -> Result<&Select, SqlError> {
@@ -346,7 +347,7 @@ impl Builder {
                         alias,
                         args: None,
                         ..
-                    } if last_part(name).value == PLACEHOLDER => {
+                    } if last_part(name).is_ok_and(|n| n == PLACEHOLDER) => {
                         self.alias = alias.as_ref().map(|a| a.name.value.clone());
                     }
                     TableFactor::Table { name, .. } => {

@@ -178,6 +178,14 @@ fn queries_outside_the_subset_are_refused_naming_the_clause() {
             "SELECT *",
         ),
         (
+            "SELECT window_start, window_end, COUNT(*) FROM TABLE(TUMBLE(TABLE s, DESCRIPTOR(t), INTERVAL '1' MINUTE) x) GROUP BY window_start, window_end".to_string(),
+            "takes one window call",
+        ),
+        (
+            format!("INSERT INTO db.IDENTIFIER('x') SELECT window_start, window_end, COUNT(*) FROM {tvf} GROUP BY window_start, window_end"),
+            "",
+        ),
+        (
             format!("SELECT window_start, window_end, user_id, COUNT(*) FROM {tvf} GROUP BY window_start, window_end"),
             "column user_id is neither grouped nor aggregated",
         ),

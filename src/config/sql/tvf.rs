@@ -103,6 +103,12 @@ fn read_call(call: &[TokenWithSpan]) -> Result<Tvf, SqlError> {
         );
     }
     // Arguments between the call's parentheses, split at top-level commas.
+    if call.last().is_none_or(|t| t.token != Token::RParen) {
+        return refuse(
+            at,
+            "TABLE(…) takes one window call and nothing else: TABLE(TUMBLE(…))",
+        );
+    }
     let inner = &call[2..call.len() - 1];
     let mut args: Vec<&[TokenWithSpan]> = Vec::new();
     let (mut depth, mut from) = (0usize, 0usize);
