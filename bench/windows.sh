@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Window operators (benches/windows.rs): events/s on one core for tumbling, hopping (10 ×
-# slide), session and global windows with count + exact distinct count, and the
-# hopping/tumbling cost ratio. No services needed. Appends a table to BENCHMARKS.md.
+# slide), session, global and cumulating windows, with count + exact distinct count, an
+# `over` step, and the hopping/tumbling cost ratio. No services needed. Appends a table
+# to BENCHMARKS.md.
 #
 #   bench/windows.sh
 set -euo pipefail
