@@ -121,6 +121,28 @@ emit = "update"
 filter = "amount > 0"
 group_by = ["page"]
 measures = { n = "count(*)", amt = "sum(amount)" }
+
+[[aggregates]]
+watermark = "30s"
+sql = """
+INSERT INTO tumbling_sql
+SELECT window_start, window_end, page, COUNT(*) AS n, COUNT(DISTINCT "user") AS users, SUM(amount) AS amt,
+       AVG(price) AS avg_price, MIN(amount) AS lo, MAX("user") AS hi, COUNT(amount) AS with_amount,
+       APPROX_COUNT_DISTINCT("user") AS approx_users
+FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(event_timestamp), INTERVAL '1' MINUTE))
+GROUP BY window_start, window_end, page
+"""
+
+[[aggregates]]
+watermark = "30s"
+emit = "update"
+sql = """
+INSERT INTO positive_updates_sql
+SELECT window_start, window_end, page, COUNT(*) AS n, SUM(amount) AS amt
+FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(event_timestamp), INTERVAL '2' MINUTE))
+WHERE amount > 0
+GROUP BY window_start, window_end, page
+"""
 "#;
 
 #[test]
@@ -203,6 +225,17 @@ fn every_window_kind_equals_duckdb_over_the_raw_table() {
         ),
     );
 
+    // The SQL forms of two of them write the same tables.
+    for (toml, sql) in [
+        ("tumbling", "tumbling_sql"),
+        ("positive_updates", "positive_updates_sql"),
+    ] {
+        assert_same_rows(
+            &format!("{sql} = {toml}"),
+            &format!("SELECT * FROM {}", t(toml)),
+            &format!("SELECT * FROM {}", t(sql)),
+        );
+    }
     assert_same_rows(
         "update + filter",
         &format!(
