@@ -251,6 +251,38 @@ fn measure_expr(f: &Function) -> Result<String, SqlError> {
     Ok(format!("{func}{arg})"))
 }
 
+/// Checks a WHERE condition: it filters the stream's rows before any window exists, so
+/// it can name neither the window's columns nor aggregates, nor hold a subquery.
+fn where_clause(w: &Expr) -> Result<(), SqlError> {
+    let mut bad: Option<SqlError> = None;
+    let _ = sqlparser::ast::visit_expressions(w, |e| {
+        let why = match e {
+            Expr::Identifier(i) if i.value == "window_start" || i.value == "window_end" => Some(format!(
+                "WHERE filters the stream's rows before windows exist: {} is not a column there",
+                i.value
+            )),
+            Expr::Function(f) if measure_expr(f).is_ok() => Some(format!(
+                "WHERE {f}: aggregates cannot filter (HAVING is not supported either); filter the output table when reading it"
+            )),
+            Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. } => {
+                Some("a subquery in WHERE is not supported".to_string())
+            }
+            _ => None,
+        };
+        match why {
+            Some(message) => {
+                bad = Some(SqlError {
+                    message,
+                    at: Some(start(e)).filter(|l| l.line > 0),
+                });
+                std::ops::ControlFlow::Break(())
+            }
+            None => std::ops::ControlFlow::Continue(()),
+        }
+    });
+    bad.map_or(Ok(()), Err)
+}
+
 /// The default name of a measure without an alias: `count`, `count_distinct_user_id`, `sum_amount`.
 fn default_name(expr: &str) -> String {
     if expr == "count(*)" {
@@ -378,6 +410,7 @@ impl Builder {
             }
         }
         if let Some(w) = &s.selection {
+            where_clause(w)?;
             self.filter = Some(w.to_string());
         }
         self.group(&s.group_by)?;

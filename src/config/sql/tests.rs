@@ -178,6 +178,18 @@ fn queries_outside_the_subset_are_refused_naming_the_clause() {
             "SELECT *",
         ),
         (
+            format!("SELECT window_start, window_end, COUNT(*) FROM {tvf} WHERE window_start > TIMESTAMP '2026-01-01' GROUP BY window_start, window_end"),
+            "window_start is not a column there",
+        ),
+        (
+            format!("SELECT window_start, window_end, COUNT(*) FROM {tvf} WHERE page IN (SELECT page FROM pages) GROUP BY window_start, window_end"),
+            "subquery in WHERE",
+        ),
+        (
+            format!("SELECT window_start, window_end, COUNT(*) FROM {tvf} WHERE COUNT(*) > 2 GROUP BY window_start, window_end"),
+            "aggregates cannot filter",
+        ),
+        (
             "SELECT window_start, window_end, COUNT(*) FROM TABLE(TUMBLE(TABLE s, DESCRIPTOR(t), INTERVAL '1' MINUTE) x) GROUP BY window_start, window_end".to_string(),
             "takes one window call",
         ),
