@@ -419,3 +419,47 @@ fn a_streams_watermark_applies_to_its_column_only() {
     .to_string();
     assert!(e.contains("streams.clicks: no stream \"clicks\""), "{e}");
 }
+
+/// Every prefix of accepted queries, and each with one token swapped for a stray one:
+/// refused or translated, never a panic.
+#[test]
+fn truncated_and_garbled_queries_never_panic() {
+    let queries = [
+        FLINK_TUMBLE.to_string(),
+        "SELECT window_start, window_end, user_id, COUNT(*) AS n, AVG(COUNT(*)) OVER (ORDER BY window_start ROWS \
+         BETWEEN 2 PRECEDING AND CURRENT ROW) FROM TABLE(SESSION(DATA => TABLE s PARTITION BY (user_id), TIMECOL => \
+         DESCRIPTOR(t), GAP => INTERVAL '5 minutes')) AS w WHERE w.page <> 'x' GROUP BY window_start, window_end, user_id"
+            .to_string(),
+        "INSERT INTO t (window_start, window_end, n) SELECT window_start, window_end, COUNT(*) FROM \
+         TABLE(CUMULATE(TABLE s, DESCRIPTOR(t), INTERVAL 1 MINUTE, INTERVAL '1' HOUR)) GROUP BY window_start, window_end"
+            .to_string(),
+    ];
+    let strays = [
+        "(",
+        ")",
+        ",",
+        "TABLE",
+        "=>",
+        "INTERVAL",
+        "DESCRIPTOR",
+        "''",
+        "*",
+        "OVER",
+        ";",
+    ];
+    for q in &queries {
+        for (i, _) in q.char_indices() {
+            let _ = translate(&q[..i]);
+            let _ = parse_over(&q[..i]);
+            let _ = parse_watermark(&q[..i]);
+        }
+        let words: Vec<&str> = q.split(' ').collect();
+        for i in 0..words.len() {
+            for stray in strays {
+                let mut w = words.clone();
+                w[i] = stray;
+                let _ = translate(&w.join(" "));
+            }
+        }
+    }
+}
