@@ -249,11 +249,16 @@ impl Conn {
         Ok(conn)
     }
 
+    /// Sends what is buffered. The socket's own flush matters for TLS: rustls may
+    /// accept the bytes into its buffer without writing them (when the socket is not
+    /// writable that instant) and sends them only when flushed; a query left there
+    /// never reaches the server, and its answer is awaited forever.
     async fn flush(&mut self) -> Result<(), PgError> {
         self.writer
             .write_all(&self.out)
             .await
             .map_err(PgError::io("writing"))?;
+        self.writer.flush().await.map_err(PgError::io("writing"))?;
         self.out.clear();
         Ok(())
     }
@@ -527,7 +532,12 @@ impl StatusWriter {
         frontend::CopyData::new(&msg[..])
             .map_err(PgError::io("status"))?
             .write(&mut self.out);
-        let write = self.writer.write_all(&self.out);
+        // Flushed too (see `Conn::flush`): an update left in rustls's buffer would let
+        // the server's wal_sender_timeout end the session.
+        let write = async {
+            self.writer.write_all(&self.out).await?;
+            self.writer.flush().await
+        };
         tokio::time::timeout(Duration::from_secs(30), write)
             .await
             .map_err(|_| PgError::Io {
