@@ -56,6 +56,9 @@ pub use wire::{PgError, format_lsn, parse_lsn};
 pub const SNAPSHOT_SPACE: i64 = 0x100_0000;
 /// How often the slot's retained WAL is reported.
 const LAG_EVERY: Duration = Duration::from_secs(5);
+/// How long the lag query may go unanswered before its connection is opened again: a
+/// metric must never hold the source (it runs between micro-batches).
+const LAG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Values that could not be converted (stored as NULL), on their way to the
 /// dead-letter table, or an error when there is none.
@@ -462,7 +465,22 @@ impl PostgresSource {
 
     async fn report_lag(&mut self) {
         self.last_lag = Instant::now();
-        match catalog::slot_lag(&mut self.describe.sql, &self.cfg.slot).await {
+        let lag = tokio::time::timeout(
+            LAG_TIMEOUT,
+            catalog::slot_lag(&mut self.describe.sql, &self.cfg.slot),
+        )
+        .await;
+        let Ok(lag) = lag else {
+            // The connection is mid-query: its answer, if one comes, would be read as the
+            // next query's. A new connection replaces it (the old one is dropped).
+            tracing::warn!(slot = %self.cfg.slot, timeout = ?LAG_TIMEOUT, "the slot's lag query got no answer: opening its connection again");
+            match wire::Conn::connect(&self.cfg.dsn, false).await {
+                Ok(conn) => self.describe.sql = conn,
+                Err(e) => tracing::warn!(error = %e, "could not reopen the catalog connection"),
+            }
+            return;
+        };
+        match lag {
             Ok(Some((behind, retained))) => {
                 tracing::debug!(slot = %self.cfg.slot, behind_bytes = behind, retained_wal_bytes = retained, "slot lag");
                 let slot = self.cfg.slot.clone();
