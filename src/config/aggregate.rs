@@ -75,6 +75,21 @@ pub enum OverFn {
     Count,
 }
 
+impl OverFn {
+    pub const ALL: [OverFn; 5] = [Self::Avg, Self::Sum, Self::Min, Self::Max, Self::Count];
+
+    /// As SQL and the `over` values write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avg => "avg",
+            Self::Sum => "sum",
+            Self::Min => "min",
+            Self::Max => "max",
+            Self::Count => "count",
+        }
+    }
+}
+
 impl AggregateConfig {
     /// Whether the output table is written by MERGE on (window_start, group keys):
     /// rows are updated after they were first written. Global windows always are: each

@@ -4,7 +4,7 @@
 use std::fmt::{self, Write as _};
 
 use super::Pipeline;
-use super::aggregate::{AggregateConfig, MeasureFn, Over, OverFn, WatermarkFrom, Window};
+use super::aggregate::{AggregateConfig, MeasureFn, Over, WatermarkFrom, Window};
 use super::spec::{EmitMode, LatePolicy};
 
 impl fmt::Display for MeasureFn {
@@ -25,14 +25,7 @@ impl fmt::Display for MeasureFn {
 impl fmt::Display for Over {
     /// The `over` value it is written as.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let func = match self.func {
-            OverFn::Avg => "avg",
-            OverFn::Sum => "sum",
-            OverFn::Min => "min",
-            OverFn::Max => "max",
-            OverFn::Count => "count",
-        };
-        write!(f, "{func}({}) over (", self.measure)?;
+        write!(f, "{}({}) over (", self.func.name(), self.measure)?;
         if !self.partition_by.is_empty() {
             write!(f, "partition by {} ", self.partition_by.join(", "))?;
         }
@@ -137,7 +130,7 @@ pub fn aggregate(p: &Pipeline, a: &AggregateConfig) -> String {
             o,
             "  {label:<10} {} = {} of {} over its last {} window rows{}, as windows close",
             over.name,
-            format!("{:?}", over.func).to_lowercase(),
+            over.func.name(),
             over.measure,
             over.preceding + 1,
             if over.partition_by.is_empty() {

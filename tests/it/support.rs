@@ -295,6 +295,12 @@ pub fn assert_same_rows(what: &str, expected: &str, actual: &str) {
     );
 }
 
+/// Asserts two local Delta tables hold the same rows, each as often.
+pub fn assert_tables_equal(a: &Path, b: &Path, what: &str) {
+    let (a, b) = (scan(a.to_str().unwrap()), scan(b.to_str().unwrap()));
+    assert_same_rows(what, &format!("SELECT * FROM {a}"), &format!("SELECT * FROM {b}"));
+}
+
 /// Kills (SIGKILL) a `--once` run of `pipeline` once the local table `table` (relative
 /// to `dir`) has reached `commits` versions, after a further pseudo-random delay of up
 /// to `jitter_ms`, so the kill lands at different instructions each time.

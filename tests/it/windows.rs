@@ -230,11 +230,7 @@ fn every_window_kind_equals_duckdb_over_the_raw_table() {
         ("tumbling", "tumbling_sql"),
         ("positive_updates", "positive_updates_sql"),
     ] {
-        assert_same_rows(
-            &format!("{sql} = {toml}"),
-            &format!("SELECT * FROM {}", t(toml)),
-            &format!("SELECT * FROM {}", t(sql)),
-        );
+        assert_tables_equal(&lake.join(toml), &lake.join(sql), &format!("{sql} = {toml}"));
     }
     assert_same_rows(
         "update + filter",
@@ -437,11 +433,6 @@ const AGGREGATES: [&str; 6] = [
     "moving",
     "so_far",
 ];
-
-fn assert_tables_equal(a: &Path, b: &Path, what: &str) {
-    let (a, b) = (scan(a.to_str().unwrap()), scan(b.to_str().unwrap()));
-    assert_same_rows(what, &format!("SELECT * FROM {a}"), &format!("SELECT * FROM {b}"));
-}
 
 #[test]
 fn sigkill_replay_and_backfill_all_yield_the_uninterrupted_tables() {

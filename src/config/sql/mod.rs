@@ -546,8 +546,7 @@ impl Builder {
     /// `AGG(<aggregate or measure>) OVER (PARTITION BY … ORDER BY window_start ROWS BETWEEN n PRECEDING AND CURRENT ROW)`
     fn over_item(&mut self, f: &Function, over: &WindowType, name: Option<String>) -> Result<(), SqlError> {
         let at = start(f);
-        let func = f.name.to_string().to_ascii_lowercase();
-        if !["avg", "sum", "min", "max", "count"].contains(&func.as_str()) {
+        let Some(func) = over::over_fn(f).map(crate::config::OverFn::name) else {
             return refuse(
                 at,
                 format!(
@@ -555,7 +554,7 @@ impl Builder {
                     f.name
                 ),
             );
-        }
+        };
         let WindowType::WindowSpec(w) = over else {
             return refuse(
                 at,

@@ -11,6 +11,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Location;
 
 use super::{SqlError, column_of, refuse, start};
+use crate::config::OverFn;
 
 /// Frames longer than this are refused: each partition keeps that many values.
 pub const MAX_PRECEDING: u64 = 10_000;
@@ -70,11 +71,16 @@ pub(super) fn frame(
     }
 }
 
+/// The window function `f` names, if it is one the engine has.
+pub(super) fn over_fn(f: &sqlparser::ast::Function) -> Option<OverFn> {
+    let name = f.name.to_string().to_ascii_lowercase();
+    OverFn::ALL.into_iter().find(|o| o.name() == name)
+}
+
 /// A post-window step read from `over`: `func(measure) OVER (…)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverParts {
-    /// avg, sum, min, max or count.
-    pub func: String,
+    pub func: OverFn,
     pub measure: String,
     pub partition_by: Vec<String>,
     pub preceding: u64,
@@ -91,13 +97,12 @@ pub fn parse_over(text: &str) -> Result<OverParts, String> {
     let Expr::Function(f) = &expr else {
         return Err(format!("\"{text}\": {shape}"));
     };
-    let func = f.name.to_string().to_ascii_lowercase();
-    if !["avg", "sum", "min", "max", "count"].contains(&func.as_str()) {
+    let Some(func) = over_fn(f) else {
         return Err(format!(
             "\"{text}\": {} is not supported (avg, sum, min, max and count are)",
             f.name
         ));
-    }
+    };
     let measure = match &f.args {
         FunctionArguments::List(l) if l.duplicate_treatment.is_none() && l.clauses.is_empty() => {
             match l.args.as_slice() {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::aggregate::{Measure, Over, OverFn, Window};
+use crate::config::aggregate::{Measure, Over, Window};
 use crate::config::spec::{AggregateSpec, EmitMode, LatePolicy, StreamSpec};
 use crate::config::values::{Span, parse_span};
 use crate::config::{ConfigError, Resolver};
@@ -128,16 +128,9 @@ impl Resolver<'_> {
                     "OVER needs windows written once (emit = \"final\", late other than \"update\")",
                 ));
             }
-            let func = match p.func.as_str() {
-                "avg" => OverFn::Avg,
-                "sum" => OverFn::Sum,
-                "min" => OverFn::Min,
-                "max" => OverFn::Max,
-                _ => OverFn::Count,
-            };
             out.push(Over {
                 name: name.clone(),
-                func,
+                func: p.func,
                 measure: p.measure,
                 partition_by: p.partition_by,
                 preceding: u32::try_from(p.preceding).unwrap_or(u32::MAX),

@@ -7,7 +7,7 @@ use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Word};
 
 use super::{PLACEHOLDER, SqlError, refuse};
-use crate::config::values::Span;
+use crate::config::values::{Span, parse_span};
 
 /// The window call, as read from the tokens.
 pub(super) struct Tvf {
@@ -275,22 +275,23 @@ fn read_interval(arg: &[TokenWithSpan]) -> Result<Span, SqlError> {
             );
         }
     };
-    let millis: u64 = match unit.to_ascii_uppercase().trim_end_matches('S') {
-        "MILLISECOND" => 1,
-        "SECOND" => 1_000,
-        "MINUTE" => 60_000,
-        "HOUR" => 3_600_000,
-        "DAY" => 86_400_000,
+    // The unit as a pipeline file writes it; parse_span does the arithmetic.
+    let suffix = match unit.to_ascii_uppercase().trim_end_matches('S') {
+        "MILLISECOND" => "ms",
+        "SECOND" => "s",
+        "MINUTE" => "m",
+        "HOUR" => "h",
+        "DAY" => "d",
         other => return refuse(at, format!("interval unit {other} is not supported: {hint}")),
     };
-    let n: u64 = amount
-        .parse()
-        .or_else(|_| refuse(at, format!("\"{amount}\" is not a whole number: {hint}")))?;
-    match n.checked_mul(millis) {
-        Some(0) => refuse(at, "an interval must be longer than 0"),
-        Some(ms) => Ok(Span::from_millis(ms)),
-        None => refuse(at, "the interval is too long"),
+    if amount.is_empty() || !amount.bytes().all(|b| b.is_ascii_digit()) {
+        return refuse(at, format!("\"{amount}\" is not a whole number: {hint}"));
     }
+    let span = parse_span(&format!("{amount}{suffix}")).or_else(|m| refuse(at, m))?;
+    if span.0.is_zero() {
+        return refuse(at, "an interval must be longer than 0");
+    }
+    Ok(span)
 }
 
 /// Parses Flink's `WATERMARK FOR ts AS ts - INTERVAL '5' SECOND` (or `AS ts`: no delay)
