@@ -42,6 +42,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod pem;
 pub mod progress;
 pub mod registry;
 pub mod runtime;

@@ -21,7 +21,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -175,14 +175,7 @@ fn client_config(dsn: &PostgresDsn) -> Result<ClientConfig, String> {
     match &tls.client_cert {
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect())
-                .map_err(|e| format!("sslcert {}: {e}", cert.display()))?;
-            if chain.is_empty() {
-                return Err(format!("sslcert {}: no certificate in the file", cert.display()));
-            }
-            let key_der = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("sslkey {}: {e} (a PEM private key, not encrypted)", key.display()))?;
+            let (chain, key_der) = crate::pem::chain_and_key(cert, key, "sslcert", "sslkey")?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| format!("sslcert/sslkey: {e}"))
