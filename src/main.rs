@@ -59,6 +59,17 @@ enum Command {
         #[arg(long, default_value = "7d", value_parser = config::values::parse_span)]
         retention: config::Span,
     },
+    /// Copy Postgres tables again, in chunks, while changes stream (an incremental
+    /// snapshot), then run the pipeline once: a mirror ends equal to the source table,
+    /// rows it holds that the source no longer has included. Other tables fed by the
+    /// same source table keep their rows.
+    Snapshot {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// A `[[tables]]` name to snapshot again (repeatable).
+        #[arg(long = "table", required = true)]
+        tables: Vec<String>,
+    },
     /// Recompute an aggregate from the table holding its raw stream (the cold path)
     /// into a table of its own, with the operator the streaming run uses.
     Backfill {
@@ -269,6 +280,9 @@ fn print_status(status: &runtime::Status) {
             version,
             t.last_commit.as_deref().unwrap_or("-")
         );
+        if let Some(s) = &t.snapshot {
+            println!("{:<28} snapshot {s}", "");
+        }
     }
     println!();
     println!(
@@ -434,6 +448,34 @@ async fn run(tuning: runtime::malloc::Tuning) -> ExitCode {
                 let _ = task.await;
             }
             match outcome {
+                Ok(summary) => {
+                    print_summary(&summary, started.elapsed());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    report_error(&e);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Snapshot { pipeline, tables } => {
+            let p = match load(&pipeline) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match runtime::take_again(&p, &tables).await {
+                Ok(marked) => {
+                    for m in marked {
+                        println!("  {m}");
+                    }
+                }
+                Err(e) => {
+                    report_error(&e);
+                    return ExitCode::FAILURE;
+                }
+            }
+            let started = Instant::now();
+            match runtime::run(&p, RunMode::Once, shutdown_signal()).await {
                 Ok(summary) => {
                     print_summary(&summary, started.elapsed());
                     ExitCode::SUCCESS

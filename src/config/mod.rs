@@ -601,6 +601,11 @@ impl Resolver<'_> {
         if p.spill_after.is_some_and(|b| b.0 < 64 * 1024) {
             return Err(self.err("source.spill_after", "must be at least 64KiB"));
         }
+        let snapshot_chunk_rows = p.snapshot_chunk_rows.unwrap_or(100_000);
+        if !(1..=100_000_000).contains(&snapshot_chunk_rows) {
+            return Err(self.err("source.snapshot_chunk_rows", "must be between 1 and 100000000"));
+        }
+        let snapshot_chunk_rows = snapshot_chunk_rows as usize;
         Ok(PostgresConfig {
             dsn,
             publication: p.publication,
@@ -609,6 +614,7 @@ impl Resolver<'_> {
             snapshot: p.snapshot.unwrap_or(true),
             status_interval,
             spill_after: p.spill_after.map(|b| b.0),
+            snapshot_chunk_rows,
         })
     }
 

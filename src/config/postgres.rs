@@ -23,6 +23,8 @@ pub struct PostgresConfig {
     /// Bytes of an open transaction held in memory before the rest is spilled to local
     /// files; `None`: the runtime's default (see `source::open`).
     pub spill_after: Option<u64>,
+    /// Rows per chunk of an incremental snapshot (see `source::postgres::incremental`).
+    pub snapshot_chunk_rows: usize,
 }
 
 /// A parsed connection string. `Debug` never shows the password.

@@ -184,6 +184,8 @@ pub struct PostgresSpec {
     /// Bytes of an open transaction held in memory before its rows go to spill files
     /// (default: a quarter of the runtime's in-flight bytes).
     pub spill_after: Option<ByteSize>,
+    /// Rows per chunk of an incremental snapshot (default 100000).
+    pub snapshot_chunk_rows: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -137,7 +137,13 @@ impl AggregateTarget {
             .iter()
             .any(|b| b.end_of_input && self.processed.get(&b.shard).is_none_or(|p| p < b.next));
         for b in &mine {
-            let skip = b.skip_before(self.processed.get(&b.shard));
+            // Aggregates take rows only once, in stream order: rows a source restates
+            // under a cursor (a table's incremental snapshot) are not for them.
+            let skip = if b.cursor.is_some() {
+                b.records.num_rows()
+            } else {
+                b.skip_before(self.processed.get(&b.shard))
+            };
             let n = b.records.num_rows();
             if skip < n {
                 let rows = b.records.slice(skip, n - skip);

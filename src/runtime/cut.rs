@@ -44,6 +44,7 @@ pub(super) fn split(b: SourceBatch, k: usize) -> (SourceBatch, Option<SourceBatc
         rejected: rejected_head,
         control: None,
         spilled: None,
+        cursor: None,
     };
     let tail = SourceBatch {
         records: b.records.slice(k, n - k),
@@ -119,6 +120,7 @@ mod tests {
             rejected: None,
             control: None,
             spilled: None,
+            cursor: None,
         }
     }
 

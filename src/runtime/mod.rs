@@ -20,6 +20,8 @@ mod handover;
 pub mod malloc;
 mod oracle;
 mod partitioned;
+mod restate;
+pub use restate::take_again;
 mod retry;
 mod status;
 mod tables;
@@ -219,7 +221,14 @@ async fn run_once(
         });
     }
     let shard_info = source::shards_of(&pipeline.source).await?;
-    let shards: Vec<String> = shard_info.iter().map(|s| s.name.clone()).collect();
+    // Tables read their progress for the source's cursor shards too (see
+    // `source::Cursor`); those are not shards of their own.
+    let cursor_shards = source::cursor_shards(&pipeline.source);
+    let shards: Vec<String> = shard_info
+        .iter()
+        .map(|s| s.name.clone())
+        .chain(cursor_shards.iter().cloned())
+        .collect();
     let storage = pipeline.sink.storage_options();
     let open = |name: String, options: TableOptions| {
         let url = pipeline.sink.table_url(&name);
@@ -316,6 +325,12 @@ async fn run_once(
         oracle: Some(std::sync::Arc::new(oracle::Oracle::new(pipeline, &shard_info))),
         schemas: tables::stream_schemas(&tables),
         owned: owned.clone(),
+        streams: tables
+            .iter()
+            .map(|t| (t.cfg.from.clone(), false))
+            .chain(aggregates.iter().map(|a| (a.cfg.from.clone(), true)))
+            .collect(),
+        cursors: tables::cursor_states(&tables, &cursor_shards).await?,
     };
     // A source that prefetches on its own (librdkafka) gets a quarter of the
     // in-flight bytes for it; the runtime's own queue and batches the rest.
@@ -621,6 +636,7 @@ pub async fn maintain(
     pipeline: &Pipeline,
     retention: std::time::Duration,
 ) -> Result<Vec<crate::sink::maintain::MaintainReport>, SinkError> {
+    let cursor_shards = source::cursor_shards(&pipeline.source);
     let shards: Vec<String> = source::shards_of(&pipeline.source)
         .await
         .map_err(|e| SinkError::Delta {
@@ -629,6 +645,7 @@ pub async fn maintain(
         })?
         .into_iter()
         .map(|s| s.name)
+        .chain(cursor_shards.iter().cloned())
         .collect();
     let storage = pipeline.sink.storage_options();
     let mut reports = Vec::new();
@@ -646,11 +663,18 @@ pub async fn maintain(
         .await?
         .committed()
         .clone();
-        // An aggregate's one snapshot, or a per-partition aggregate's one per shard.
+        // An aggregate's one snapshot, or a per-partition aggregate's one per shard,
+        // and the state of a table's cursor (an incremental snapshot's last key).
         let keep: Vec<String> = (!progress.is_empty())
             .then(|| crate::sink::state_key(&progress))
             .into_iter()
             .chain(progress.iter().map(|(s, n)| partitioned::shard_state_key(s, n)))
+            .chain(
+                progress
+                    .iter()
+                    .filter(|(s, _)| cursor_shards.iter().any(|c| c == s))
+                    .map(|(s, n)| source::cursor_state_key(s, n)),
+            )
             .collect();
         let report = crate::sink::maintain::maintain(
             name,

@@ -198,7 +198,12 @@ impl AggregateTarget {
             if !self.per_shard.contains_key(&b.shard) {
                 self.load(&b.shard, &input).await?;
             }
-            let skip = b.skip_before(self.processed.get(&b.shard));
+            // Rows restated under a cursor are not for aggregates (see `aggregate`).
+            let skip = if b.cursor.is_some() {
+                b.records.num_rows()
+            } else {
+                b.skip_before(self.processed.get(&b.shard))
+            };
             let n = b.records.num_rows();
             if skip < n
                 && let Some(s) = self.per_shard.get_mut(&b.shard)

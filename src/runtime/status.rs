@@ -34,6 +34,9 @@ pub struct TableStatus {
     pub last_commit: Option<String>,
     /// Per shard, the position the table resumes from.
     pub committed: BTreeMap<String, i64>,
+    /// How far the table's incremental snapshot got (Postgres), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +111,7 @@ async fn table_status(
         version: None,
         last_commit: None,
         committed: BTreeMap::new(),
+        snapshot: None,
     };
     // Opening a local table creates its folder; a status never writes.
     if url.scheme() == "file" && url.to_file_path().is_ok_and(|p| !p.join("_delta_log").exists()) {
@@ -128,9 +132,21 @@ async fn table_status(
             .and_then(chrono::DateTime::from_timestamp_millis)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     }
-    let progress = table_progress(&table, &pipeline.name, shards)
+    let cursors = source::cursor_shards(&pipeline.source);
+    let every: Vec<String> = shards.iter().chain(&cursors).cloned().collect();
+    let mut progress = table_progress(&table, &pipeline.name, &every)
         .await
         .map_err(err)?;
+    for c in &cursors {
+        let Some(value) = progress.get(c) else {
+            continue;
+        };
+        let state = crate::sink::read_state(&table, &source::cursor_state_key(c, value))
+            .await
+            .map_err(|e| err(e.into()))?;
+        status.snapshot = Some(source::postgres::describe_snapshot(value, state.as_deref()));
+        progress.forget(c);
+    }
     status.committed = progress.iter().map(|(s, v)| (s.to_string(), v)).collect();
     Ok((status, progress))
 }

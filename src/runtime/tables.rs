@@ -37,6 +37,12 @@ pub(super) struct Prepared {
     rows: usize,
     /// Drop the table's rows first (a snapshot taken again).
     replace: bool,
+    /// Cursor states to store beside the table before the commit (see
+    /// [`crate::source::Cursor`]).
+    states: Vec<(String, bytes::Bytes)>,
+    /// A mirror whose source completed a restatement begun at this position (see
+    /// [`super::restate`]): the shape and shard of the records, and their stream.
+    restate: Option<(i64, SchemaRef, Arc<str>)>,
 }
 
 pub(super) struct DeadLetterTarget {
@@ -155,6 +161,52 @@ fn batch_progress(pending: &[SourceBatch], stream: Option<&str>) -> BTreeMap<Str
     out
 }
 
+/// The cursors of `pending` a table holding `held` takes (see
+/// [`crate::source::Cursor`]): their progress, and the states to store first.
+fn cursor_progress(
+    pending: &[SourceBatch],
+    stream: &str,
+    held: &Progress,
+) -> (BTreeMap<String, i64>, Vec<(String, bytes::Bytes)>) {
+    let mut progress = BTreeMap::new();
+    let mut states = Vec::new();
+    for b in pending.iter().filter(|b| b.feeds(stream)) {
+        let Some(c) = b.cursor.as_ref().filter(|c| c.taken_by(&b.shard, held)) else {
+            continue;
+        };
+        let e = progress.entry(c.shard.to_string()).or_insert(c.value);
+        *e = (*e).max(c.value);
+        if let Some(state) = &c.state {
+            states.push((crate::source::cursor_state_key(&c.shard, c.value), state.clone()));
+        }
+    }
+    (progress, states)
+}
+
+/// Per table, the states of its cursors (see [`crate::source::Cursor`]), per cursor
+/// shard, for the source to resume its work from.
+pub(super) async fn cursor_states(
+    tables: &[TableTarget],
+    shards: &[String],
+) -> Result<Vec<BTreeMap<String, bytes::Bytes>>, RunError> {
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        let mut states = BTreeMap::new();
+        for shard in shards {
+            if let Some(v) = t.sink.committed().get(shard)
+                && let Some(state) = t
+                    .sink
+                    .get_state(&crate::source::cursor_state_key(shard, v))
+                    .await?
+            {
+                states.insert(shard.clone(), state);
+            }
+        }
+        out.push(states);
+    }
+    Ok(out)
+}
+
 /// Records the commit's outcome in `summary`.
 pub(super) fn count(summary: &mut TableSummary, outcome: Committed, rows: usize) {
     match outcome {
@@ -194,8 +246,10 @@ impl TableTarget {
         pending: &[SourceBatch],
         dead: &mut DeadLetters,
     ) -> Result<Option<Prepared>, RunError> {
+        let (cursors, states) = cursor_progress(pending, &self.cfg.from, self.sink.committed());
         let progress: Vec<(String, i64)> = batch_progress(pending, Some(&self.cfg.from))
             .into_iter()
+            .chain(cursors)
             .filter(|(shard, next)| self.sink.committed().get(shard).is_none_or(|c| c < *next))
             .collect();
         if let Some(control) = pending.iter().find_map(|b| b.control) {
@@ -221,6 +275,8 @@ impl TableTarget {
                 parts: None,
                 rows: 0,
                 replace: control == Control::Reset,
+                states,
+                restate: None,
             }));
         }
         if progress.is_empty() {
@@ -236,6 +292,7 @@ impl TableTarget {
         let mut skipped = 0;
         let mut parts: Option<Arc<dyn Parts>> = None;
         let mut part_rows = 0;
+        let mut restate = None;
         for b in pending.iter().filter(|b| *b.stream == *self.cfg.from) {
             if let Some(spilled) = &b.spilled {
                 // A spilled transaction travels alone: one batch per stream.
@@ -251,6 +308,18 @@ impl TableTarget {
                 part_rows += spilled.rows();
                 parts = Some(Arc::new(rows));
                 continue;
+            }
+            if let Some(c) = &b.cursor {
+                // Rows restated under a cursor the table is past (or never took part in).
+                if !c.taken_by(&b.shard, self.sink.committed()) {
+                    skipped += b.records.num_rows();
+                    continue;
+                }
+                if let Some(since) = c.restated_since
+                    && self.cfg.mode == TableMode::Mirror
+                {
+                    restate = Some((since, b.records.schema(), b.shard.clone()));
+                }
             }
             let from = b.skip_before(self.sink.committed().get(&b.shard));
             skipped += from;
@@ -303,6 +372,8 @@ impl TableTarget {
             parts,
             rows,
             replace: false,
+            states,
+            restate,
         }))
     }
 
@@ -326,8 +397,24 @@ impl TableTarget {
     }
 
     pub(super) async fn commit(&mut self, prepared: Prepared, retry: &RetryPolicy) -> Result<(), RunError> {
+        // State before the commit that names it.
+        for (key, state) in &prepared.states {
+            self.sink.put_state(key, state.clone()).await?;
+        }
+        let mut batches = prepared.batches;
+        let mut rows = prepared.rows;
+        if let Some((since, shape, shard)) = &prepared.restate {
+            let stale =
+                super::restate::stale_rows(&self.sink, &self.cfg.key, *since, shape, &self.cfg.from).await?;
+            if let Some(stale) = stale {
+                let positions = Int64Array::from(vec![since - 1; stale.num_rows()]);
+                rows += stale.num_rows();
+                // Ahead of the batch's rows: a key the batch writes again stays.
+                batches.insert(0, change::with_change_columns(&stale, &positions, shard));
+            }
+        }
         let commit = Commit {
-            batches: prepared.batches,
+            batches,
             parts: prepared.parts,
             progress: prepared.progress,
             info: BTreeMap::new(),
@@ -347,7 +434,7 @@ impl TableTarget {
             None => None,
         };
         let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
-        count(&mut self.summary, outcome, prepared.rows);
+        count(&mut self.summary, outcome, rows);
         Ok(())
     }
 

@@ -138,6 +138,17 @@ pub async fn open_table(url: Url, storage: HashMap<String, String>) -> Result<De
     }
 }
 
+/// The operator or cursor state stored beside `table` under `key` (see
+/// [`Sink::put_state`]), read without a sink (for `status`).
+pub async fn read_state(table: &DeltaTable, key: &str) -> Result<Option<Bytes>, ObjectStoreError> {
+    let store = table.log_store().object_store(None);
+    match store.get(&DeltaSink::state_path(key)).await {
+        Ok(r) => r.bytes().await.map(Some),
+        Err(ObjectStoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The progress `table`'s loaded version records for `pipeline`'s `shards` (its `txn`
 /// actions); empty when there is no table yet.
 pub async fn table_progress(
@@ -347,6 +358,11 @@ impl DeltaSink {
         };
         let current = self.schema();
         schema::evolve(current.as_deref(), &shaped).map_err(|e| self.incompatible(e))
+    }
+
+    /// The Delta table as last loaded or committed.
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
     }
 
     /// The progress recorded in the loaded table version.

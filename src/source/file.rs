@@ -171,6 +171,7 @@ impl FileSource {
             rejected: None,
             control: None,
             spilled: None,
+            cursor: None,
         }))
     }
 
@@ -281,6 +282,7 @@ impl Source for FileSource {
                 rejected: (!rejected.is_empty()).then(|| rejected.finish()),
                 control: None,
                 spilled: None,
+                cursor: None,
             }));
         }
     }

@@ -197,6 +197,7 @@ impl Source for Generator {
                     rejected: None,
                     control: None,
                     spilled: None,
+                    cursor: None,
                 }));
             }
             return Ok(Polled::End);
@@ -223,6 +224,7 @@ impl Source for Generator {
             rejected: None,
             control: None,
             spilled: None,
+            cursor: None,
         }))
     }
 }

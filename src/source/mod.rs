@@ -55,6 +55,58 @@ pub struct SourceBatch {
     /// (of the stream's schema) and `positions` too. Such a batch travels alone in its
     /// micro-batch (with the other streams' parts of the same unit). See [`spill`].
     pub spilled: Option<Arc<spill::Spilled>>,
+    /// Progress of work the source does beside the shard (an incremental snapshot's
+    /// chunks), committed with these records by the tables they feed; see [`Cursor`].
+    pub cursor: Option<Arc<Cursor>>,
+}
+
+/// A source's progress beside a shard's positions, kept by the tables in their own
+/// commits: a second, per-table progress entry (`shard`, a *cursor shard* the source
+/// names in [`cursor_shards`]) that moves to `value` in the commit holding the batch,
+/// and `state` stored beside the table before that commit ([`cursor_state_key`]).
+///
+/// A table takes the records of a batch with a cursor only while its own value is
+/// below `value`; a table that holds the batch's shard but has no value for the
+/// cursor shard never took part in that work and holds what it would bring (a table
+/// snapshotted in one piece, or one started without a snapshot): it takes none of
+/// them either. Records of such batches must be of that kind: rows that restate what
+/// the source holds, which a table already past them does not need again.
+#[derive(Debug)]
+pub struct Cursor {
+    pub shard: Arc<str>,
+    pub value: i64,
+    pub state: Option<bytes::Bytes>,
+    /// Set on the batch that completes a restatement of the whole stream begun at
+    /// this shard position: every row the source holds was restated at or after it,
+    /// so a mirror drops the rows it holds from before it (rows deleted at the
+    /// source while the mirror was not following, or by hand).
+    pub restated_since: Option<i64>,
+}
+
+impl Cursor {
+    /// Whether a table whose progress is `held` takes the records of `batch`, which
+    /// carries this cursor.
+    pub fn taken_by(&self, batch_shard: &str, held: &Progress) -> bool {
+        match held.get(&self.shard) {
+            Some(v) => v < self.value,
+            None => held.get(batch_shard).is_none(),
+        }
+    }
+}
+
+/// Where a cursor's state lives beside a table: one name per (cursor shard, value).
+pub fn cursor_state_key(shard: &str, value: i64) -> String {
+    let safe: String = shard
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("cursor-{safe}-{value:020}.json")
 }
 
 /// What a control marker asks of every table fed by the shard. A marker is committed
@@ -231,6 +283,11 @@ pub struct Resume {
     /// The shards this process reads now, kept by sources whose shards move between
     /// processes.
     pub owned: Arc<Owned>,
+    /// Per entry of `tables`, the stream it reads and whether it is an aggregate.
+    pub streams: Vec<(String, bool)>,
+    /// Per entry of `tables`, the state of its cursor (see [`Cursor`]), per cursor
+    /// shard, when it has one.
+    pub cursors: Vec<std::collections::BTreeMap<String, bytes::Bytes>>,
 }
 
 /// The shards a process reads now. A source whose shards move between processes
@@ -328,6 +385,15 @@ pub async fn open(
             kafka::KafkaSource::open(k, resume, mode, chunk_rows, dead_letters, local.prefetch).await?,
         ),
     })
+}
+
+/// The cursor shards of a configured source (see [`Cursor`]): tables read their
+/// progress for these beside the shards, but they are not shards of their own.
+pub fn cursor_shards(config: &SourceConfig) -> Vec<String> {
+    match config {
+        SourceConfig::Postgres(p) => vec![postgres::snapshot_shard(&p.slot)],
+        _ => Vec::new(),
+    }
 }
 
 /// The shards a configured source reads, with their streams. Kafka asks the brokers

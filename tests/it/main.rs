@@ -8,6 +8,7 @@ mod compaction;
 mod crash;
 mod deletion_vectors;
 mod files;
+mod incremental;
 mod kafka;
 mod kafka_json;
 mod kafka_support;

@@ -34,7 +34,9 @@ enum Work {
         partition: i32,
         chunk: Box<Chunk>,
     },
-    Polled(Result<Polled, SourceError>),
+    /// Control messages and errors: rare next to chunks, so boxed to keep the queue's
+    /// slots small.
+    Polled(Box<Result<Polled, SourceError>>),
 }
 
 /// How many chunks are handed over and not yet sent on (or dropped).
@@ -80,7 +82,7 @@ impl Marker {
     /// whether it was queued (a marker that could not be is only lost time: the
     /// runtime then commits at its own pace).
     pub fn send(&self, p: Polled, deadline: std::time::Instant) -> bool {
-        let mut work = Work::Polled(Ok(p));
+        let mut work = Work::Polled(Box::new(Ok(p)));
         loop {
             match self.0.try_send(work) {
                 Ok(()) => return true,
@@ -126,7 +128,7 @@ impl Decoding {
             .spawn(move || {
                 while let Ok(work) = rx.recv() {
                     let go_on = match work {
-                        Work::Polled(p) => out.blocking_send(p).is_ok(),
+                        Work::Polled(p) => out.blocking_send(*p).is_ok(),
                         Work::Chunk {
                             topic,
                             partition,
@@ -216,6 +218,6 @@ impl Decoding {
 
     /// Hands over a control message or an error, after every chunk before it.
     pub fn send(&self, p: Result<Polled, SourceError>) -> bool {
-        self.tx.send(Work::Polled(p)).is_ok()
+        self.tx.send(Work::Polled(Box::new(p))).is_ok()
     }
 }

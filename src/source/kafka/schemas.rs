@@ -525,6 +525,7 @@ impl TopicDecoder {
             rejected: (!dead.is_empty()).then(|| dead.finish()),
             control: None,
             spilled: None,
+            cursor: None,
         }))
     }
 }

@@ -1,6 +1,14 @@
 //! PostgreSQL logical replication (`pgoutput`): an optional consistent snapshot, then
 //! every committed change in commit order.
 //!
+//! # Snapshots
+//!
+//! Tables with a key are copied in chunks while the slot streams ([`incremental`]),
+//! resumable at every chunk and possible for tables added to a running pipeline.
+//! Keyless tables, and on a first start tables feeding an aggregate (aggregates take
+//! rows once, in stream order, and never take restated chunks), are copied in one
+//! piece before streaming starts ([`snapshot`]).
+//!
 //! # Positions
 //!
 //! The slot is the one shard. A change's position is its transaction's commit LSN,
@@ -12,10 +20,12 @@
 //! memory is spilled to local files while open and committed part by part, still in
 //! one version (see `stream` and [`crate::source::spill`]).
 //!
-//! Snapshot rows use positions below [`SNAPSHOT_SPACE`] (no WAL position is that
-//! small): one per chunk, so a table's progress says how far an interrupted snapshot
-//! got, and the snapshot ends with a marker that moves every table to the consistent
-//! point where the stream starts.
+//! Rows of a copy in one piece use positions below [`SNAPSHOT_SPACE`] (no WAL
+//! position is that small): one per chunk, so a table's progress says how far an
+//! interrupted copy got, and the copy ends with a marker that moves every table to
+//! the consistent point where the stream starts. Rows of an incremental snapshot take
+//! the position of their chunk's high watermark, and the tables keep the snapshot's
+//! own progress beside it (a [`crate::source::Cursor`]).
 //!
 //! # Acknowledgement
 //!
@@ -26,6 +36,7 @@
 
 mod catalog;
 mod changes;
+mod incremental;
 pub mod pgoutput;
 mod snapshot;
 mod stream;
@@ -47,6 +58,7 @@ use crate::progress::Progress;
 use crate::sink::dead_letter::{DeadLetters, ErrorKind};
 use crate::source::{Control, Polled, Resume, RunMode, Source, SourceBatch, SourceError};
 use changes::{BadValue, Layout};
+pub use incremental::{describe as describe_snapshot, snapshot_shard, take_again};
 use snapshot::Snapshot;
 use stream::{Step, Stream};
 use types::{PgType, TypeRow};
@@ -119,6 +131,21 @@ pub async fn ends(cfg: &PostgresConfig) -> Result<(i64, Option<i64>), SourceErro
     Ok((now as i64, slot.and_then(|s| s.confirmed_flush).map(|c| c as i64)))
 }
 
+/// The primary key (or replica-identity index) columns of `stream`, as the
+/// publication captures it; empty for a table with neither.
+pub async fn key_of(cfg: &PostgresConfig, stream: &str) -> Result<Vec<String>, SourceError> {
+    let mut sql = wire::Conn::connect(&cfg.dsn, false)
+        .await
+        .map_err(pg("connecting"))?;
+    let infos = catalog::tables(&mut sql, &cfg.publication, &[stream.to_string()]).await?;
+    sql.close().await;
+    infos
+        .into_iter()
+        .find(|t| t.stream == stream)
+        .map(|t| t.key)
+        .ok_or_else(|| SourceError::Setup(format!("{stream} is not in publication \"{}\"", cfg.publication)))
+}
+
 /// A control marker for every stream of `shard`.
 pub(crate) fn marker(shard: &Arc<str>, next: i64, control: Control) -> SourceBatch {
     shaped_marker(
@@ -149,6 +176,7 @@ fn shaped_marker(
         rejected: None,
         control: Some(control),
         spilled: None,
+        cursor: None,
     }
 }
 
@@ -248,6 +276,8 @@ pub struct PostgresSource {
     end: Option<u64>,
     bad: BadValues,
     last_lag: Instant,
+    /// Tables being copied in chunks while the stream runs.
+    incremental: incremental::Incremental,
 }
 
 impl std::fmt::Debug for PostgresSource {
@@ -395,6 +425,7 @@ impl PostgresSource {
                 dead_letters,
             },
             last_lag: Instant::now(),
+            incremental: incremental::Incremental::new(&cfg.dsn, shard.clone(), cfg.snapshot_chunk_rows),
         };
         source.report_lag().await;
         let mut tables = Vec::with_capacity(infos.len());
@@ -408,40 +439,141 @@ impl PostgresSource {
             source.layouts.push(layout.clone());
             tables.push((info, layout));
         }
-        source.phase = if cfg.snapshot && !streaming {
+        // Which streams are copied in chunks while streaming (those with a key), and
+        // from where; the others (no key, or feeding an aggregate on a first start)
+        // are copied in one piece before streaming starts.
+        let first_start = cfg.snapshot && !streaming;
+        let mut in_one_piece = Vec::new();
+        let mut new_streams = Vec::new();
+        for (info, layout) in tables {
+            let entries: Vec<usize> = (0..resume.tables.len())
+                .filter(|i| resume.streams.get(*i).is_some_and(|(s, _)| *s == info.stream))
+                .collect();
+            let fed_to_aggregate = entries.iter().any(|i| resume.streams[*i].1);
+            if !cfg.snapshot {
+                continue;
+            }
+            if info.key.is_empty() || (first_start && fed_to_aggregate) {
+                if first_start {
+                    in_one_piece.push((info, layout));
+                } else if let Some(i) = entries
+                    .iter()
+                    .find(|i| !resume.streams[**i].1 && resume.tables[**i].get(&shard).is_none())
+                {
+                    return Err(SourceError::Setup(format!(
+                        "a table of stream {} has nothing yet, but the pipeline streams already (table #{}): \
+                         {} has no primary key, so its existing rows cannot be copied while changes stream \
+                         (incremental snapshots read by key). Give it a primary key or replica identity \
+                         index, or capture it in a pipeline of its own",
+                        info.stream,
+                        i + 1,
+                        info.stream
+                    )));
+                }
+                continue;
+            }
+            let mut parts = Vec::new();
+            for i in entries.iter().filter(|i| !resume.streams[**i].1) {
+                let state = resume
+                    .cursors
+                    .get(*i)
+                    .and_then(|c| c.get(&incremental::snapshot_shard(&shard)));
+                parts.push(
+                    incremental::Part::of(&resume.tables[*i], &shard, state)
+                        .map_err(|e| SourceError::Setup(format!("table of {}: {e}", info.stream)))?,
+                );
+            }
+            let Some(start) = incremental::start(&parts) else {
+                continue;
+            };
+            if parts.contains(&incremental::Part::New) && streaming {
+                new_streams.push((layout.clone(), start.value));
+            }
+            source.incremental.add(info, layout, start)?;
+        }
+        let begun = cfg.snapshot.then(|| incremental::value(1, 0));
+        source.phase = if first_start && !in_one_piece.is_empty() {
             let start = furthest.unwrap_or(1).max(1);
             // Rows of an interrupted attempt are void: the tables drop them first (and
             // every table exists, with progress, from here on).
-            source.ready.extend(source.markers(start + 1, Control::Reset));
+            source
+                .ready
+                .extend(source.markers(start + 1, Control::Reset, begun));
             Phase::Snapshot(Box::new(
-                Snapshot::begin(&cfg.dsn, tables, start + 1, shard).await?,
+                Snapshot::begin(&cfg.dsn, in_one_piece, start + 1, shard).await?,
             ))
         } else {
             let start = match stream_start {
                 Some(s) => s as u64,
                 None => {
-                    // A first start without a snapshot: every table starts at the
-                    // slot's position, so none can be left behind by a crash.
+                    // A first start without a snapshot in one piece: every table starts
+                    // at the slot's position, so none can be left behind by a crash
+                    // (an interrupted one-piece snapshot of an earlier version is
+                    // dropped first).
                     let at = slot_position
                         .ok_or_else(|| SourceError::Setup(format!("slot {} has no position", cfg.slot)))?;
-                    source.ready.extend(source.markers(at as i64, Control::Progress));
+                    let control = if furthest.is_some() {
+                        Control::Reset
+                    } else {
+                        Control::Progress
+                    };
+                    source.ready.extend(source.markers(at as i64, control, begun));
                     at
                 }
             };
+            // A table added to a streaming pipeline: it notes that its snapshot has
+            // begun before anything else (a table holding the slot's progress without
+            // a cursor is one that needs no chunks).
+            for (layout, value) in new_streams {
+                source
+                    .ready
+                    .push_back(source.cursor_batch(&layout, start as i64, value));
+            }
             Phase::Stream(Box::new(source.start_stream(start).await?))
         };
         Ok(source)
     }
 
-    /// One marker per captured table (each carrying its layout), all at `next`.
-    fn markers(&self, next: i64, control: Control) -> Vec<SourceBatch> {
+    /// One marker per captured table (each carrying its layout), all at `next`; with
+    /// `cursor`, each also moves the tables' snapshot cursor there.
+    fn markers(&self, next: i64, control: Control, cursor: Option<i64>) -> Vec<SourceBatch> {
         if self.layouts.is_empty() {
             return vec![marker(&self.shard, next, control)];
         }
         self.layouts
             .iter()
-            .map(|l| shaped_marker(&self.shard, l.stream.clone(), l.schema.clone(), next, control))
+            .map(|l| {
+                let mut m = shaped_marker(&self.shard, l.stream.clone(), l.schema.clone(), next, control);
+                m.cursor = cursor.map(|value| self.cursor(value));
+                m
+            })
             .collect()
+    }
+
+    fn cursor(&self, value: i64) -> Arc<crate::source::Cursor> {
+        Arc::new(crate::source::Cursor {
+            shard: Arc::from(incremental::snapshot_shard(&self.shard)),
+            value,
+            state: None,
+            restated_since: None,
+        })
+    }
+
+    /// No rows of `layout`'s stream, moving the cursor of the tables it feeds (those
+    /// that take it) to `value`.
+    fn cursor_batch(&self, layout: &Layout, next: i64, value: i64) -> SourceBatch {
+        SourceBatch {
+            stream: layout.stream.clone(),
+            shard: self.shard.clone(),
+            records: RecordBatch::new_empty(layout.schema.clone()),
+            positions: Int64Array::from(Vec::<i64>::new()),
+            next,
+            end_of_input: false,
+            rejected: None,
+            control: None,
+            spilled: None,
+            cursor: Some(self.cursor(value)),
+        }
     }
 
     async fn start_stream(&self, start: u64) -> Result<Stream, SourceError> {
@@ -534,7 +666,8 @@ impl Source for PostgresSource {
                     let stream = self.start_stream(point).await?;
                     self.phase = Phase::Stream(Box::new(stream));
                     // Every table moves to the consistent point, in a micro-batch of its own.
-                    self.ready.extend(self.markers(point as i64, Control::Progress));
+                    self.ready
+                        .extend(self.markers(point as i64, Control::Progress, None));
                     continue;
                 }
                 Phase::Stream(_) => return self.step_stream().await,
@@ -565,6 +698,7 @@ impl Source for PostgresSource {
         if let Phase::Stream(s) | Phase::Done(Some(s)) = &mut self.phase {
             s.close().await;
         }
+        self.incremental.close().await;
         self.report_lag().await;
     }
 }
@@ -577,19 +711,37 @@ impl PostgresSource {
         let Phase::Stream(stream) = &mut self.phase else {
             return Ok(Polled::Idle);
         };
+        if self.incremental.wants_chunk() {
+            self.incremental.read_chunk().await?;
+            stream.watch = self.incremental.invisible().cloned().unwrap_or_default();
+            stream.watched.clear();
+        }
         let max_bytes = self.chunk_rows.saturating_mul(1024).max(1 << 20);
+        // A --once run ends after the snapshots, wherever the stream then stands.
+        let end = if self.incremental.busy() { None } else { self.end };
         let step = stream
-            .step(
-                self.chunk_rows,
-                max_bytes,
-                self.end,
-                &mut self.bad,
-                &mut self.describe,
-            )
+            .step(self.chunk_rows, max_bytes, end, &mut self.bad, &mut self.describe)
             .await?;
+        self.incremental.noted(stream.watched.drain(..));
         match step {
             Step::Idle => return Ok(Polled::Idle),
-            Step::Batches(b) => self.ready.extend(b),
+            Step::Batches(b) => {
+                self.incremental.observe(&b)?;
+                self.ready.extend(b);
+            }
+            Step::Watermark {
+                batches,
+                content,
+                at,
+                next,
+            } => {
+                self.incremental.observe(&batches)?;
+                self.ready.extend(batches);
+                if let Some(chunk) = self.incremental.watermark(&content, at, next, &mut self.bad)? {
+                    stream.watch.clear();
+                    self.ready.push_back(chunk);
+                }
+            }
             Step::End(b) => {
                 tracing::info!(end = %format_lsn(self.end.unwrap_or_default()), "reached the position noted at start");
                 self.ready.extend(b);

@@ -152,7 +152,13 @@ pub enum Message<'a> {
         oids: Vec<u32>,
     },
     /// A logical decoding message (`pg_logical_emit_message`); not a row change.
-    LogicalMessage,
+    /// Transactional ones arrive inside their transaction.
+    LogicalMessage {
+        transactional: bool,
+        lsn: u64,
+        prefix: &'a str,
+        content: &'a [u8],
+    },
 }
 
 struct Reader<'a> {
@@ -372,7 +378,19 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
             }
             r.done(Message::Truncate { oids })
         }
-        b'M' => Ok(Message::LogicalMessage),
+        b'M' => {
+            let flags = r.u8("the flags")?;
+            let lsn = r.u64("the message LSN")?;
+            let prefix = r.cstr("the prefix")?;
+            let len = r.u32("the content length")? as usize;
+            let content = r.take(len, "the content")?;
+            r.done(Message::LogicalMessage {
+                transactional: flags & 1 == 1,
+                lsn,
+                prefix,
+                content,
+            })
+        }
         other => Err(DecodeError {
             tag: other,
             reason: "unknown message type".into(),

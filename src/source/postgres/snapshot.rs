@@ -1,4 +1,5 @@
-//! The initial snapshot: every captured table's rows as of one instant, copied with
+//! The snapshot in one piece (tables without a key, see [`super::incremental`] for
+//! the others): every captured table's rows as of one instant, copied with
 //! `COPY` inside a transaction that imports the snapshot a temporary replication slot
 //! exported. The stream then starts at that slot's consistent point, so each change
 //! is either in the copy or in the stream, never both and never neither.
@@ -192,6 +193,7 @@ impl Snapshot {
                     rejected: None,
                     control: None,
                     spilled: None,
+                    cursor: None,
                 }
             });
             if done {

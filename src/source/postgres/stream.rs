@@ -109,6 +109,12 @@ pub(super) struct Stream {
     spilled_units: u64,
     last_marker: Instant,
     marker_every: Duration,
+    /// The content of a snapshot watermark in the open transaction.
+    watermark: Option<String>,
+    /// Transactions to note the positions of as they begin (ids the incremental
+    /// snapshot's read could not see), and the positions noted.
+    pub watch: std::collections::HashSet<u32>,
+    pub watched: Vec<i64>,
 }
 
 /// What one step of the stream produced.
@@ -117,6 +123,14 @@ pub(super) enum Step {
     Idle,
     /// The end noted for a `--once` run is reached (after these batches).
     End(Vec<SourceBatch>),
+    /// A snapshot watermark ([`super::incremental`]) committed at `at`, after these
+    /// batches; a consumer holding it resumes at `next`.
+    Watermark {
+        batches: Vec<SourceBatch>,
+        content: String,
+        at: i64,
+        next: i64,
+    },
 }
 
 impl Stream {
@@ -167,6 +181,9 @@ impl Stream {
             spilled_units: 0,
             last_marker: Instant::now(),
             marker_every: status_interval.max(Duration::from_secs(1)) * 3,
+            watermark: None,
+            watch: Default::default(),
+            watched: Vec::new(),
         }
     }
 
@@ -239,8 +256,13 @@ impl Stream {
                     })?;
                     match parsed {
                         Message::Begin {
-                            final_lsn, commit_ts, ..
+                            final_lsn,
+                            commit_ts,
+                            xid,
                         } => {
+                            if self.watch.contains(&xid) {
+                                self.watched.push(final_lsn as i64);
+                            }
                             // `--once` takes the transactions whose commit was written
                             // before the end it noted, and none after.
                             if end.is_some_and(|e| final_lsn >= e) {
@@ -250,7 +272,30 @@ impl Stream {
                             self.open_rows = 0;
                             self.open_bytes = 0;
                         }
-                        Message::Commit { end_lsn, .. } => {
+                        Message::Commit {
+                            commit_lsn, end_lsn, ..
+                        } => {
+                            if let Some(content) = self.watermark.take()
+                                && self.spilling.is_empty()
+                                && self.open_rows == 0
+                            {
+                                // The watermark's own transaction holds no rows of
+                                // captured tables: what is buffered ends before it.
+                                self.open = None;
+                                let batches = if self.rows > 0 {
+                                    self.flush(bad)?
+                                } else {
+                                    Vec::new()
+                                };
+                                self.complete = self.complete.max(end_lsn as i64);
+                                self.emitted = self.complete;
+                                return Ok(Step::Watermark {
+                                    batches,
+                                    content,
+                                    at: commit_lsn as i64,
+                                    next: end_lsn as i64,
+                                });
+                            }
                             self.open = None;
                             self.complete = self.complete.max(end_lsn as i64);
                             let ended = end.is_some_and(|e| end_lsn >= e);
@@ -334,7 +379,15 @@ impl Stream {
                                 self.change_empty(oid, "t")?;
                             }
                         }
-                        Message::Origin | Message::Type | Message::LogicalMessage => {}
+                        Message::LogicalMessage {
+                            transactional: true,
+                            prefix,
+                            content,
+                            ..
+                        } if prefix == super::incremental::PREFIX && self.open_rows == 0 => {
+                            self.watermark = Some(String::from_utf8_lossy(content).into_owned());
+                        }
+                        Message::Origin | Message::Type | Message::LogicalMessage { .. } => {}
                     }
                 }
             }
@@ -443,6 +496,7 @@ impl Stream {
                 rejected: None,
                 control: None,
                 spilled: Some(writer.finish(schema)),
+                cursor: None,
             });
         }
         if let Some(first) = out.first_mut() {
@@ -497,6 +551,7 @@ impl Stream {
                     rejected: None,
                     control: None,
                     spilled: None,
+                    cursor: None,
                 });
             }
         }

@@ -432,7 +432,7 @@ impl Conn {
         publication: &str,
     ) -> Result<(ReplicationReader, StatusWriter), PgError> {
         let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '1', \"publication_names\" {})",
+            "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '1', \"publication_names\" {}, \"messages\" 'true')",
             quote_ident(slot),
             format_lsn(start),
             quote_literal(&quote_ident(publication)),
