@@ -95,11 +95,13 @@ const BRANCH: &str = "bid || ':' || bbalance";
 /// Rows changed and deleted while their chunk is read (between its read and its high
 /// watermark, held open by a failpoint) end in their final state: the stream's
 /// version wins over the chunk's stale copy, and a deleted row does not come back.
+/// A column dropped and one added mid-copy: the next chunks are read with the new
+/// columns.
 #[test]
 fn rows_changed_while_their_chunk_is_read_end_in_their_final_state() {
     let mut db = Db::create("incwin");
     db.sql(
-        "CREATE TABLE t (id int PRIMARY KEY, v int, note text); \
+        "CREATE TABLE t (id int PRIMARY KEY, v int, note text, junk text DEFAULT 'j'); \
          INSERT INTO t SELECT g, g, 'n' || g FROM generate_series(1, 3000) g;",
     );
     let dir = tempfile::tempdir().unwrap();
@@ -149,8 +151,10 @@ fn rows_changed_while_their_chunk_is_read_end_in_their_final_state() {
         ),
         "no second chunk was read"
     );
-    // Inside the second window too: a row of the chunk being read.
+    // Inside the second window too: a row of the chunk being read; and the table is
+    // altered: the next chunks are read with its new columns.
     db.sql("UPDATE t SET v = -1200 WHERE id = 1200; DELETE FROM t WHERE id = 1300");
+    db.sql("ALTER TABLE t DROP COLUMN junk; ALTER TABLE t ADD COLUMN extra int DEFAULT 5");
     assert!(
         wait_for(&log, &["snapshot copied"], 1, Duration::from_secs(90), &mut run),
         "the snapshot did not complete: {}",
@@ -179,6 +183,15 @@ fn rows_changed_while_their_chunk_is_read_end_in_their_final_state() {
     assert_eq!(
         r[2], 0,
         "rows changed in their chunk's window come from the stream only"
+    );
+    // Rows copied after the ALTER carry the new column (older rows have NULL there,
+    // as after any added column).
+    assert_eq!(
+        duck_lines(&format!(
+            "SELECT count(*) FILTER (WHERE extra = 5) FROM {} WHERE id > 2000",
+            lake(dir.path(), "t")
+        )),
+        db.sql("SELECT count(*) FROM t WHERE id > 2000"),
     );
 }
 

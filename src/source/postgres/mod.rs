@@ -712,6 +712,22 @@ impl PostgresSource {
             return Ok(Polled::Idle);
         };
         if self.incremental.wants_chunk() {
+            // Read with the table's columns as they are now (an ALTER TABLE since).
+            if let Some(current) = self.incremental.current().map(str::to_string) {
+                let fresh =
+                    catalog::tables(&mut self.describe.sql, &self.cfg.publication, &[current]).await?;
+                if let Some(info) = fresh.into_iter().next()
+                    && self.incremental.altered(&info)
+                {
+                    let columns = info
+                        .columns
+                        .iter()
+                        .map(|(n, t, m)| (n.clone(), *t, *m, info.key.contains(n)))
+                        .collect();
+                    let layout = self.describe.layout(&info.stream, columns).await?;
+                    self.incremental.relayout(info, layout)?;
+                }
+            }
             self.incremental.read_chunk().await?;
             stream.watch = self.incremental.invisible().cloned().unwrap_or_default();
             stream.watched.clear();

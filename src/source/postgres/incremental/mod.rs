@@ -136,24 +136,7 @@ impl Incremental {
 
     /// Queues `info`'s table, from `start`.
     pub fn add(&mut self, info: TableInfo, layout: Arc<Layout>, start: Start) -> Result<(), SourceError> {
-        let mut key_fields = Vec::new();
-        let mut key_columns = Vec::new();
-        for k in &info.key {
-            let column = info.columns.iter().position(|(n, _, _)| n == k);
-            let field = layout.schema.index_of(k).ok();
-            match (column, field) {
-                (Some(c), Some(f)) => {
-                    key_columns.push(c);
-                    key_fields.push(f);
-                }
-                _ => {
-                    return Err(SourceError::Setup(format!(
-                        "{}: key column {k} is not published: the table cannot be snapshotted in chunks",
-                        info.stream
-                    )));
-                }
-            }
-        }
+        let (key_fields, key_columns) = key_indices(&info, &layout)?;
         tracing::info!(
             table = %info.stream,
             chunk = chunk(start.value),
@@ -170,6 +153,43 @@ impl Incremental {
             further: start.further.into(),
             bar: None,
         });
+        Ok(())
+    }
+
+    /// The stream of the table being copied.
+    pub fn current(&self) -> Option<&str> {
+        self.jobs.front().map(|j| j.info.stream.as_str())
+    }
+
+    /// Whether the table being copied has other columns now than `info` says (an
+    /// `ALTER TABLE` since it was queued).
+    pub fn altered(&self, info: &TableInfo) -> bool {
+        self.jobs.front().is_some_and(|j| {
+            j.info.stream == info.stream && (j.info.columns != info.columns || j.info.key != info.key)
+        })
+    }
+
+    /// The next chunks of the table being copied are read with `info`'s columns, in
+    /// `layout`. A chunk read before and still waiting is dropped: it is read again.
+    pub fn relayout(&mut self, info: TableInfo, layout: Arc<Layout>) -> Result<(), SourceError> {
+        let Some(job) = self.jobs.front_mut() else {
+            return Ok(());
+        };
+        let (key_fields, key_columns) = key_indices(&info, &layout)?;
+        if info.key != job.info.key {
+            return Err(SourceError::Setup(format!(
+                "{}: its key changed while it was being copied ({:?} -> {:?}): start the copy again \
+                 (tributary snapshot --table)",
+                info.stream, job.info.key, info.key
+            )));
+        }
+        tracing::info!(table = %info.stream, columns = ?layout.names, "table altered: its next chunks are read with its new columns");
+        job.info = info;
+        job.layout = layout;
+        job.key_fields = key_fields;
+        job.key_columns = key_columns;
+        self.converter = None;
+        self.pending = None;
         Ok(())
     }
 
@@ -457,6 +477,29 @@ impl Incremental {
             c.close().await;
         }
     }
+}
+
+/// The key columns' indices in `layout`'s schema and in `info`'s columns.
+fn key_indices(info: &TableInfo, layout: &Layout) -> Result<(Vec<usize>, Vec<usize>), SourceError> {
+    let mut key_fields = Vec::new();
+    let mut key_columns = Vec::new();
+    for k in &info.key {
+        let column = info.columns.iter().position(|(n, _, _)| n == k);
+        let field = layout.schema.index_of(k).ok();
+        match (column, field) {
+            (Some(c), Some(f)) => {
+                key_columns.push(c);
+                key_fields.push(f);
+            }
+            _ => {
+                return Err(SourceError::Setup(format!(
+                    "{}: key column {k} is not published: the table cannot be snapshotted in chunks",
+                    info.stream
+                )));
+            }
+        }
+    }
+    Ok((key_fields, key_columns))
 }
 
 /// `TRIBUTARY_FAILPOINT=chunk_read:MS` holds every chunk MS milliseconds between its
