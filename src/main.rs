@@ -257,6 +257,20 @@ async fn serve_metrics(
     Ok((stop, task))
 }
 
+/// A run's summary and exit code.
+fn finish_run(outcome: Result<runtime::RunSummary, runtime::RunError>, started: Instant) -> ExitCode {
+    match outcome {
+        Ok(summary) => {
+            print_summary(&summary, started.elapsed());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn print_status(status: &runtime::Status) {
     println!("pipeline {}", status.pipeline);
     println!(
@@ -447,16 +461,7 @@ async fn run(tuning: runtime::malloc::Tuning) -> ExitCode {
                 let _ = stop.send(());
                 let _ = task.await;
             }
-            match outcome {
-                Ok(summary) => {
-                    print_summary(&summary, started.elapsed());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    report_error(&e);
-                    ExitCode::FAILURE
-                }
-            }
+            finish_run(outcome, started)
         }
         Command::Snapshot { pipeline, tables } => {
             let p = match load(&pipeline) {
@@ -475,16 +480,7 @@ async fn run(tuning: runtime::malloc::Tuning) -> ExitCode {
                 }
             }
             let started = Instant::now();
-            match runtime::run(&p, RunMode::Once, shutdown_signal()).await {
-                Ok(summary) => {
-                    print_summary(&summary, started.elapsed());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    report_error(&e);
-                    ExitCode::FAILURE
-                }
-            }
+            finish_run(runtime::run(&p, RunMode::Once, shutdown_signal()).await, started)
         }
         Command::Status { pipeline, json } => {
             let p = match load(&pipeline) {

@@ -222,6 +222,16 @@ impl Describe {
         Ok(Arc::new(Layout::new(stream, cols)))
     }
 
+    /// The layout of a table as the catalog describes it.
+    async fn table(&mut self, info: &catalog::TableInfo) -> Result<Arc<Layout>, SourceError> {
+        let columns = info
+            .columns
+            .iter()
+            .map(|(n, t, m)| (n.clone(), *t, *m, info.key.contains(n)))
+            .collect();
+        self.layout(&info.stream, columns).await
+    }
+
     /// The layout of a relation the stream describes; `None` when it is not captured.
     pub(crate) async fn relation(
         &mut self,
@@ -316,6 +326,8 @@ impl PostgresSource {
             dir: spill_dir,
             after: cfg.spill_after.unwrap_or(local.spill_after) as usize,
         };
+        // A chunk of an incremental snapshot waits in memory as an open transaction does.
+        let chunk_budget = spill.after;
         let mut sql = wire::Conn::connect(&cfg.dsn, false)
             .await
             .map_err(pg("connecting"))?;
@@ -425,17 +437,17 @@ impl PostgresSource {
                 dead_letters,
             },
             last_lag: Instant::now(),
-            incremental: incremental::Incremental::new(&cfg.dsn, shard.clone(), cfg.snapshot_chunk_rows),
+            incremental: incremental::Incremental::new(
+                &cfg.dsn,
+                shard.clone(),
+                cfg.snapshot_chunk_rows,
+                chunk_budget,
+            ),
         };
         source.report_lag().await;
         let mut tables = Vec::with_capacity(infos.len());
         for info in infos {
-            let columns = info
-                .columns
-                .iter()
-                .map(|(n, t, m)| (n.clone(), *t, *m, info.key.contains(n)))
-                .collect();
-            let layout = source.describe.layout(&info.stream, columns).await?;
+            let layout = source.describe.table(&info).await?;
             source.layouts.push(layout.clone());
             tables.push((info, layout));
         }
@@ -719,12 +731,7 @@ impl PostgresSource {
                 if let Some(info) = fresh.into_iter().next()
                     && self.incremental.altered(&info)
                 {
-                    let columns = info
-                        .columns
-                        .iter()
-                        .map(|(n, t, m)| (n.clone(), *t, *m, info.key.contains(n)))
-                        .collect();
-                    let layout = self.describe.layout(&info.stream, columns).await?;
+                    let layout = self.describe.table(&info).await?;
                     self.incremental.relayout(info, layout)?;
                 }
             }

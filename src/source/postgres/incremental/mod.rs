@@ -9,7 +9,11 @@
 //!    `pg_logical_emit_message`, prefix [`PREFIX`]).
 //! 2. In a REPEATABLE READ transaction: the snapshot's in-progress transactions
 //!    (`pg_current_snapshot()`), then the next `chunk_rows` rows by key after the
-//!    cursor (`COPY (SELECT … WHERE (k) > (cursor) ORDER BY k LIMIT n)`).
+//!    cursor (`COPY (SELECT … WHERE (k) > (cursor) ORDER BY k LIMIT n)`). A chunk
+//!    waits in memory for its high watermark, so it holds at most what an open
+//!    transaction may (`spill_after`): `n` shrinks to fit the rows' width, and a chunk
+//!    that still outgrows it ends at the row that reaches it (the rest of the answer
+//!    is dropped; the next chunk starts there).
 //! 3. A *high watermark* is written.
 //!
 //! The stream goes on meanwhile. Every key changed by a transaction between the two
@@ -72,6 +76,8 @@ struct Job {
     progress: Progress,
     further: VecDeque<(i64, Progress)>,
     bar: Option<ProgressBar>,
+    /// Bytes per row: estimated, then as the last chunk read them.
+    row_bytes: Option<usize>,
 }
 
 /// A chunk read and waiting for its high watermark.
@@ -98,6 +104,8 @@ pub(super) struct Incremental {
     shard: Arc<str>,
     cursor_shard: Arc<str>,
     chunk_rows: usize,
+    /// Bytes a chunk may hold (rows are read in fewer than `chunk_rows` when wide).
+    budget: usize,
     conn: Option<Conn>,
     jobs: VecDeque<Job>,
     pending: Option<Pending>,
@@ -116,7 +124,7 @@ impl std::fmt::Debug for Incremental {
 }
 
 impl Incremental {
-    pub fn new(dsn: &PostgresDsn, shard: Arc<str>, chunk_rows: usize) -> Incremental {
+    pub fn new(dsn: &PostgresDsn, shard: Arc<str>, chunk_rows: usize, budget: usize) -> Incremental {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -125,6 +133,7 @@ impl Incremental {
             cursor_shard: Arc::from(snapshot_shard(&shard)),
             shard,
             chunk_rows: chunk_rows.max(1),
+            budget: budget.max(1),
             conn: None,
             jobs: VecDeque::new(),
             pending: None,
@@ -152,6 +161,7 @@ impl Incremental {
             progress: start.progress,
             further: start.further.into(),
             bar: None,
+            row_bytes: None,
         });
         Ok(())
     }
@@ -218,6 +228,37 @@ impl Incremental {
         Ok(self.conn.as_mut().expect("just set"))
     }
 
+    /// A table's estimated rows and bytes per row (from the planner's statistics),
+    /// for the progress bar and the first chunk's size; `None` when the estimate does
+    /// not come in time (its connection is then opened again: a late answer must not
+    /// be read as the next query's).
+    async fn stats(&mut self, oid: u32) -> Result<Option<(u64, Option<usize>)>, SourceError> {
+        let sql = format!(
+            "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint::text, \
+                    coalesce(sum(c.relpages), 0)::bigint::text FROM pg_class c \
+             WHERE c.oid = {0} OR c.oid IN (SELECT relid FROM pg_partition_tree({0}) WHERE isleaf)",
+            oid
+        );
+        let conn = self.conn().await?;
+        let Ok(answer) = tokio::time::timeout(ESTIMATE_TIMEOUT, conn.query(&sql)).await else {
+            tracing::warn!(timeout = ?ESTIMATE_TIMEOUT, "a table's row estimate got no answer: opening the snapshot connection again");
+            self.conn = None;
+            return Ok(None);
+        };
+        let row = answer
+            .map_err(pg("estimating a table's rows"))?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let number = |i: usize| row.get(i).cloned().flatten().and_then(|v| v.parse::<u64>().ok());
+        let rows = number(0).unwrap_or(0);
+        let width = number(1)
+            .filter(|_| rows > 0)
+            .map(|pages| (pages * 8192 / rows) as usize)
+            .filter(|w| *w > 0);
+        Ok(Some((rows, width)))
+    }
+
     async fn emit(&mut self, kind: &str, id: &str) -> Result<(), SourceError> {
         let sql = format!(
             "SELECT pg_logical_emit_message(true, {}, {})",
@@ -239,14 +280,25 @@ impl Incremental {
         };
         self.seq += 1;
         let id = format!("{}-{}", self.tag, self.seq);
-        let (sql, target) = chunk_query(job, self.chunk_rows);
         let (stream, oid) = (job.info.stream.clone(), job.info.oid);
+        let first = job.bar.is_none();
+        let stats = if first { self.stats(oid).await? } else { None };
+        let job = self.jobs.front_mut().expect("checked above");
+        if let Some((rows, width)) = stats {
+            job.progress.estimate = rows;
+            job.row_bytes = job.row_bytes.or(width);
+        }
+        // Rows per chunk: as configured, fewer when rows are wide (a chunk is held in
+        // memory until its high watermark arrives).
+        let limit = job.row_bytes.map_or(self.chunk_rows, |w| {
+            (self.budget / w.max(1)).clamp(1, self.chunk_rows)
+        });
+        let (sql, target) = chunk_query(job, limit);
         let layout = job.layout.clone();
         let key_columns = job.key_columns.clone();
-        let first = job.bar.is_none();
+        let budget = self.budget;
         self.emit("low", &id).await?;
         let conn = self.conn().await?;
-        let estimate = if first { estimate(conn, oid).await } else { None };
         conn.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(pg(format!("reading a chunk of {stream}")))?;
@@ -265,15 +317,22 @@ impl Incremental {
         let mut buffer = TableBuffer::new(layout);
         let mut bad = Vec::new();
         let mut last: Option<Bytes> = None;
+        // Rows wider than estimated: the chunk ends where it reaches the budget (the
+        // rest of the answer is read and dropped; the next chunk starts there).
+        let mut cut = false;
         while let Some(line) = conn
             .copy_row()
             .await
             .map_err(pg(format!("reading a chunk of {stream}")))?
         {
+            if cut {
+                continue;
+            }
             buffer
                 .push_copy_line(0, &line, &mut bad)
                 .map_err(|e| SourceError::Setup(format!("snapshot of {stream}: {e}")))?;
             last = Some(line);
+            cut = target.is_none() && buffer.bytes >= budget;
         }
         conn.query("COMMIT")
             .await
@@ -285,10 +344,11 @@ impl Incremental {
         self.emit("high", &id).await?;
 
         let rows = buffer.len();
+        let bytes = buffer.bytes;
         let records = buffer.take().map_err(SourceError::Setup)?.map(|(r, _)| r);
         let job = self.jobs.front_mut().expect("checked above");
-        if let Some(e) = estimate {
-            job.progress.estimate = e;
+        if let Some(width) = bytes.checked_div(rows) {
+            job.row_bytes = Some(width);
         }
         if first {
             let bar = ProgressBar::new(job.progress.estimate.max(job.progress.rows));
@@ -307,7 +367,7 @@ impl Incremental {
                 progress.key = further.key;
                 v
             }
-            None if rows < self.chunk_rows => value(generation(job.value), DONE),
+            None if rows < limit && !cut => value(generation(job.value), DONE),
             None => {
                 if let Some(line) = &last {
                     progress.key = Some(key_of(line, &key_columns)?);
@@ -585,22 +645,6 @@ fn in_progress(snapshot: &str) -> HashSet<u32> {
         .filter_map(|x| x.trim().parse::<u64>().ok())
         .map(|x| x as u32)
         .collect()
-}
-
-async fn estimate(conn: &mut Conn, oid: u32) -> Option<u64> {
-    tokio::time::timeout(
-        ESTIMATE_TIMEOUT,
-        conn.query(&format!(
-            "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint::text FROM pg_class c \
-             WHERE c.oid = {0} OR c.oid IN (SELECT relid FROM pg_partition_tree({0}) WHERE isleaf)",
-            oid
-        )),
-    )
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
-    .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn arrow_error(job: &Job) -> impl FnOnce(deltalake::arrow::error::ArrowError) -> SourceError + '_ {
