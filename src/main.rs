@@ -220,6 +220,9 @@ fn print_summary(summary: &RunSummary, elapsed: std::time::Duration) {
         {
             print!(", watermark {}", at.format("%Y-%m-%dT%H:%M:%S%.fZ"));
         }
+        if let Some(s) = &t.snapshot {
+            print!(", snapshot {s}");
+        }
         if let Some(s) = t.stats {
             for (n, what) in [
                 (s.late_dropped, "late dropped"),

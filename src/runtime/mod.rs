@@ -121,6 +121,8 @@ pub struct TableSummary {
     pub stats: Option<OperatorStats>,
     /// An aggregate's watermark at the end of the run (µs since the epoch).
     pub watermark: Option<i64>,
+    /// How far the table's incremental snapshot got in this run, when it took part.
+    pub snapshot: Option<String>,
 }
 
 /// Runs `pipeline` until its input ends (`--once`, bounded sources) or `shutdown`

@@ -144,7 +144,7 @@ async fn table_status(
         let state = crate::sink::read_state(&table, &source::cursor_state_key(c, value))
             .await
             .map_err(|e| err(e.into()))?;
-        status.snapshot = Some(source::postgres::describe_snapshot(value, state.as_deref()));
+        status.snapshot = Some(source::describe_cursor(value, state.as_deref()));
         progress.forget(c);
     }
     status.committed = progress.iter().map(|(s, v)| (s.to_string(), v)).collect();

@@ -40,6 +40,8 @@ pub(super) struct Prepared {
     /// Cursor states to store beside the table before the commit (see
     /// [`crate::source::Cursor`]).
     states: Vec<(String, bytes::Bytes)>,
+    /// The furthest cursor taken and its state, for the run's summary.
+    cursor: Option<(i64, Option<bytes::Bytes>)>,
     /// A mirror whose source completed a restatement begun at this position (see
     /// [`super::restate`]): the shape and shard of the records, and their stream.
     restate: Option<(i64, SchemaRef, Arc<str>)>,
@@ -60,6 +62,7 @@ pub(super) fn summary(name: &str) -> TableSummary {
         version: None,
         stats: None,
         watermark: None,
+        snapshot: None,
     }
 }
 
@@ -163,24 +166,33 @@ fn batch_progress(pending: &[SourceBatch], stream: Option<&str>) -> BTreeMap<Str
 
 /// The cursors of `pending` a table holding `held` takes (see
 /// [`crate::source::Cursor`]): their progress, and the states to store first.
-fn cursor_progress(
-    pending: &[SourceBatch],
-    stream: &str,
-    held: &Progress,
-) -> (BTreeMap<String, i64>, Vec<(String, bytes::Bytes)>) {
-    let mut progress = BTreeMap::new();
-    let mut states = Vec::new();
+struct Cursors {
+    progress: BTreeMap<String, i64>,
+    states: Vec<(String, bytes::Bytes)>,
+    furthest: Option<(i64, Option<bytes::Bytes>)>,
+}
+
+fn cursor_progress(pending: &[SourceBatch], stream: &str, held: &Progress) -> Cursors {
+    let mut out = Cursors {
+        progress: BTreeMap::new(),
+        states: Vec::new(),
+        furthest: None,
+    };
     for b in pending.iter().filter(|b| b.feeds(stream)) {
         let Some(c) = b.cursor.as_ref().filter(|c| c.taken_by(&b.shard, held)) else {
             continue;
         };
-        let e = progress.entry(c.shard.to_string()).or_insert(c.value);
+        let e = out.progress.entry(c.shard.to_string()).or_insert(c.value);
         *e = (*e).max(c.value);
         if let Some(state) = &c.state {
-            states.push((crate::source::cursor_state_key(&c.shard, c.value), state.clone()));
+            out.states
+                .push((crate::source::cursor_state_key(&c.shard, c.value), state.clone()));
+        }
+        if out.furthest.as_ref().is_none_or(|(v, _)| *v < c.value) {
+            out.furthest = Some((c.value, c.state.clone()));
         }
     }
-    (progress, states)
+    out
 }
 
 /// Per table, the states of its cursors (see [`crate::source::Cursor`]), per cursor
@@ -246,7 +258,11 @@ impl TableTarget {
         pending: &[SourceBatch],
         dead: &mut DeadLetters,
     ) -> Result<Option<Prepared>, RunError> {
-        let (cursors, states) = cursor_progress(pending, &self.cfg.from, self.sink.committed());
+        let Cursors {
+            progress: cursors,
+            states,
+            furthest: cursor,
+        } = cursor_progress(pending, &self.cfg.from, self.sink.committed());
         let progress: Vec<(String, i64)> = batch_progress(pending, Some(&self.cfg.from))
             .into_iter()
             .chain(cursors)
@@ -276,6 +292,7 @@ impl TableTarget {
                 rows: 0,
                 replace: control == Control::Reset,
                 states,
+                cursor,
                 restate: None,
             }));
         }
@@ -373,6 +390,7 @@ impl TableTarget {
             rows,
             replace: false,
             states,
+            cursor,
             restate,
         }))
     }
@@ -435,6 +453,9 @@ impl TableTarget {
         };
         let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
         count(&mut self.summary, outcome, rows);
+        if let Some((value, state)) = &prepared.cursor {
+            self.summary.snapshot = Some(crate::source::describe_cursor(*value, state.as_deref()));
+        }
         Ok(())
     }
 

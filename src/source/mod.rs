@@ -94,6 +94,12 @@ impl Cursor {
     }
 }
 
+/// How far the work a cursor tracks got, as people read it (run summaries, `status`):
+/// its `value` and `state`. Postgres's snapshot cursor is the only kind.
+pub fn describe_cursor(value: i64, state: Option<&[u8]>) -> String {
+    postgres::describe_snapshot(value, state)
+}
+
 /// Where a cursor's state lives beside a table: one name per (cursor shard, value).
 pub fn cursor_state_key(shard: &str, value: i64) -> String {
     let safe: String = shard

@@ -214,7 +214,16 @@ fn a_snapshot_killed_five_times_under_writes_resumes_and_ends_equal() {
         spec += &format!("[[tables]]\nname = \"{t}\"\nfrom = \"public.{t}\"\nmode = \"mirror\"\n");
     }
     spec += "[runtime]\ncache_dir = \"./cache\"\n";
-    let p = pipeline(dir.path(), &db, &slot, &tables, "", &spec);
+    // Chunks of 20k rows: a kill loses what was read and not yet committed (at most
+    // three chunks), so the bound below holds whatever the kills hit.
+    let p = pipeline(
+        dir.path(),
+        &db,
+        &slot,
+        &tables,
+        "snapshot_chunk_rows = 20000\n",
+        &spec,
+    );
 
     let dsn = db.dsn();
     let load = std::thread::spawn(move || {
@@ -244,6 +253,10 @@ fn a_snapshot_killed_five_times_under_writes_resumes_and_ends_equal() {
             "the snapshot completed before kill {kill}: the test needs a larger table"
         );
     }
+    // Mid-copy, `status` says how far each table got.
+    let status = tributary(dir.path(), &["status", p.to_str().unwrap()]);
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.contains("snapshot copying: "), "{status}");
     let log = dir.path().join("run-last.log");
     let mut run = spawn_logged(dir.path(), &p, &log, &[]);
     assert!(
@@ -279,6 +292,10 @@ fn a_snapshot_killed_five_times_under_writes_resumes_and_ends_equal() {
         "snapshot queries read {read} rows of a 2,000,000-row table: restarts started over"
     );
     assert!(read >= 2_000_000, "snapshot queries read only {read} rows");
+    eprintln!("snapshot queries read {read} rows of 2,000,000 over 6 runs (5 SIGKILLs)");
+    let status = tributary(dir.path(), &["status", p.to_str().unwrap()]);
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_eq!(status.matches("snapshot copied").count(), 3, "{status}");
     for (table, key, row) in [
         ("pgbench_accounts", "aid", ACCOUNT),
         ("pgbench_tellers", "tid", TELLER),
@@ -485,6 +502,8 @@ fn snapshot_again_restores_a_tampered_mirror() {
     assert!(stdout.contains("t: to be snapshotted again"), "{stdout}");
     assert!(stdout.contains("t_dv: to be snapshotted again"), "{stdout}");
     assert!(stdout.contains("t_log: keeps its rows"), "{stdout}");
+    // The run's summary says where each copy got.
+    assert_eq!(stdout.matches("snapshot copied").count(), 2, "{stdout}");
     assert_mirror_equal(&db, dir.path(), "t", "id", row, "after snapshot --table t");
     assert_mirror_of(
         &db,

@@ -692,6 +692,9 @@ impl Source for PostgresSource {
             Phase::Stream(s) | Phase::Done(Some(s)) => Some(s),
             _ => None,
         };
+        if let Some(p) = committed.get(&self.shard) {
+            self.incremental.acknowledged(p);
+        }
         if let (Some(s), Some(p)) = (stream, committed.get(&self.shard))
             && p >= SNAPSHOT_SPACE
         {
@@ -738,6 +741,13 @@ impl PostgresSource {
             self.incremental.read_chunk().await?;
             stream.watch = self.incremental.invisible().cloned().unwrap_or_default();
             stream.watched.clear();
+        }
+        if self.incremental.needs_catch_up() && stream.emitted > 0 {
+            // Tables of other streams move up to what was handed over, so that the
+            // chunks' acknowledgement is not held back by them.
+            self.ready
+                .push_back(marker(&self.shard, stream.emitted, Control::Progress));
+            return Ok(self.ready.pop_front().map_or(Polled::Idle, Polled::Batch));
         }
         let max_bytes = self.chunk_rows.saturating_mul(1024).max(1 << 20);
         // A --once run ends after the snapshots, wherever the stream then stands.

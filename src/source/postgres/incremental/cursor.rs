@@ -93,6 +93,9 @@ impl Part {
         let cursor = snapshot_shard(shard);
         Ok(match (held.get(shard), held.get(&cursor)) {
             (None, None) => Part::New,
+            // A copy in one piece that was interrupted (an earlier version's): its rows
+            // are dropped before streaming starts, so it needs every row.
+            (Some(p), None) if p < super::super::SNAPSHOT_SPACE => Part::New,
             (Some(_), None) => Part::Whole,
             (_, Some(v)) if chunk(v) == DONE => Part::Done(v),
             (_, Some(v)) if chunk(v) == 0 => Part::At(

@@ -23,6 +23,14 @@
 //! watermark, so the chunk is handed over there, as `r` rows at the high watermark's
 //! position, between the transactions before it and those after it.
 //!
+//! Why the in-progress list: Postgres writes a commit record before the transaction
+//! becomes visible, so one committed just before the low watermark can still be
+//! invisible to the read right after it, and it is not between the watermarks. Its
+//! id is in the read's in-progress list; its changes met in the stream after the read
+//! count as changed. One the stream had already delivered before the chunk began is
+//! taken as visible (it was decoded, so its commit was written well before), as in
+//! DBLog itself.
+//!
 //! # Progress and crashes
 //!
 //! A chunk batch carries a [`Cursor`] on the slot's snapshot shard
@@ -63,6 +71,10 @@ pub use cursor::{
 
 /// The prefix of watermark messages.
 pub const PREFIX: &str = "tributary.snapshot";
+/// Chunks handed over and not yet committed by every table, before the next is read:
+/// reading overlaps the commits, and a crash reads again at most this many chunks
+/// (and the one waiting for its high watermark).
+const MAX_UNCOMMITTED: usize = 2;
 /// How long a table's row estimate (for the progress bar) may take.
 const ESTIMATE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -109,6 +121,10 @@ pub(super) struct Incremental {
     conn: Option<Conn>,
     jobs: VecDeque<Job>,
     pending: Option<Pending>,
+    /// Where a consumer holding each chunk handed over resumes, until acknowledged.
+    unacknowledged: VecDeque<i64>,
+    /// A progress marker was handed over for the current wait (see `needs_catch_up`).
+    caught_up: bool,
     /// Ids of this process's watermarks: `{tag}-{seq}`.
     tag: String,
     seq: u64,
@@ -137,6 +153,8 @@ impl Incremental {
             conn: None,
             jobs: VecDeque::new(),
             pending: None,
+            unacknowledged: VecDeque::new(),
+            caught_up: false,
             tag: format!("{}-{nanos:x}", std::process::id()),
             seq: 0,
             converter: None,
@@ -210,7 +228,26 @@ impl Incremental {
 
     /// Whether a chunk should be read now (none is waiting for its high watermark).
     pub fn wants_chunk(&self) -> bool {
-        self.pending.is_none() && !self.jobs.is_empty()
+        self.pending.is_none() && !self.jobs.is_empty() && self.unacknowledged.len() < MAX_UNCOMMITTED
+    }
+
+    /// Every table committed up to `committed` (the slot's progress): the chunks
+    /// handed over below it are durable.
+    pub fn acknowledged(&mut self, committed: i64) {
+        while self.unacknowledged.front().is_some_and(|n| *n <= committed) {
+            self.unacknowledged.pop_front();
+            self.caught_up = false;
+        }
+    }
+
+    /// Whether the next chunk waits for acknowledgements that tables fed by other
+    /// streams hold back (they commit only when something reaches them): once per
+    /// wait, the caller then hands over a progress marker that moves them up.
+    pub fn needs_catch_up(&mut self) -> bool {
+        let blocked = self.pending.is_none() && !self.jobs.is_empty() && !self.wants_chunk();
+        let first = blocked && !self.caught_up;
+        self.caught_up |= blocked;
+        first
     }
 
     /// Transactions whose changes must be watched for before the low watermark.
@@ -513,6 +550,7 @@ impl Incremental {
             estimate = p.progress.estimate,
             "snapshot chunk handed over"
         );
+        self.unacknowledged.push_back(next);
         job.value = p.value;
         job.progress = p.progress;
         if job.further.front().is_some_and(|(v, _)| *v == p.value) {

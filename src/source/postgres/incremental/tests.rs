@@ -44,6 +44,37 @@ fn a_stream_resumes_at_its_least_cursor_and_reads_up_to_each_further_one() {
 }
 
 #[test]
+fn a_table_reads_its_part_from_its_progress() {
+    let mut held = crate::progress::Progress::new();
+    assert_eq!(Part::of(&held, "s", None).unwrap(), Part::New);
+    held.advance("s", 5);
+    // An interrupted copy in one piece (positions below the WAL space).
+    assert_eq!(Part::of(&held, "s", None).unwrap(), Part::New);
+    held.advance("s", 0x200_0000);
+    assert_eq!(Part::of(&held, "s", None).unwrap(), Part::Whole);
+    held.advance("s#snapshot", value(1, 0));
+    assert_eq!(
+        Part::of(&held, "s", None).unwrap(),
+        Part::At(value(1, 0), Progress::default())
+    );
+    held.advance("s#snapshot", value(1, 3));
+    assert!(
+        Part::of(&held, "s", None).is_err(),
+        "a cursor past chunk 0 needs its state"
+    );
+    let state = Bytes::from_static(br#"{"key":["7"],"rows":3,"estimate":9}"#);
+    let Part::At(v, p) = Part::of(&held, "s", Some(&state)).unwrap() else {
+        panic!("in progress");
+    };
+    assert_eq!(
+        (v, p.key, p.rows),
+        (value(1, 3), Some(vec![Some("7".to_string())]), 3)
+    );
+    held.advance("s#snapshot", value(1, DONE));
+    assert_eq!(Part::of(&held, "s", None).unwrap(), Part::Done(value(1, DONE)));
+}
+
+#[test]
 fn snapshot_in_progress_lists_read_as_32_bit_ids() {
     assert_eq!(in_progress("10:20:"), HashSet::new());
     assert_eq!(in_progress("10:20:12,15"), HashSet::from([12, 15]));
