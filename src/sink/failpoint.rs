@@ -10,7 +10,8 @@
 //! `TRIBUTARY_FAILPOINT=delay_commit:MS` instead holds every
 //! commit entry back for MS milliseconds (a slow object store). It wraps the table's
 //! [`LogStore`] so that every write path (append, MERGE, maintenance) crosses it.
-//! Unset, nothing is wrapped.
+//! Unset, nothing is wrapped. (`chunk_read:MS`, which holds incremental snapshot
+//! chunks open, is read by the Postgres source: `source::postgres::incremental`.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
