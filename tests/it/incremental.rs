@@ -582,3 +582,76 @@ fn wide_rows_are_copied_in_chunks_that_fit_in_memory() {
     );
     assert_mirror_equal(&db, dir.path(), "w", "id", "id || ':' || md5(body)", "wide rows");
 }
+
+/// `tributary snapshot --table` stopped by a crash before one of its chunk commits
+/// (the failpoint aborts the process after the chunk's files are written): the next
+/// run resumes the new copy at its cursor and still reconciles the mirror at the end.
+#[test]
+fn snapshot_again_resumes_after_a_crash_and_still_reconciles() {
+    let mut db = Db::create("incagaincrash");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int); \
+         INSERT INTO t SELECT g, g FROM generate_series(1, 5000) g;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let slot = db.slot();
+    let p = pipeline(
+        dir.path(),
+        &db,
+        &slot,
+        &["t"],
+        "snapshot_chunk_rows = 500\n",
+        "[batch]\nmax_rows = 500\n\
+         [[tables]]\nname = \"t\"\nfrom = \"public.t\"\nmode = \"mirror\"\n\
+         [[tables]]\nname = \"t_log\"\nfrom = \"public.t\"\nmode = \"changelog\"\n\
+         [runtime]\ncache_dir = \"./cache\"\n",
+    );
+    run_once(dir.path(), &p);
+    // Deletes the mirror misses (not published for a while).
+    let publication = format!("pub_{slot}");
+    db.sql(&format!(
+        "ALTER PUBLICATION {publication} SET (publish = 'insert, update, truncate')"
+    ));
+    db.sql("DELETE FROM t WHERE id % 250 = 0");
+    db.sql(&format!(
+        "ALTER PUBLICATION {publication} SET (publish = 'insert, update, delete, truncate')"
+    ));
+    let row = "id || ':' || v";
+    let q = |from: &str| format!("SELECT count(*) FROM {from}");
+    assert_eq!(duck_lines(&q(&lake(dir.path(), "t"))), vec!["5000"]);
+
+    let crashed = Command::new(bin())
+        .args(["snapshot", p.to_str().unwrap(), "--table", "t"])
+        .current_dir(dir.path())
+        .env("TRIBUTARY_FAILPOINT", "before_commit:5@t")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the failpoint stops the copy");
+    let status = tributary(dir.path(), &["status", p.to_str().unwrap()]);
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status.contains("snapshot copying: "),
+        "the copy was cut short: {status}"
+    );
+    db.sql(
+        "UPDATE t SET v = -v WHERE id % 7 = 0; DELETE FROM t WHERE id = 4999; INSERT INTO t VALUES (7000, 7)",
+    );
+    let summary = run_once(dir.path(), &p);
+    assert!(summary.contains("snapshot copied"), "{summary}");
+    assert_mirror_equal(
+        &db,
+        dir.path(),
+        "t",
+        "id",
+        row,
+        "a new copy resumed after a crash",
+    );
+    // The changelog skipped both copies' chunks after its own first one.
+    assert_eq!(
+        duck_lines(&format!(
+            "SELECT count(*) FILTER (WHERE _op = 'r'), count(DISTINCT id) FILTER (WHERE _op = 'r') FROM {}",
+            lake(dir.path(), "t_log")
+        )),
+        vec!["5000|5000"]
+    );
+}
