@@ -677,6 +677,23 @@ fn errors_inside_the_source_name_the_key_and_its_line() {
     let pg = "name = \"v\"\n[source]\nkind = \"postgres\"\ndsn = \"host=x\"\npublication = \"p\"\nslot = \"s\"\nsnapshot = \"yes\"\n[sink]\nuri = \"/tmp/lake\"\n[[tables]]\nname = \"t\"\nfrom = \"t\"\n";
     let e = error_of(pg);
     assert!(e.contains("source.snapshot") && e.contains("(line 7)"), "{e}");
+    let chunk = |rows: &str| pg.replace("snapshot = \"yes\"", &format!("snapshot_chunk_rows = {rows}"));
+    let e = error_of(&chunk("0"));
+    assert!(
+        e.contains("source.snapshot_chunk_rows") && e.contains("between 1 and"),
+        "{e}"
+    );
+    let SourceConfig::Postgres(p) = parse("p.toml", &chunk("2500"), env).unwrap().source else {
+        panic!("a postgres source");
+    };
+    assert_eq!(p.snapshot_chunk_rows, 2500);
+    let SourceConfig::Postgres(p) = parse("p.toml", &pg.replace("snapshot = \"yes\"\n", ""), env)
+        .unwrap()
+        .source
+    else {
+        panic!("a postgres source");
+    };
+    assert_eq!(p.snapshot_chunk_rows, 100_000, "the default");
     // An unknown kind is still named as such.
     let e = error_of(&text.replace("kind = \"kafka\"", "kind = \"kafkaa\""));
     assert!(e.contains("source") && e.contains("kafkaa"), "{e}");
