@@ -7,7 +7,6 @@
 
 use deltalake::arrow::array::{Int64Array, RecordBatch};
 use deltalake::arrow::compute::concat_batches;
-use deltalake::datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
 use super::RunError;
@@ -103,15 +102,7 @@ pub async fn backfill(
         late_table: None,
         ..cfg.clone()
     };
-    let ctx = SessionContext::new();
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(delta_err(&from))?;
-    let provider = table
-        .table_provider()
-        .await
-        .map_err(|e| delta_err(&from)(e.into()))?;
-    let df = ctx.read_table(provider).map_err(|e| delta_err(&from)(e.into()))?;
+    let df = crate::sink::scan(&table).await.map_err(delta_err(&from))?;
     let mut stream = df
         .execute_stream()
         .await

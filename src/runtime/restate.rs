@@ -14,7 +14,7 @@ use std::sync::Arc;
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
 use deltalake::arrow::compute::{cast, concat_batches};
 use deltalake::arrow::datatypes::SchemaRef;
-use deltalake::datafusion::prelude::{SessionContext, col, lit};
+use deltalake::datafusion::prelude::{col, lit};
 use futures::StreamExt as _;
 
 use super::RunError;
@@ -41,12 +41,10 @@ pub(super) async fn stale_rows(
         table: sink.name().to_string(),
         source: e,
     };
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state()).map_err(err)?;
-    let provider = table.table_provider().await.map_err(|e| err(e.into()))?;
-    let df = ctx
-        .read_table(provider)
-        .and_then(|df| df.filter(col(POSITION).lt(lit(since))))
+    let df = crate::sink::scan(table)
+        .await
+        .map_err(err)?
+        .filter(col(POSITION).lt(lit(since)))
         .and_then(|df| df.select_columns(&key.iter().map(String::as_str).collect::<Vec<_>>()))
         .map_err(|e| err(e.into()))?;
     let mut stream_rows = df.execute_stream().await.map_err(|e| err(e.into()))?;

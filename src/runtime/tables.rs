@@ -37,11 +37,10 @@ pub(super) struct Prepared {
     rows: usize,
     /// Drop the table's rows first (a snapshot taken again).
     replace: bool,
-    /// Cursor states to store beside the table before the commit (see
-    /// [`crate::source::Cursor`]).
-    states: Vec<(String, bytes::Bytes)>,
-    /// The furthest cursor taken and its state, for the run's summary.
-    cursor: Option<(i64, Option<bytes::Bytes>)>,
+    /// Per cursor shard, the furthest cursor taken and its state (see
+    /// [`crate::source::Cursor`]): the state is stored beside the table before the
+    /// commit that names it.
+    cursors: Cursors,
     /// A mirror whose source completed a restatement begun at this position (see
     /// [`super::restate`]): the shape and shard of the records, and their stream.
     restate: Option<(i64, SchemaRef, Arc<str>)>,
@@ -164,32 +163,20 @@ fn batch_progress(pending: &[SourceBatch], stream: Option<&str>) -> BTreeMap<Str
     out
 }
 
-/// The cursors of `pending` a table holding `held` takes (see
-/// [`crate::source::Cursor`]): their progress, and the states to store first.
-struct Cursors {
-    progress: BTreeMap<String, i64>,
-    states: Vec<(String, bytes::Bytes)>,
-    furthest: Option<(i64, Option<bytes::Bytes>)>,
-}
+/// Per cursor shard, the furthest cursor of `pending` a table holding `held` takes
+/// (see [`crate::source::Cursor`]), and its state. Only that state is stored: a
+/// restart reads the one the committed value names.
+type Cursors = BTreeMap<String, (i64, Option<bytes::Bytes>)>;
 
 fn cursor_progress(pending: &[SourceBatch], stream: &str, held: &Progress) -> Cursors {
-    let mut out = Cursors {
-        progress: BTreeMap::new(),
-        states: Vec::new(),
-        furthest: None,
-    };
+    let mut out = Cursors::new();
     for b in pending.iter().filter(|b| b.feeds(stream)) {
         let Some(c) = b.cursor.as_ref().filter(|c| c.taken_by(&b.shard, held)) else {
             continue;
         };
-        let e = out.progress.entry(c.shard.to_string()).or_insert(c.value);
-        *e = (*e).max(c.value);
-        if let Some(state) = &c.state {
-            out.states
-                .push((crate::source::cursor_state_key(&c.shard, c.value), state.clone()));
-        }
-        if out.furthest.as_ref().is_none_or(|(v, _)| *v < c.value) {
-            out.furthest = Some((c.value, c.state.clone()));
+        let e = out.entry(c.shard.to_string()).or_insert((c.value, None));
+        if e.0 <= c.value {
+            *e = (c.value, c.state.clone());
         }
     }
     out
@@ -258,14 +245,10 @@ impl TableTarget {
         pending: &[SourceBatch],
         dead: &mut DeadLetters,
     ) -> Result<Option<Prepared>, RunError> {
-        let Cursors {
-            progress: cursors,
-            states,
-            furthest: cursor,
-        } = cursor_progress(pending, &self.cfg.from, self.sink.committed());
+        let cursors = cursor_progress(pending, &self.cfg.from, self.sink.committed());
         let progress: Vec<(String, i64)> = batch_progress(pending, Some(&self.cfg.from))
             .into_iter()
-            .chain(cursors)
+            .chain(cursors.iter().map(|(shard, (value, _))| (shard.clone(), *value)))
             .filter(|(shard, next)| self.sink.committed().get(shard).is_none_or(|c| c < *next))
             .collect();
         if let Some(control) = pending.iter().find_map(|b| b.control) {
@@ -291,8 +274,7 @@ impl TableTarget {
                 parts: None,
                 rows: 0,
                 replace: control == Control::Reset,
-                states,
-                cursor,
+                cursors,
                 restate: None,
             }));
         }
@@ -389,8 +371,7 @@ impl TableTarget {
             parts,
             rows,
             replace: false,
-            states,
-            cursor,
+            cursors,
             restate,
         }))
     }
@@ -416,8 +397,11 @@ impl TableTarget {
 
     pub(super) async fn commit(&mut self, prepared: Prepared, retry: &RetryPolicy) -> Result<(), RunError> {
         // State before the commit that names it.
-        for (key, state) in &prepared.states {
-            self.sink.put_state(key, state.clone()).await?;
+        for (shard, (value, state)) in &prepared.cursors {
+            if let Some(state) = state {
+                let key = crate::source::cursor_state_key(shard, *value);
+                self.sink.put_state(&key, state.clone()).await?;
+            }
         }
         let mut batches = prepared.batches;
         let mut rows = prepared.rows;
@@ -453,7 +437,7 @@ impl TableTarget {
         };
         let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
         count(&mut self.summary, outcome, rows);
-        if let Some((value, state)) = &prepared.cursor {
+        for (value, state) in prepared.cursors.values() {
             self.summary.snapshot = Some(crate::source::describe_cursor(*value, state.as_deref()));
         }
         Ok(())

@@ -138,6 +138,15 @@ pub async fn open_table(url: Url, storage: HashMap<String, String>) -> Result<De
     }
 }
 
+/// A DataFusion frame over the rows of `table`'s loaded version (deletion vectors
+/// applied): the cold path's reader.
+pub async fn scan(table: &DeltaTable) -> Result<deltalake::datafusion::prelude::DataFrame, DeltaTableError> {
+    let ctx = deltalake::datafusion::prelude::SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    let provider = table.table_provider().await?;
+    Ok(ctx.read_table(provider)?)
+}
+
 /// The operator or cursor state stored beside `table` under `key` (see
 /// [`Sink::put_state`]), read without a sink (for `status`).
 pub async fn read_state(table: &DeltaTable, key: &str) -> Result<Option<Bytes>, ObjectStoreError> {
@@ -801,17 +810,13 @@ impl Sink for DeltaSink {
     }
 
     async fn get_state(&self, key: &str) -> Result<Option<Bytes>, SinkError> {
-        let store = self.table.log_store().object_store(None);
-        match store.get(&Self::state_path(key)).await {
-            Ok(r) => r.bytes().await.map(Some),
-            Err(ObjectStoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-        .map_err(|source| SinkError::State {
-            table: self.name.clone(),
-            key: key.to_string(),
-            source,
-        })
+        read_state(&self.table, key)
+            .await
+            .map_err(|source| SinkError::State {
+                table: self.name.clone(),
+                key: key.to_string(),
+                source,
+            })
     }
 }
 

@@ -31,7 +31,9 @@ use deltalake::arrow::array::RecordBatch;
 
 use crate::progress::Progress;
 
-pub use delta::{DeltaSink, IndexOptions, KEY_FILE, TableOptions, open_table, read_state, table_progress};
+pub use delta::{
+    DeltaSink, IndexOptions, KEY_FILE, TableOptions, open_table, read_state, scan, table_progress,
+};
 pub use failpoint::ENV as FAILPOINT_ENV;
 
 /// Rows of one commit too many to hold in memory at once (a transaction that spilled

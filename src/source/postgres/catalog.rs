@@ -307,3 +307,30 @@ pub async fn slot_lag(conn: &mut Conn, slot: &str) -> Result<Option<(i64, i64)>,
     let value = |i: usize| -> Option<i64> { rows.first()?.get(i)?.as_ref()?.parse().ok() };
     Ok(value(0).zip(value(1)))
 }
+
+/// How long a table's size estimate may take (it only feeds progress bars and chunk
+/// sizes): callers wait this long, then go on without it.
+pub const ESTIMATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The planner's estimate of a table's rows and pages (a partitioned table's summed
+/// over its partitions).
+pub async fn size(conn: &mut Conn, oid: u32) -> Result<(u64, u64), SourceError> {
+    let rows = conn
+        .query(&format!(
+            "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint::text, \
+                    coalesce(sum(c.relpages), 0)::bigint::text FROM pg_class c \
+             WHERE c.oid = {0} OR c.oid IN (SELECT relid FROM pg_partition_tree({0}) WHERE isleaf)",
+            oid
+        ))
+        .await
+        .map_err(pg("estimating a table's size"))?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let number = |i: usize| {
+        row.get(i)
+            .cloned()
+            .flatten()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((number(0), number(1)))
+}

@@ -15,15 +15,12 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::catalog::{TableInfo, quote_table};
+use super::catalog::{ESTIMATE_TIMEOUT, TableInfo, quote_table, size};
 use super::changes::{Layout, TableBuffer};
 use super::wire::{Conn, parse_lsn, quote_ident, quote_literal};
 use super::{BadValues, SNAPSHOT_SPACE, pg};
 use crate::config::PostgresDsn;
 use crate::source::{SourceBatch, SourceError};
-
-/// How long a table's row estimate (for the progress bar) may take.
-const ESTIMATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(super) struct Snapshot {
     /// The replication session whose temporary slot exported the snapshot; it must
@@ -133,20 +130,11 @@ impl Snapshot {
                 );
                 // Only for the progress bar: an estimate that does not come in time is 0
                 // (a late answer is skipped by `copy_out`, which waits for its own).
-                let estimate = tokio::time::timeout(
-                    ESTIMATE_TIMEOUT,
-                    self.copier.query(&format!(
-                        "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint::text FROM pg_class c \
-                         WHERE c.oid = {0} OR c.oid IN (SELECT relid FROM pg_partition_tree({0}) WHERE isleaf)",
-                        info.oid
-                    )),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let estimate = tokio::time::timeout(ESTIMATE_TIMEOUT, size(&mut self.copier, info.oid))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map_or(0, |(rows, _)| rows);
                 self.copier
                     .copy_out(&sql)
                     .await

@@ -54,7 +54,7 @@ use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::row::{RowConverter, SortField};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::catalog::{TableInfo, quote_table};
+use super::catalog::{ESTIMATE_TIMEOUT, TableInfo, quote_table, size};
 use super::changes::{BadValue, Layout, TableBuffer};
 use super::types::copy_fields;
 use super::wire::{Conn, quote_ident, quote_literal};
@@ -75,8 +75,6 @@ pub const PREFIX: &str = "tributary.snapshot";
 /// reading overlaps the commits, and a crash reads again at most this many chunks
 /// (and the one waiting for its high watermark).
 const MAX_UNCOMMITTED: usize = 2;
-/// How long a table's row estimate (for the progress bar) may take.
-const ESTIMATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Job {
     info: TableInfo,
@@ -270,28 +268,16 @@ impl Incremental {
     /// not come in time (its connection is then opened again: a late answer must not
     /// be read as the next query's).
     async fn stats(&mut self, oid: u32) -> Result<Option<(u64, Option<usize>)>, SourceError> {
-        let sql = format!(
-            "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint::text, \
-                    coalesce(sum(c.relpages), 0)::bigint::text FROM pg_class c \
-             WHERE c.oid = {0} OR c.oid IN (SELECT relid FROM pg_partition_tree({0}) WHERE isleaf)",
-            oid
-        );
         let conn = self.conn().await?;
-        let Ok(answer) = tokio::time::timeout(ESTIMATE_TIMEOUT, conn.query(&sql)).await else {
+        let Ok(answer) = tokio::time::timeout(ESTIMATE_TIMEOUT, size(conn, oid)).await else {
             tracing::warn!(timeout = ?ESTIMATE_TIMEOUT, "a table's row estimate got no answer: opening the snapshot connection again");
             self.conn = None;
             return Ok(None);
         };
-        let row = answer
-            .map_err(pg("estimating a table's rows"))?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        let number = |i: usize| row.get(i).cloned().flatten().and_then(|v| v.parse::<u64>().ok());
-        let rows = number(0).unwrap_or(0);
-        let width = number(1)
-            .filter(|_| rows > 0)
-            .map(|pages| (pages * 8192 / rows) as usize)
+        let (rows, pages) = answer?;
+        let width = (pages * 8192)
+            .checked_div(rows)
+            .map(|w| w as usize)
             .filter(|w| *w > 0);
         Ok(Some((rows, width)))
     }
