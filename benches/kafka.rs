@@ -245,96 +245,115 @@ fn main() {
     };
 
     // --- end to end ---------------------------------------------------------------------
-    let dir = std::env::temp_dir().join(&topic);
-    std::fs::create_dir_all(&dir).unwrap();
-    let pipeline = dir.join("p.toml");
-    let format = if json {
-        format!(
-            "format = \"json\"\nschema = \"{}\"",
-            std::fs::canonicalize("schemas/clickstream.avsc")
-                .unwrap()
-                .display()
-        )
-    } else {
-        format!("format = \"avro\"\nschema_registry = \"{registry}\"")
-    };
-    std::fs::write(
+    // One run into its own table (`{topic}-{run}`, read from the start by a group of its
+    // own), with `batch` added to the pipeline's `[batch]`: time, cores, peak RSS.
+    let end_to_end = |run: &str, batch: &str| {
+        let table = format!("{topic}-{run}");
+        let dir = std::env::temp_dir().join(&table);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pipeline = dir.join("p.toml");
+        let format = if json {
+            format!(
+                "format = \"json\"\nschema = \"{}\"",
+                std::fs::canonicalize("schemas/clickstream.avsc")
+                    .unwrap()
+                    .display()
+            )
+        } else {
+            format!("format = \"avro\"\nschema_registry = \"{registry}\"")
+        };
+        std::fs::write(
         &pipeline,
         format!(
             "name = \"bench\"\n[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n\
-             group_id = \"{topic}\"\n{format}\n\
-             [sink]\nuri = \"s3://tributary/{topic}\"\n[sink.storage]\nAWS_ENDPOINT_URL = \"${{AWS_ENDPOINT_URL}}\"\n\
+             group_id = \"{table}\"\n{format}\n\
+             [sink]\nuri = \"s3://tributary/{table}\"\n[sink.storage]\nAWS_ENDPOINT_URL = \"${{AWS_ENDPOINT_URL}}\"\n\
              AWS_ACCESS_KEY_ID = \"${{AWS_ACCESS_KEY_ID}}\"\nAWS_SECRET_ACCESS_KEY = \"${{AWS_SECRET_ACCESS_KEY}}\"\n\
-             AWS_REGION = \"${{AWS_REGION}}\"\nAWS_ALLOW_HTTP = \"true\"\n[batch]\nmax_rows = 200000\n\
+             AWS_REGION = \"${{AWS_REGION}}\"\nAWS_ALLOW_HTTP = \"true\"\n[batch]\nmax_rows = 200000\n{batch}\n\
              [[tables]]\nname = \"clicks\"\nfrom = \"{topic}\"\n"
         ),
     )
     .unwrap();
-    let bin = std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| "target/release/tributary".into());
-    let t = Instant::now();
-    let mut child = std::process::Command::new(&bin)
-        .args(["run", pipeline.to_str().unwrap(), "--once"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // CPU ticks and peak RSS, sampled until the process exits.
-    let (mut ticks, mut peak_kib) = (0u64, 0u64);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", child.id())) {
-            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-            // utime and stime are fields 14 and 15; after the command, 12 and 13 here.
-            ticks = fields
-                .get(11)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(ticks)
-                + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        }
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-            && let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:"))
-        {
-            peak_kib = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(peak_kib);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let e2e = t.elapsed();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
-    // Every row, counted by DuckDB from the table.
-    let mut duck = std::process::Command::new(&python)
-        .arg("tests/duckdb_query.py")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
+        let bin = std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| "target/release/tributary".into());
+        let t = Instant::now();
+        let mut child = std::process::Command::new(&bin)
+            .args(["run", pipeline.to_str().unwrap(), "--once"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // CPU ticks and peak RSS, sampled until the process exits.
+        let (mut ticks, mut peak_kib) = (0u64, 0u64);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", child.id())) {
+                let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+                // utime and stime are fields 14 and 15; after the command, 12 and 13 here.
+                ticks = fields
+                    .get(11)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(ticks)
+                    + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            }
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+                && let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:"))
+            {
+                peak_kib = line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(peak_kib);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let e2e = t.elapsed();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+        // Every row, counted by DuckDB from the table.
+        let mut duck = std::process::Command::new(&python)
+            .arg("tests/duckdb_query.py")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
         duck.stdin.as_mut().unwrap(),
-        format!("SELECT count(*), count(DISTINCT (_partition, _offset)) FROM delta_scan('s3://tributary/{topic}/clicks')").as_bytes(),
+        format!("SELECT count(*), count(DISTINCT (_partition, _offset)) FROM delta_scan('s3://tributary/{table}/clicks')").as_bytes(),
     )
     .unwrap();
-    drop(duck.stdin.take());
-    let counted = duck.wait_with_output().unwrap();
-    let counted: serde_json::Value = serde_json::from_slice(&counted.stdout).unwrap();
-    assert_eq!(
-        counted[0][0].as_u64(),
-        Some(events),
-        "rows in the table: {counted}"
-    );
-    assert_eq!(
-        counted[0][1].as_u64(),
-        Some(events),
-        "distinct offsets: {counted}"
-    );
-    let cores = ticks as f64 / 100.0 / e2e.as_secs_f64();
+        drop(duck.stdin.take());
+        let counted = duck.wait_with_output().unwrap();
+        let counted: serde_json::Value = serde_json::from_slice(&counted.stdout).unwrap();
+        assert_eq!(
+            counted[0][0].as_u64(),
+            Some(events),
+            "rows in the table: {counted}"
+        );
+        assert_eq!(
+            counted[0][1].as_u64(),
+            Some(events),
+            "distinct offsets: {counted}"
+        );
+        let cores = ticks as f64 / 100.0 / e2e.as_secs_f64();
+        (e2e, cores, peak_kib)
+    };
+    // Runs alternate, and each figure is the median of its three.
+    let mut pipelined = Vec::new();
+    let mut serial = Vec::new();
+    for i in 0..3 {
+        pipelined.push(end_to_end(&format!("p{i}"), ""));
+        serial.push(end_to_end(&format!("s{i}"), "pipelined = false"));
+    }
+    let median = |mut runs: Vec<(Duration, f64, u64)>| {
+        runs.sort_by_key(|r| r.0);
+        runs[1]
+    };
+    let (e2e, cores, peak_kib) = median(pipelined);
+    let (serial_e2e, serial_cores, serial_kib) = median(serial);
 
     println!(
         "| Stage ({events} clickstream events as {}, {PARTITIONS} partitions, {:.0} B/record) | Time | Events/s |",
@@ -383,6 +402,12 @@ fn main() {
         );
     }
     println!(
+        "| Tributary `run --once`, `[batch] pipelined = false` (one micro-batch at a time), {serial_cores:.2} cores, peak RSS {} MiB | {:.2} s | {} |",
+        serial_kib / 1024,
+        serial_e2e.as_secs_f64(),
+        rate(events, serial_e2e)
+    );
+    println!(
         "| Tributary `run --once`: Kafka → Delta on moto S3 (startup included), {cores:.2} cores, peak RSS {} MiB | {:.2} s | {} |",
         peak_kib / 1024,
         e2e.as_secs_f64(),
@@ -391,14 +416,16 @@ fn main() {
     println!();
     if json {
         println!(
-            "Tributary: {:.0} % of the raw drain; DuckDB counted {events} rows, each offset once.",
+            "Tributary: {:.0} % of the raw drain, {:.2}× the same run without pipelining (medians of 3 runs each, alternating); DuckDB counted {events} rows, each offset once, in every run.",
             100.0 * drain_tuned.as_secs_f64() / e2e.as_secs_f64(),
+            serial_e2e.as_secs_f64() / e2e.as_secs_f64()
         );
     } else {
         println!(
-            "Tributary: {:.0} % of the raw drain, {:.1}× the Python consumer; DuckDB counted {events} rows, each offset once.",
+            "Tributary: {:.0} % of the raw drain, {:.1}× the Python consumer, {:.2}× the same run without pipelining (medians of 3 runs each, alternating); DuckDB counted {events} rows, each offset once, in every run.",
             100.0 * drain_tuned.as_secs_f64() / e2e.as_secs_f64(),
-            py_secs.as_secs_f64() / e2e.as_secs_f64()
+            py_secs.as_secs_f64() / e2e.as_secs_f64(),
+            serial_e2e.as_secs_f64() / e2e.as_secs_f64()
         );
     }
 }

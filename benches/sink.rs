@@ -76,6 +76,7 @@ fn commit(batch: RecordBatch, next: i64) -> Commit {
         progress: vec![("s".into(), next)],
         info: BTreeMap::new(),
         replace: false,
+        staged: None,
     }
 }
 

@@ -226,6 +226,9 @@ pub struct BatchConfig {
     pub max_latency: Span,
     pub min_interval: Span,
     pub max_bytes: ByteSize,
+    /// Write a micro-batch's files while the previous one commits (see
+    /// `runtime::flight`).
+    pub pipelined: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -368,6 +371,7 @@ impl Resolver<'_> {
                 .batch
                 .max_bytes
                 .unwrap_or(ByteSize(spec::DEFAULT_MAX_BYTES.0.min(largest_batch.0))),
+            pipelined: spec.batch.pipelined.unwrap_or(true),
         };
         if batch.max_rows == 0 {
             return Err(self.err("batch.max_rows", "must be at least 1"));

@@ -287,6 +287,9 @@ pub struct BatchSpec {
     /// Close a micro-batch once its records hold this much memory (default and
     /// largest: half of the in-flight bytes `runtime.memory` allows, 32MiB at 256MiB).
     pub max_bytes: Option<ByteSize>,
+    /// Encode and upload a micro-batch's files while the previous one commits
+    /// (default true); false commits one micro-batch at a time, start to end.
+    pub pipelined: Option<bool>,
 }
 
 /// `[[tables]]`

@@ -198,6 +198,7 @@ impl AggregateTarget {
             progress: self.processed.iter().map(|(s, v)| (s.to_string(), v)).collect(),
             info: BTreeMap::from([(STATE_INFO_KEY.to_string(), serde_json::Value::String(key))]),
             replace: reset,
+            staged: None,
         };
         let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
         count(&mut self.summary, outcome, rows);

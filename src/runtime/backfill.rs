@@ -150,6 +150,7 @@ pub async fn backfill(
             progress: Vec::new(),
             info: Default::default(),
             replace: true,
+            staged: None,
         })
         .await?;
     Ok(BackfillReport {

@@ -32,6 +32,7 @@ use crate::sink::dead_letter::DeadLetters;
 use crate::source::{Owned, SourceBatch};
 
 use super::RunError;
+use super::flight::Ahead;
 use super::retry::RetryPolicy;
 use super::tables::{DeadLetterTarget, TableTarget};
 
@@ -42,12 +43,17 @@ const FOREIGN_ATTEMPTS: u32 = 5;
 /// Shards whose rows this process drops, from the first one it dropped until the
 /// source assigns the shard to it again.
 #[derive(Debug, Default)]
-pub(super) struct Fence(HashSet<Arc<str>>);
+pub(super) struct Fence {
+    shards: HashSet<Arc<str>>,
+    /// Changes so far: a micro-batch prepared at another epoch is prepared again.
+    epoch: u64,
+}
 
 impl Fence {
     /// Drops every row of `shard` from now on (its next owner reads them).
     pub fn fence(&mut self, shard: &Arc<str>) {
-        if self.0.insert(shard.clone()) {
+        if self.shards.insert(shard.clone()) {
+            self.epoch += 1;
             tracing::info!(%shard, "partition let go: its next owner reads its records again");
         }
     }
@@ -55,23 +61,32 @@ impl Fence {
     /// The source reads `shards` again, from where the tables stand.
     pub fn lift(&mut self, shards: &[Arc<str>]) {
         for s in shards {
-            self.0.remove(s);
+            if self.shards.remove(s) {
+                self.epoch += 1;
+            }
         }
     }
 
     pub fn admits(&self, b: &SourceBatch) -> bool {
-        !self.0.contains(&b.shard)
+        !self.shards.contains(&b.shard)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 }
 
-/// Commits `pending` to the dead letters (first) and every table. With `movable`
+/// Commits `pending` to the dead letters (first) and every table, as `ahead`
+/// prepared it when that still holds (see [`super::flight`]). With `movable`
 /// shards, a table that another process beat to some of its shards reads itself
 /// again and commits what remains of `pending` (the batches of shards this process
 /// still owns); `pending` keeps only those afterwards, for the aggregates.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn commit_all(
     dead: &mut Option<DeadLetterTarget>,
     tables: &mut [TableTarget],
     pending: &mut Vec<SourceBatch>,
+    mut ahead: Option<Ahead>,
     owned: &Owned,
     fence: &mut Fence,
     movable: bool,
@@ -81,11 +96,17 @@ pub(super) async fn commit_all(
     loop {
         // Dead letters first: a table past a position implies its dead letters are in.
         // A second pass finds them there (their progress is committed) and skips them.
-        let mut routed = DeadLetters::default();
-        let mut prepared = Vec::with_capacity(tables.len());
-        for t in tables.iter_mut() {
-            prepared.push(t.prepare(pending, &mut routed)?);
-        }
+        let (prepared, routed) = match ahead.take().filter(|a| a.still_holds(tables, fence)) {
+            Some(a) => (a.prepared, a.routed),
+            None => {
+                let mut routed = DeadLetters::default();
+                let mut prepared = Vec::with_capacity(tables.len());
+                for t in tables.iter_mut() {
+                    prepared.push(t.prepare(pending, &mut routed)?);
+                }
+                (prepared, routed)
+            }
+        };
         if let Some(d) = dead {
             d.commit(pending, routed, retry).await?;
         }

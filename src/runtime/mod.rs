@@ -16,6 +16,7 @@ mod aggregate;
 mod backfill;
 mod compaction;
 mod cut;
+mod flight;
 mod handover;
 pub mod malloc;
 mod oracle;
@@ -41,6 +42,7 @@ use crate::telemetry;
 use crate::window::{OperatorStats, WindowError};
 use aggregate::AggregateTarget;
 use cut::{load_spilled, split, travels_alone};
+use flight::Flight;
 use tables::{DeadLetterTarget, TableTarget, summary};
 
 pub use backfill::{BackfillReport, backfill};
@@ -401,12 +403,27 @@ async fn run_once(
     let max_rows = pipeline.batch.max_rows;
     let max_latency = pipeline.batch.max_latency.0;
     let min_interval = pipeline.batch.min_interval.0;
+    let pipelined = pipeline.batch.pipelined;
     // When the previous micro-batch started committing.
     let mut last_start: Option<tokio::time::Instant> = None;
     let max_bytes = usize::try_from(pipeline.batch.max_bytes.0).unwrap_or(usize::MAX);
     let mut carry: Option<(SourceBatch, Option<OwnedSemaphorePermit>)> = None;
     let movable = matches!(pipeline.source, SourceConfig::Kafka(_));
     let mut fence = handover::Fence::default();
+    let env = Env {
+        owned: &owned,
+        movable,
+        retry: &retry,
+        shard_info: &shard_info,
+        time_column,
+        ack_tx: &ack_tx,
+        budget: &budget,
+        limit,
+        batches,
+    };
+    // The micro-batch whose files are being written, committed once the next one is
+    // gathered (and launched, when it may be: see `flight`).
+    let mut flight: Option<Flight> = None;
     tokio::pin!(shutdown);
     let mut stopping = false;
     let mut ended = false;
@@ -427,12 +444,27 @@ async fn run_once(
         // Aggregates hold progress they have not committed (they commit when they emit,
         // or every few micro-batches): once the input is quiet for a while, they commit
         // it, so that the source is acknowledged up to its end (Kafka lag reads zero).
-        let idle_at = aggregates
-            .iter()
-            .any(AggregateTarget::behind)
+        let idle_at = (flight.is_none() && aggregates.iter().any(AggregateTarget::behind))
             .then(|| tokio::time::Instant::now() + max_latency.max(IDLE_COMMIT));
         let mut idle = false;
-        if let Some((b, permit)) = carry.take().filter(|(b, _)| fence.admits(b)) {
+        let ready_at = last_start.map(|t| t + min_interval);
+        // With a micro-batch in flight, the next one is what waits once its files are
+        // written (and `min_interval` has passed); then that one commits.
+        let drain_only = flight.is_some();
+        let mut gather = true;
+        if let Some(f) = flight.as_mut() {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    tracing::info!("shutdown requested: committing the current batch");
+                    stopping = true;
+                    summary.stopped_by_signal = true;
+                }
+                () = f.staged() => {}
+            }
+            gather = !stopping && ready_at.is_none_or(|r| tokio::time::Instant::now() >= r);
+        }
+        if gather && let Some((b, permit)) = carry.take().filter(|(b, _)| fence.admits(b)) {
             rows = b.records.num_rows();
             bytes = b.bytes();
             deadline = Some(tokio::time::Instant::now() + max_latency);
@@ -444,10 +476,9 @@ async fn run_once(
         // (and `min_interval` has passed since the previous one started), so under load
         // batches grow with the commit time and at low rates records do not wait for a
         // timer; `max_latency`, `max_rows` and `max_bytes` bound it.
-        let ready_at = last_start.map(|t| t + min_interval);
-        while rows < max_rows && bytes < max_bytes {
+        while gather && rows < max_rows && bytes < max_bytes {
             let now = tokio::time::Instant::now();
-            if !pending.is_empty() && rx.is_empty() && ready_at.is_none_or(|r| now >= r) {
+            if rx.is_empty() && (drain_only || (!pending.is_empty() && ready_at.is_none_or(|r| now >= r))) {
                 break;
             }
             let wake = match (deadline, ready_at) {
@@ -553,6 +584,20 @@ async fn run_once(
                 }
             }
         }
+        // --- launch it, and commit the one in flight --------------------------------------
+        // The next micro-batch is prepared and its files written while the one in
+        // flight commits, when nothing in either can change what it is (see `flight`).
+        let ahead = match &flight {
+            Some(f) if !pending.is_empty() && f.lets_next_ahead() && flight::plain(&pending) => {
+                Some(flight::launch(&mut tables, &pending, &fence, true)?)
+            }
+            _ => None,
+        };
+        if let Some(f) = flight.take() {
+            finish(f, &mut dead, &mut tables, &mut aggregates, &mut fence, &env).await?;
+        }
+        // The last micro-batch is committed even when empty: aggregates then commit
+        // everything they hold.
         if pending.is_empty() && !ended && !stopping {
             if let Some(shards) = reassigned {
                 refresh(&mut dead, &mut tables).await?;
@@ -569,55 +614,39 @@ async fn run_once(
             }
             continue;
         }
-
-        // --- commit it ------------------------------------------------------------------
+        let ahead = match ahead {
+            Some(a) => a,
+            None => flight::launch(&mut tables, &pending, &fence, pipelined)?,
+        };
         summary.micro_batches += 1;
-        let started = Instant::now();
         last_start = Some(tokio::time::Instant::now());
-        handover::commit_all(
-            &mut dead,
-            &mut tables,
-            &mut pending,
-            &owned,
-            &mut fence,
-            movable,
-            &retry,
-        )
-        .await?;
-        if !aggregates.is_empty() {
-            // Operators fold records in memory: a spilled transaction is read whole.
-            let loaded = load_spilled(&pending)?;
-            let input = loaded.as_deref().unwrap_or(&pending);
-            for a in &mut aggregates {
-                a.process(input, ended || stopping || revoking, &retry, &owned, &mut fence)
-                    .await?;
-            }
-        }
-        tracing::debug!(
+        let launched = Flight::new(
+            pending,
+            held,
             rows,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "micro-batch committed"
+            bytes,
+            reassigned,
+            ended || stopping || revoking,
+            ahead,
         );
-        batches.fetch_add(1, Ordering::Relaxed);
-        telemetry::committed_now();
-        metrics::counter!(telemetry::MICRO_BATCHES).increment(1);
-        metrics::histogram!(telemetry::BATCH_ROWS).record(rows as f64);
-        metrics::histogram!(telemetry::BATCH_BYTES).record(bytes as f64);
-        if let Some(column) = time_column
-            && telemetry::enabled()
-        {
-            telemetry::record_latencies(pending.iter().map(|b| (&*b.stream, &b.records)), column);
+        // The last micro-batch, one before a rebalance takes shards away (the consumer
+        // waits for it) and one before the tables are read again commit at once.
+        if launched.closing || launched.reassigned.is_some() || !pipelined {
+            finish(
+                launched,
+                &mut dead,
+                &mut tables,
+                &mut aggregates,
+                &mut fence,
+                &env,
+            )
+            .await?;
+        } else {
+            flight = Some(launched);
         }
-        drop(held);
-        report_in_flight(&budget, limit);
-
-        if let Some(shards) = reassigned {
-            refresh(&mut dead, &mut tables).await?;
-            claim(&mut aggregates, &shards, &owned).await?;
-        }
-
-        // --- acknowledge ----------------------------------------------------------------
-        acknowledge(&ack_tx, held_by_all(&tables, &aggregates, &shard_info));
+    }
+    if let Some(f) = flight.take() {
+        finish(f, &mut dead, &mut tables, &mut aggregates, &mut fence, &env).await?;
     }
     drop(rx);
     drop(ack_tx);
@@ -631,6 +660,85 @@ async fn run_once(
         .chain(aggregates.into_iter().flat_map(AggregateTarget::finish))
         .collect();
     Ok(summary)
+}
+
+/// What committing a micro-batch needs besides its targets.
+struct Env<'a> {
+    owned: &'a Arc<source::Owned>,
+    movable: bool,
+    retry: &'a RetryPolicy,
+    shard_info: &'a [source::ShardInfo],
+    time_column: Option<&'a str>,
+    ack_tx: &'a watch::Sender<Progress>,
+    budget: &'a Arc<Semaphore>,
+    limit: usize,
+    /// Micro-batches committed, across restarts.
+    batches: &'a AtomicU64,
+}
+
+/// Commits `f` to the dead letters, every table and the aggregates, then
+/// acknowledges the source up to what every table holds (the exactly-once protocol).
+async fn finish(
+    f: Flight,
+    dead: &mut Option<DeadLetterTarget>,
+    tables: &mut [TableTarget],
+    aggregates: &mut [AggregateTarget],
+    fence: &mut handover::Fence,
+    env: &Env<'_>,
+) -> Result<(), RunError> {
+    let Flight {
+        mut pending,
+        held,
+        rows,
+        bytes,
+        reassigned,
+        closing,
+        ahead,
+        ..
+    } = f;
+    let started = Instant::now();
+    handover::commit_all(
+        dead,
+        tables,
+        &mut pending,
+        ahead,
+        env.owned,
+        fence,
+        env.movable,
+        env.retry,
+    )
+    .await?;
+    if !aggregates.is_empty() {
+        // Operators fold records in memory: a spilled transaction is read whole.
+        let loaded = load_spilled(&pending)?;
+        let input = loaded.as_deref().unwrap_or(&pending);
+        for a in aggregates.iter_mut() {
+            a.process(input, closing, env.retry, env.owned, fence).await?;
+        }
+    }
+    tracing::debug!(
+        rows,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "micro-batch committed"
+    );
+    env.batches.fetch_add(1, Ordering::Relaxed);
+    telemetry::committed_now();
+    metrics::counter!(telemetry::MICRO_BATCHES).increment(1);
+    metrics::histogram!(telemetry::BATCH_ROWS).record(rows as f64);
+    metrics::histogram!(telemetry::BATCH_BYTES).record(bytes as f64);
+    if let Some(column) = env.time_column
+        && telemetry::enabled()
+    {
+        telemetry::record_latencies(pending.iter().map(|b| (&*b.stream, &b.records)), column);
+    }
+    drop(held);
+    report_in_flight(env.budget, env.limit);
+    if let Some(shards) = reassigned {
+        refresh(dead, tables).await?;
+        claim(aggregates, &shards, env.owned).await?;
+    }
+    acknowledge(env.ack_tx, held_by_all(tables, aggregates, env.shard_info));
+    Ok(())
 }
 
 /// Maintains every table of `pipeline` (see [`crate::sink::maintain`]), one at a time.

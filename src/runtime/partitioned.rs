@@ -328,6 +328,7 @@ impl AggregateTarget {
                 progress: progress.clone(),
                 info: BTreeMap::from([(STATE_INFO_KEY.to_string(), serde_json::Value::Object(keys))]),
                 replace: false,
+                staged: None,
             };
             match commit_with_retry(&mut self.sink, commit, retry).await {
                 Ok(outcome) => {

@@ -156,6 +156,7 @@ pub async fn take_again(pipeline: &Pipeline, names: &[String]) -> Result<Vec<Str
                 progress: vec![(cursor.clone(), value)],
                 info: Default::default(),
                 replace: false,
+                staged: None,
             })
             .await?;
             marked.push(if *asked {

@@ -44,6 +44,16 @@ pub(super) struct Prepared {
     /// A mirror whose source completed a restatement begun at this position (see
     /// [`super::restate`]): the shape and shard of the records, and their stream.
     restate: Option<(i64, SchemaRef, Arc<str>)>,
+    /// `batches` being written as files ahead of the commit, in parts (see
+    /// [`super::flight`]).
+    pub staging: Vec<super::flight::Staging>,
+}
+
+impl Prepared {
+    /// Rows it commits (spilled ones included).
+    pub(super) fn rows(&self) -> usize {
+        self.rows
+    }
 }
 
 pub(super) struct DeadLetterTarget {
@@ -106,6 +116,29 @@ pub(super) async fn commit_with_retry(
             },
         }
     }
+}
+
+/// `batches` cut into `parts` runs of about as many rows each (slices, no copy), in
+/// order; fewer when there are fewer rows than parts.
+fn split_rows(batches: &[RecordBatch], parts: usize) -> Vec<Vec<RecordBatch>> {
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let per = total.div_ceil(parts).max(1);
+    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+    let mut room = per;
+    for b in batches {
+        let mut at = 0;
+        while at < b.num_rows() {
+            if room == 0 {
+                out.push(Vec::new());
+                room = per;
+            }
+            let n = room.min(b.num_rows() - at);
+            out.last_mut().expect("one run at least").push(b.slice(at, n));
+            at += n;
+            room -= n;
+        }
+    }
+    out
 }
 
 /// A spilled transaction's rows as a table of `mode` writes them, part by part.
@@ -276,6 +309,7 @@ impl TableTarget {
                 replace: control == Control::Reset,
                 cursors,
                 restate: None,
+                staging: Vec::new(),
             }));
         }
         if progress.is_empty() {
@@ -373,7 +407,38 @@ impl TableTarget {
             replace: false,
             cursors,
             restate,
+            staging: Vec::new(),
         }))
+    }
+
+    /// What writes `prepared`'s rows as files ahead of the commit, in `parts` parts of
+    /// about as many rows each (encoded side by side), with the rows of each: for
+    /// plain rows of one layout that the table takes as they are (see
+    /// [`crate::sink::staged`]); nothing otherwise.
+    pub(super) fn stagers(
+        &self,
+        prepared: &Prepared,
+        parts: usize,
+    ) -> Vec<(crate::sink::staged::Stager, Vec<RecordBatch>)> {
+        let plain = prepared.parts.is_none()
+            && !prepared.replace
+            && prepared.restate.is_none()
+            && prepared.cursors.is_empty()
+            && prepared.rows > 0;
+        let Some(first) = prepared.batches.first().filter(|_| plain) else {
+            return Vec::new();
+        };
+        if prepared.batches.iter().any(|b| b.schema() != first.schema()) {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(parts);
+        for rows in split_rows(&prepared.batches, parts.max(1)) {
+            let Some(stager) = self.sink.stager(&first.schema()) else {
+                return Vec::new();
+            };
+            out.push((stager, rows));
+        }
+        out
     }
 
     /// The schema of this table's rows for records like `b`'s.
@@ -415,12 +480,16 @@ impl TableTarget {
                 batches.insert(0, change::with_change_columns(&stale, &positions, shard));
             }
         }
+        let staged = super::flight::Staging::finish_all(prepared.staging, &self.cfg.name)
+            .await
+            .map(Arc::new);
         let commit = Commit {
             batches,
             parts: prepared.parts,
             progress: prepared.progress,
             info: BTreeMap::new(),
             replace: prepared.replace,
+            staged,
         };
         let gate = self.gate.clone();
         let _turn = match &gate {
@@ -542,6 +611,7 @@ impl DeadLetterTarget {
             progress: progress(),
             info: BTreeMap::new(),
             replace: false,
+            staged: None,
         };
         let outcome = commit_with_retry(&mut self.sink, commit, retry).await?;
         count(&mut self.summary, outcome, rows);

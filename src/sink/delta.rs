@@ -322,6 +322,25 @@ impl DeltaSink {
         self.table.snapshot().ok().map(|s| s.snapshot().arrow_schema())
     }
 
+    /// A stager for rows like `incoming` (in the shape this table's mode receives them),
+    /// when the table takes them as they are: an append or changelog table that exists
+    /// and has every column already. `None`: the commit writes them itself.
+    pub fn stager(&self, incoming: &Schema) -> Option<super::staged::Stager> {
+        if self.options.mode == TableMode::Mirror {
+            return None;
+        }
+        let current = self.schema()?;
+        let shape = self.evolved(incoming).ok()?;
+        if schema::adds_columns(&current, &shape) {
+            return None;
+        }
+        let writer = deltalake::writer::RecordBatchWriter::for_table(&self.table)
+            .ok()?
+            .with_writer_properties(Self::writer_properties())
+            .with_target_file_size(self.options.target_file_size);
+        Some(super::staged::Stager::new(&self.name, writer, current, shape))
+    }
+
     /// The columns of a change or row batch that become table columns.
     fn table_shape(&self, incoming: &Schema) -> Schema {
         match self.options.mode {
@@ -440,12 +459,22 @@ impl DeltaSink {
             // through, the rows of a file the compaction rewrote would live on twice.
             props = props.with_max_retries(0);
         }
-        let written = match commit.parts.clone() {
-            Some(parts) => {
+        // Files written ahead (see `staged`) are named only while the table still has
+        // the schema they were written in.
+        let staged = commit
+            .staged
+            .as_deref()
+            .filter(|s| !commit.replace && self.schema().is_some_and(|now| now == s.table_schema));
+        let written = match (staged, commit.parts.clone()) {
+            (Some(staged), _) => {
+                let props = props.with_metadata(commit.info.clone().into_iter().chain([staged.metrics()]));
+                super::staged::commit(&self.name, self.table.clone(), staged, props).await
+            }
+            (None, Some(parts)) => {
                 self.write_parts(&commit.batches, parts.as_ref(), props, commit.replace)
                     .await
             }
-            None => self.write(&commit.batches, props, commit.replace).await,
+            (None, None) => self.write(&commit.batches, props, commit.replace).await,
         };
         let read_version = self.table.version();
         match written {
@@ -509,6 +538,7 @@ impl DeltaSink {
             progress,
             info: BTreeMap::from([("tributary.claim".to_string(), serde_json::Value::Bool(true))]),
             replace: false,
+            staged: None,
         };
         self.commit_as(commit, true).await.map(|_| ())
     }

@@ -21,6 +21,7 @@ pub mod moved;
 mod parts;
 pub mod purge;
 pub mod schema;
+pub mod staged;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -62,6 +63,10 @@ pub struct Commit {
     pub info: BTreeMap<String, serde_json::Value>,
     /// Replace every row the table holds with these (an overwrite, in any mode).
     pub replace: bool,
+    /// `batches` already written as data files (see [`staged`]): the commit names them
+    /// when the table still has the schema they were written in, and writes `batches`
+    /// otherwise.
+    pub staged: Option<std::sync::Arc<staged::Staged>>,
 }
 
 /// What became of a commit.

@@ -18,6 +18,7 @@ mod mirror;
 mod monitoring;
 mod operations;
 mod pg;
+mod pipelined;
 mod postgres;
 mod postgres_tls;
 mod quickstart;

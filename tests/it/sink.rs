@@ -38,6 +38,7 @@ pub(crate) fn commit(batches: Vec<RecordBatch>, next: i64) -> Commit {
         progress: vec![("s".to_string(), next)],
         info: BTreeMap::new(),
         replace: false,
+        staged: None,
     }
 }
 

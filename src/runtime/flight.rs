@@ -1,0 +1,219 @@
+//! The pipelined hot path: micro-batch N+1 is prepared, and its tables' data files
+//! encoded and uploaded, while N's log entries are written.
+//!
+//! A micro-batch goes through two steps here. [`launch`] prepares it (what each table
+//! does not hold yet, in its shape) and hands each table's rows to a [`Stager`] on a
+//! task of its own, so Parquet encoding runs on the other core; the micro-batch is
+//! then *in flight*. The run loop gathers the next one from what is already waiting,
+//! launches it too, and only then commits the one in flight ([`super::handover::commit_all`]:
+//! dead letters first, then every table's log entry naming its staged files, then the
+//! aggregates, then the acknowledgement). So commits stay strictly ordered per table,
+//! and the exactly-once protocol is the one of a run without pipelining: nothing is
+//! committed ahead, only written.
+//!
+//! A micro-batch is launched before the previous one commits only when that cannot
+//! change what it is: both carry plain records (no control marker, cursor, spilled
+//! transaction or end of input), and the previous one takes no shards over. After the
+//! previous commit, [`Ahead::still_holds`] checks that no table changed shape and no
+//! partition was let go meanwhile; otherwise the micro-batch is prepared again and its
+//! staged files are left unnamed (see [`crate::sink::staged`] for their crash story).
+//!
+//! Memory: a micro-batch holds its share of the in-flight budget from the moment it is
+//! read until its commit, staged or not, so two micro-batches in flight fit the same
+//! `[runtime] memory` budget as one.
+
+use std::sync::Arc;
+
+use deltalake::arrow::datatypes::SchemaRef;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use crate::sink::SinkError;
+use crate::sink::dead_letter::DeadLetters;
+use crate::sink::staged::{Staged, Stager};
+use crate::source::SourceBatch;
+
+use super::RunError;
+use super::handover::Fence;
+use super::tables::{Prepared, TableTarget};
+
+/// Rows below which a table's files are written as one part.
+const MIN_PART_ROWS: usize = 50_000;
+
+/// A table's files being written on a task of their own; dropping it stops the task
+/// (the run failed, or the micro-batch is prepared again).
+#[derive(Debug)]
+pub(super) struct Staging(tokio::task::JoinHandle<Result<Staged, SinkError>>);
+
+impl Staging {
+    /// Starts writing `batches`; `done` is dropped when that ends.
+    fn spawn(
+        stager: Stager,
+        batches: Vec<deltalake::arrow::array::RecordBatch>,
+        done: mpsc::Sender<()>,
+    ) -> Self {
+        Self(tokio::spawn(async move {
+            let staged = stager.stage(batches).await;
+            drop(done);
+            staged
+        }))
+    }
+
+    /// The files of every part, or `None` when there are none or staging any part
+    /// failed (the commit then writes the rows itself, under the retry policy).
+    pub async fn finish_all(parts: Vec<Staging>, table: &str) -> Option<Staged> {
+        let mut all: Option<Staged> = None;
+        let mut failed = false;
+        // Every part is awaited (none is left writing), whatever became of the others.
+        for part in parts {
+            match (part.finish(table).await, &mut all) {
+                (Some(s), Some(all)) => all.absorb(s),
+                (Some(s), None) => all = Some(s),
+                (None, _) => failed = true,
+            }
+        }
+        all.filter(|_| !failed)
+    }
+
+    async fn finish(mut self, table: &str) -> Option<Staged> {
+        match (&mut self.0).await {
+            Ok(Ok(staged)) => Some(staged),
+            Ok(Err(e)) => {
+                tracing::warn!(table, error = %e, "writing files ahead of the commit failed: the commit writes them");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(table, error = %e, "the task writing files ahead of the commit ended: the commit writes them");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A micro-batch prepared for every table, with their files being staged.
+pub(super) struct Ahead {
+    pub prepared: Vec<Option<Prepared>>,
+    pub routed: DeadLetters,
+    /// What it was prepared against: each table's schema and the fence's epoch.
+    schemas: Vec<Option<SchemaRef>>,
+    fence_epoch: u64,
+    /// Closed once every table's files are written.
+    staged: Option<mpsc::Receiver<()>>,
+}
+
+impl Ahead {
+    /// Whether the preparation still holds: no table changed shape and no shard was
+    /// let go since it was made.
+    pub fn still_holds(&self, tables: &[TableTarget], fence: &Fence) -> bool {
+        self.fence_epoch == fence.epoch()
+            && self.schemas.len() == tables.len()
+            && self
+                .schemas
+                .iter()
+                .zip(tables)
+                .all(|(s, t)| *s == t.sink.schema())
+    }
+}
+
+/// A micro-batch read and launched, not committed yet.
+pub(super) struct Flight {
+    pub pending: Vec<SourceBatch>,
+    /// Its share of the in-flight budget, released once it is committed.
+    pub held: Vec<OwnedSemaphorePermit>,
+    pub rows: usize,
+    pub bytes: usize,
+    /// Shards assigned to this process just after it (a rebalance): the tables are
+    /// read again once it is committed.
+    pub reassigned: Option<Vec<Arc<str>>>,
+    /// The last micro-batch before the input ends, a shutdown or a rebalance takes
+    /// shards away: aggregates commit everything they hold.
+    pub closing: bool,
+    pub ahead: Option<Ahead>,
+    /// Closed once every table's files are written (`None`: they are).
+    staged: Option<mpsc::Receiver<()>>,
+}
+
+impl Flight {
+    pub fn new(
+        pending: Vec<SourceBatch>,
+        held: Vec<OwnedSemaphorePermit>,
+        rows: usize,
+        bytes: usize,
+        reassigned: Option<Vec<Arc<str>>>,
+        closing: bool,
+        mut ahead: Ahead,
+    ) -> Self {
+        Self {
+            pending,
+            held,
+            rows,
+            bytes,
+            reassigned,
+            closing,
+            staged: ahead.staged.take(),
+            ahead: Some(ahead),
+        }
+    }
+
+    /// Resolves once every table's files are written (or failed to be).
+    pub async fn staged(&mut self) {
+        if let Some(rx) = &mut self.staged {
+            // Nothing is ever sent: `None` once every sender is dropped.
+            let _ = rx.recv().await;
+            self.staged = None;
+        }
+    }
+
+    /// Whether the next micro-batch may be launched before this one commits.
+    pub fn lets_next_ahead(&self) -> bool {
+        self.reassigned.is_none() && !self.closing && plain(&self.pending)
+    }
+}
+
+/// Whether `pending` holds only records: nothing that changes what a table holds
+/// besides rows and positions.
+pub(super) fn plain(pending: &[SourceBatch]) -> bool {
+    pending
+        .iter()
+        .all(|b| b.control.is_none() && b.spilled.is_none() && b.cursor.is_none() && !b.end_of_input)
+}
+
+/// Prepares `pending` for every table and starts writing the files of those that can
+/// take them ahead of their commit.
+// An error ends the run, so its size never matters on the hot path.
+#[allow(clippy::result_large_err)]
+pub(super) fn launch(
+    tables: &mut [TableTarget],
+    pending: &[SourceBatch],
+    fence: &Fence,
+    pipelined: bool,
+) -> Result<Ahead, RunError> {
+    let mut routed = DeadLetters::default();
+    let mut prepared = Vec::with_capacity(tables.len());
+    let (done, staged) = mpsc::channel(1);
+    // Large micro-batches are encoded in parts, one per core, so that encoding one
+    // table's files does not wait on a single core.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    for t in tables.iter_mut() {
+        let mut p = t.prepare(pending, &mut routed)?;
+        if let Some(p) = &mut p {
+            let parts = (p.rows() / MIN_PART_ROWS).clamp(1, cores);
+            for (stager, batches) in t.stagers(p, parts).into_iter().filter(|_| pipelined) {
+                p.staging.push(Staging::spawn(stager, batches, done.clone()));
+            }
+        }
+        prepared.push(p);
+    }
+    Ok(Ahead {
+        prepared,
+        routed,
+        schemas: tables.iter().map(|t| t.sink.schema()).collect(),
+        fence_epoch: fence.epoch(),
+        staged: Some(staged),
+    })
+}
