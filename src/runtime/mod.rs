@@ -427,20 +427,24 @@ async fn run_once(
     tokio::pin!(shutdown);
     let mut stopping = false;
     let mut ended = false;
+    // A micro-batch begun while another was in flight, too early to launch.
+    let mut partial: Option<Gathered> = None;
     while !ended && !stopping {
         // --- gather one micro-batch ---------------------------------------------------
-        let mut pending: Vec<SourceBatch> = Vec::new();
-        // The budget shares of `pending`, released once it is committed.
-        let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
-        let mut rows = 0usize;
-        let mut bytes = 0usize;
-        let mut deadline: Option<tokio::time::Instant> = None;
+        let Gathered {
+            mut pending,
+            mut held,
+            mut deadline,
+            mut alone,
+        } = partial.take().unwrap_or_default();
+        // A shard let go meanwhile: its next owner reads its records.
+        pending.retain(|b| fence.admits(b));
+        let mut rows: usize = pending.iter().map(|b| b.records.num_rows()).sum();
+        let mut bytes: usize = pending.iter().map(SourceBatch::bytes).sum();
         // Shards assigned to this process since the last micro-batch (a rebalance).
         let mut reassigned: Option<Vec<Arc<str>>> = None;
         // A rebalance is taking shards away: commit everything, aggregates included.
         let mut revoking = false;
-        // A control marker is committed alone (see `source::Control`).
-        let mut alone = false;
         // Aggregates hold progress they have not committed (they commit when they emit,
         // or every few micro-batches): once the input is quiet for a while, they commit
         // it, so that the source is acknowledged up to its end (Kafka lag reads zero).
@@ -449,9 +453,8 @@ async fn run_once(
         let mut idle = false;
         let ready_at = last_start.map(|t| t + min_interval);
         // With a micro-batch in flight, the next one is what waits once its files are
-        // written (and `min_interval` has passed); then that one commits.
+        // written; then that one commits.
         let drain_only = flight.is_some();
-        let mut gather = true;
         if let Some(f) = flight.as_mut() {
             tokio::select! {
                 biased;
@@ -462,9 +465,12 @@ async fn run_once(
                 }
                 () = f.staged() => {}
             }
-            gather = !stopping && ready_at.is_none_or(|r| tokio::time::Instant::now() >= r);
         }
-        if gather && let Some((b, permit)) = carry.take().filter(|(b, _)| fence.admits(b)) {
+        let gather = !stopping;
+        if gather
+            && pending.is_empty()
+            && let Some((b, permit)) = carry.take().filter(|(b, _)| fence.admits(b))
+        {
             rows = b.records.num_rows();
             bytes = b.bytes();
             deadline = Some(tokio::time::Instant::now() + max_latency);
@@ -584,6 +590,30 @@ async fn run_once(
                 }
             }
         }
+        // Too early for another micro-batch (`min_interval`) and room left in this one:
+        // the one in flight commits, and this one goes on gathering.
+        let full = rows >= max_rows || bytes >= max_bytes;
+        let early = last_start.is_some_and(|t| tokio::time::Instant::now() < t + min_interval);
+        if drain_only
+            && early
+            && !full
+            && !pending.is_empty()
+            && carry.is_none()
+            && reassigned.is_none()
+            && !revoking
+            && !ended
+            && !stopping
+            && let Some(f) = flight.take()
+        {
+            finish(f, &mut dead, &mut tables, &mut aggregates, &mut fence, &env).await?;
+            partial = Some(Gathered {
+                pending,
+                held,
+                deadline,
+                alone,
+            });
+            continue;
+        }
         // --- launch it, and commit the one in flight --------------------------------------
         // The next micro-batch is prepared and its files written while the one in
         // flight commits, when nothing in either can change what it is (see `flight`).
@@ -660,6 +690,18 @@ async fn run_once(
         .chain(aggregates.into_iter().flat_map(AggregateTarget::finish))
         .collect();
     Ok(summary)
+}
+
+/// A micro-batch being gathered: its batches and their shares of the budget (released
+/// once it is committed).
+#[derive(Default)]
+struct Gathered {
+    pending: Vec<SourceBatch>,
+    held: Vec<OwnedSemaphorePermit>,
+    /// When `batch.max_latency` closes it.
+    deadline: Option<tokio::time::Instant>,
+    /// It holds a control marker or spilled transaction (see `cut::travels_alone`).
+    alone: bool,
 }
 
 /// What committing a micro-batch needs besides its targets.
