@@ -3,9 +3,11 @@ the version that first added its file minus the row's source time (`_commit_ts` 
 Postgres, `_timestamp` for Kafka). A deletion-vector mirror adds a file again when it
 marks rows of it deleted, and compaction rewrites rows into new files
 (`dataChange: false`); only the first add wrote the rows. Prints p50/p99/max over
-rows, of those whose source time is at or after SINCE_MS when given.
+rows, of those whose source time is at or after SINCE_MS when given. With BUCKET_S set,
+also per BUCKET_S seconds of source time, from the first row.
 
     delta_latency.py TABLE [COLUMN [SINCE_MS]]      TABLE: a folder or s3://bucket/prefix
+    BUCKET_S=30 delta_latency.py TABLE _timestamp
 """
 import json
 import os
@@ -69,8 +71,18 @@ for path, ts in file_time.items():
         f"SELECT epoch_ms({column}) FROM read_parquet('{local(path)}') WHERE {column} IS NOT NULL"
         + (f" AND epoch_ms({column}) >= {since}" if since is not None else "")
     ).fetchall()
-    lat.extend(ts - r[0] for r in rows)
-lat.sort()
+    lat.extend((ts - r[0], r[0]) for r in rows)
+bucket_s = int(os.environ.get("BUCKET_S", "0"))
+if bucket_s and lat:
+    t0 = min(t for _, t in lat)
+    buckets = {}
+    for latency, t in lat:
+        buckets.setdefault((t - t0) // (bucket_s * 1000), []).append(latency)
+    for b in sorted(buckets):
+        v = sorted(buckets[b])
+        q = lambda x: v[min(len(v) - 1, int(x * len(v)))]
+        print(f"from {b * bucket_s} s: p50 {q(0.5)} ms, p99 {q(0.99)} ms, max {v[-1]} ms over {len(v)} rows")
+lat = sorted(latency for latency, _ in lat)
 if not lat:
     print("no rows")
     sys.exit(0)

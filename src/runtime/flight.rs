@@ -4,12 +4,15 @@
 //! A micro-batch goes through two steps here. [`launch`] prepares it (what each table
 //! does not hold yet, in its shape) and hands each table's rows to a [`Stager`] on a
 //! task of its own, so Parquet encoding runs on the other core; the micro-batch is
-//! then *in flight*. The run loop gathers the next one from what is already waiting,
-//! launches it too, and only then commits the one in flight ([`super::handover::commit_all`]:
-//! dead letters first, then every table's log entry naming its staged files, then the
-//! aggregates, then the acknowledgement). So commits stay strictly ordered per table,
-//! and the exactly-once protocol is the one of a run without pipelining: nothing is
-//! committed ahead, only written.
+//! then *in flight*. Once its files are written, the run loop takes what is waiting
+//! as the next micro-batch. When that one is full, or `min_interval` has passed since
+//! the one in flight started, it is launched too, and only then does the one in flight
+//! commit ([`super::handover::commit_all`]: dead letters first, then every table's log
+//! entry naming its staged files, then the aggregates, then the acknowledgement).
+//! Otherwise the one in flight commits at once and the next one goes on gathering, so
+//! `min_interval` still spaces micro-batches at low rates. Commits stay strictly ordered
+//! per table, and the exactly-once protocol is the one of a run without pipelining:
+//! nothing is committed ahead, only written.
 //!
 //! A micro-batch is launched before the previous one commits only when that cannot
 //! change what it is: both carry plain records (no control marker, cursor, spilled
