@@ -468,7 +468,7 @@ impl DeltaSink {
         let written = match (staged, commit.parts.clone()) {
             (Some(staged), _) => {
                 let props = props.with_metadata(commit.info.clone().into_iter().chain([staged.metrics()]));
-                super::staged::commit(&self.name, self.table.clone(), staged, props).await
+                super::staged::commit(&self.name, self.table.clone(), staged.adds.clone(), props).await
             }
             (None, Some(parts)) => {
                 self.write_parts(&commit.batches, parts.as_ref(), props, commit.replace)

@@ -28,10 +28,8 @@ use deltalake::arrow::compute::{concat_batches, take_record_batch};
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::ipc::reader::StreamReader;
 use deltalake::arrow::ipc::writer::StreamWriter;
-use deltalake::kernel::Action;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use std::fs::File;
@@ -97,7 +95,7 @@ pub(super) struct AppendSpec<'a> {
 /// Appends `first` and every part to `table` in one commit.
 pub(super) async fn append(
     name: &str,
-    mut table: DeltaTable,
+    table: DeltaTable,
     first: Option<RecordBatch>,
     parts: &dyn Parts,
     spec: AppendSpec<'_>,
@@ -112,7 +110,7 @@ pub(super) async fn append(
         table: name.to_string(),
         source,
     };
-    let mut actions: Vec<Action> = Vec::new();
+    let mut adds = Vec::new();
     let mut rows = 0;
     for i in 0..=parts.count() {
         let part = match i {
@@ -128,22 +126,9 @@ pub(super) async fn append(
             .with_writer_properties(writer.clone())
             .with_target_file_size(target_file_size);
         w.write(part).await.map_err(err)?;
-        actions.extend(w.flush().await.map_err(err)?.into_iter().map(Action::Add));
+        adds.extend(w.flush().await.map_err(err)?);
     }
-    let operation = DeltaOperation::Write {
-        mode: SaveMode::Append,
-        partition_by: None,
-        predicate: None,
-    };
-    let committed = CommitBuilder::from(props)
-        .with_actions(actions)
-        .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
-        .await
-        .map_err(err)?;
-    table
-        .update_incremental(Some(committed.version()))
-        .await
-        .map_err(err)?;
+    let table = super::staged::commit(name, table, adds, props).await?;
     tracing::debug!(
         table = name,
         rows,

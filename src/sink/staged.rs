@@ -126,11 +126,12 @@ impl Stager {
     }
 }
 
-/// Commits `staged` to `table` as an append, in one log entry with `props`.
+/// Commits the files `adds` (written already) to `table` as an append, in one log
+/// entry with `props`: staged files, or the parts of a spilled transaction.
 pub(super) async fn commit(
     name: &str,
     mut table: DeltaTable,
-    staged: &Staged,
+    adds: Vec<Add>,
     props: CommitProperties,
 ) -> Result<DeltaTable, SinkError> {
     let err = |source: DeltaTableError| SinkError::Delta {
@@ -142,7 +143,7 @@ pub(super) async fn commit(
         partition_by: None,
         predicate: None,
     };
-    let actions = staged.adds.iter().cloned().map(Action::Add).collect();
+    let actions = adds.into_iter().map(Action::Add).collect();
     let committed = CommitBuilder::from(props)
         .with_actions(actions)
         .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)

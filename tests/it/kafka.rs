@@ -122,6 +122,24 @@ fn spawn_run_once(dir: &Path, pipeline: &Path, log: &str) -> Child {
         .unwrap()
 }
 
+/// Waits until the run `child`, logging to `log` at debug level for the runtime, has
+/// committed `commits` micro-batches (within 120 s, and without exiting).
+pub(crate) fn wait_for_commits(log: &Path, child: &mut Child, commits: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches("micro-batch committed").count() >= commits {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run exited:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "{commits} commits not reached in 120 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Checks the table holds exactly `counts` records per partition, offsets 0..n each.
 pub(crate) fn assert_exact(table: &str, counts: &BTreeMap<i32, i64>) {
     let total: i64 = counts.values().sum();
@@ -191,19 +209,7 @@ fn a_million_events_over_three_partitions_survive_sigkills() {
     for (i, (commits, ms)) in [(1usize, 30u64), (2, 170), (3, 90)].into_iter().enumerate() {
         let log = format!("run{i}.log");
         let mut child = spawn_run(dir.path(), &pipeline, &log);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let text = std::fs::read_to_string(dir.path().join(&log)).unwrap_or_default();
-            if text.matches("micro-batch committed").count() >= commits {
-                break;
-            }
-            assert!(child.try_wait().unwrap().is_none(), "run {i} exited:\n{text}");
-            assert!(
-                Instant::now() < deadline,
-                "run {i} committed nothing in 120 s:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_commits(&dir.path().join(&log), &mut child, commits);
         std::thread::sleep(Duration::from_millis(ms));
         child.kill().unwrap();
         child.wait().unwrap();

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::kafka::{assert_exact, clicks_source, clicks_topic, produce_clicks};
+use crate::kafka::{assert_exact, clicks_source, clicks_topic, produce_clicks, wait_for_commits};
 use crate::kafka_support::*;
 use crate::support::*;
 
@@ -119,16 +119,7 @@ fn the_next_micro_batch_is_written_while_one_commits_and_sigkills_leave_the_tabl
     for (i, commits) in [3usize, 6, 9].into_iter().enumerate() {
         let log = format!("run{i}.log");
         let mut child = spawn(dir.path(), &piped, false, &log);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let text = std::fs::read_to_string(dir.path().join(&log)).unwrap_or_default();
-            if text.matches("micro-batch committed").count() >= commits {
-                break;
-            }
-            assert!(child.try_wait().unwrap().is_none(), "run {i} exited:\n{text}");
-            assert!(Instant::now() < deadline, "run {i}: no commit in 120 s:\n{text}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_commits(&dir.path().join(&log), &mut child, commits);
         std::thread::sleep(Duration::from_millis(random(0, 300)));
         child.kill().unwrap();
         child.wait().unwrap();
