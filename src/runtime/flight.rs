@@ -39,23 +39,28 @@ use super::RunError;
 use super::handover::Fence;
 use super::tables::{Prepared, TableTarget};
 
-/// Rows below which a table's files are written as one part.
+/// A micro-batch's rows for one table are cut into parts of at least this many rows,
+/// at most one per core.
 const MIN_PART_ROWS: usize = 50_000;
 
-/// A table's files being written on a task of their own; dropping it stops the task
-/// (the run failed, or the micro-batch is prepared again).
+/// A table's files being written on a thread of their own. Dropping it (the run
+/// failed, or the micro-batch is prepared again) cancels the writing if it has not
+/// begun; writing that has runs to its end, and its files are named by nothing.
 #[derive(Debug)]
 pub(super) struct Staging(tokio::task::JoinHandle<Result<Staged, SinkError>>);
 
 impl Staging {
-    /// Starts writing `batches`; `done` is dropped when that ends.
+    /// Starts writing `batches`; `done` is dropped when that ends. Encoding holds a
+    /// core for a while, so it runs on a blocking thread, not on one of the runtime's
+    /// workers (which the commit in flight and the source task need meanwhile).
     fn spawn(
         stager: Stager,
         batches: Vec<deltalake::arrow::array::RecordBatch>,
         done: mpsc::Sender<()>,
     ) -> Self {
-        Self(tokio::spawn(async move {
-            let staged = stager.stage(batches).await;
+        let runtime = tokio::runtime::Handle::current();
+        Self(tokio::task::spawn_blocking(move || {
+            let staged = runtime.block_on(stager.stage(batches));
             drop(done);
             staged
         }))
