@@ -17,7 +17,8 @@
 //! A micro-batch is launched before the previous one commits only when that cannot
 //! change what it is: both carry plain records (no control marker, cursor, spilled
 //! transaction or end of input), and the previous one takes no shards over. After the
-//! previous commit, [`Ahead::still_holds`] checks that no table changed shape and no
+//! previous commit, [`Ahead::still_holds`] checks that no table changed shape or read
+//! progress another process committed (a consumer group's rebalance), and that no
 //! partition was let go meanwhile; otherwise the micro-batch is prepared again and its
 //! staged files are left unnamed (see [`crate::sink::staged`] for their crash story).
 //!
@@ -26,18 +27,25 @@
 //! `[runtime] memory` budget as one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use deltalake::arrow::datatypes::SchemaRef;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use crate::progress::Progress;
 use crate::sink::SinkError;
 use crate::sink::dead_letter::DeadLetters;
 use crate::sink::staged::{Staged, Stager};
-use crate::source::SourceBatch;
+use crate::source::{self, SourceBatch};
+use crate::telemetry;
 
-use super::RunError;
-use super::handover::Fence;
-use super::tables::{Prepared, TableTarget};
+use super::aggregate::AggregateTarget;
+use super::cut::load_spilled;
+use super::handover::{self, Fence};
+use super::retry::RetryPolicy;
+use super::tables::{DeadLetterTarget, Prepared, TableTarget};
+use super::{RunError, acknowledge, claim, held_by_all, refresh, report_in_flight};
 
 /// A micro-batch's rows for one table are cut into parts of at least this many rows,
 /// at most one per core.
@@ -107,24 +115,31 @@ impl Drop for Staging {
 pub(super) struct Ahead {
     pub prepared: Vec<Option<Prepared>>,
     pub routed: DeadLetters,
-    /// What it was prepared against: each table's schema and the fence's epoch.
-    schemas: Vec<Option<SchemaRef>>,
+    /// What it was prepared against: each table's schema and progress reads (see
+    /// [`crate::sink::DeltaSink::progress_reads`]), and the fence's epoch.
+    seen: Vec<(Option<SchemaRef>, u64)>,
     fence_epoch: u64,
     /// Closed once every table's files are written.
     staged: Option<mpsc::Receiver<()>>,
 }
 
 impl Ahead {
-    /// Whether the preparation still holds: no table changed shape and no shard was
-    /// let go since it was made.
+    /// Whether the preparation still holds: no table changed shape or learnt of
+    /// progress another process committed, and no shard was let go, since it was made.
+    /// (Rows another process committed meanwhile are skipped only by a preparation
+    /// that knows of them; the commit cannot catch them once its snapshot has them.)
     pub fn still_holds(&self, tables: &[TableTarget], fence: &Fence) -> bool {
         self.fence_epoch == fence.epoch()
-            && self.schemas.len() == tables.len()
+            && self.seen.len() == tables.len()
             && self
-                .schemas
+                .seen
                 .iter()
                 .zip(tables)
-                .all(|(s, t)| *s == t.sink.schema())
+                .all(|(seen, t)| *seen == Self::seen(t))
+    }
+
+    fn seen(t: &TableTarget) -> (Option<SchemaRef>, u64) {
+        (t.sink.schema(), t.sink.progress_reads())
     }
 }
 
@@ -220,8 +235,87 @@ pub(super) fn launch(
     Ok(Ahead {
         prepared,
         routed,
-        schemas: tables.iter().map(|t| t.sink.schema()).collect(),
+        seen: tables.iter().map(Ahead::seen).collect(),
         fence_epoch: fence.epoch(),
         staged: Some(staged),
     })
+}
+
+/// What committing a micro-batch needs besides its targets.
+pub(super) struct Env<'a> {
+    pub owned: &'a Arc<source::Owned>,
+    pub movable: bool,
+    pub retry: &'a RetryPolicy,
+    pub shard_info: &'a [source::ShardInfo],
+    pub time_column: Option<&'a str>,
+    pub ack_tx: &'a watch::Sender<Progress>,
+    pub budget: &'a Arc<Semaphore>,
+    pub limit: usize,
+    /// Micro-batches committed, across restarts.
+    pub batches: &'a AtomicU64,
+}
+
+/// Commits `f` to the dead letters, every table and the aggregates, then
+/// acknowledges the source up to what every table holds (the exactly-once protocol).
+pub(super) async fn finish(
+    f: Flight,
+    dead: &mut Option<DeadLetterTarget>,
+    tables: &mut [TableTarget],
+    aggregates: &mut [AggregateTarget],
+    fence: &mut handover::Fence,
+    env: &Env<'_>,
+) -> Result<(), RunError> {
+    let Flight {
+        mut pending,
+        held,
+        rows,
+        bytes,
+        reassigned,
+        closing,
+        ahead,
+        ..
+    } = f;
+    let started = Instant::now();
+    handover::commit_all(
+        dead,
+        tables,
+        &mut pending,
+        ahead,
+        env.owned,
+        fence,
+        env.movable,
+        env.retry,
+    )
+    .await?;
+    if !aggregates.is_empty() {
+        // Operators fold records in memory: a spilled transaction is read whole.
+        let loaded = load_spilled(&pending)?;
+        let input = loaded.as_deref().unwrap_or(&pending);
+        for a in aggregates.iter_mut() {
+            a.process(input, closing, env.retry, env.owned, fence).await?;
+        }
+    }
+    tracing::debug!(
+        rows,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "micro-batch committed"
+    );
+    env.batches.fetch_add(1, Ordering::Relaxed);
+    telemetry::committed_now();
+    metrics::counter!(telemetry::MICRO_BATCHES).increment(1);
+    metrics::histogram!(telemetry::BATCH_ROWS).record(rows as f64);
+    metrics::histogram!(telemetry::BATCH_BYTES).record(bytes as f64);
+    if let Some(column) = env.time_column
+        && telemetry::enabled()
+    {
+        telemetry::record_latencies(pending.iter().map(|b| (&*b.stream, &b.records)), column);
+    }
+    drop(held);
+    report_in_flight(env.budget, env.limit);
+    if let Some(shards) = reassigned {
+        refresh(dead, tables).await?;
+        claim(aggregates, &shards, env.owned).await?;
+    }
+    acknowledge(env.ack_tx, held_by_all(tables, aggregates, env.shard_info));
+    Ok(())
 }

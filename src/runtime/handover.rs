@@ -96,7 +96,16 @@ pub(super) async fn commit_all(
     loop {
         // Dead letters first: a table past a position implies its dead letters are in.
         // A second pass finds them there (their progress is committed) and skips them.
-        let (prepared, routed) = match ahead.take().filter(|a| a.still_holds(tables, fence)) {
+        let ahead = ahead.take().filter(|a| {
+            let holds = a.still_holds(tables, fence);
+            if !holds {
+                tracing::debug!(
+                    "a micro-batch prepared ahead is prepared again: the tables learnt of other commits"
+                );
+            }
+            holds
+        });
+        let (prepared, routed) = match ahead {
             Some(a) => (a.prepared, a.routed),
             None => {
                 let mut routed = DeadLetters::default();

@@ -16,6 +16,7 @@ mod aggregate;
 mod backfill;
 mod compaction;
 mod cut;
+mod feed;
 mod flight;
 mod handover;
 pub mod malloc;
@@ -30,19 +31,20 @@ mod tables;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::config::{Pipeline, SourceConfig};
 use crate::progress::Progress;
 use crate::sink::{DeltaSink, IndexOptions, Sink, SinkError, TableOptions};
-use crate::source::{self, Polled, RunMode, Source, SourceBatch, SourceError};
+use crate::source::{self, Polled, RunMode, SourceBatch, SourceError};
 use crate::telemetry;
 use crate::window::{OperatorStats, WindowError};
 use aggregate::AggregateTarget;
-use cut::{load_spilled, split, travels_alone};
-use flight::Flight;
+use cut::{split, travels_alone};
+use feed::drive_source;
+use flight::{Env, Flight, finish};
 use tables::{DeadLetterTarget, TableTarget, summary};
 
 pub use backfill::{BackfillReport, backfill};
@@ -93,13 +95,6 @@ impl Retryable for RunError {
             _ => false,
         }
     }
-}
-
-/// What the source task hands the batcher: a poll result and the share of the
-/// in-flight budget its records hold, released once they are committed.
-struct Delivery {
-    polled: Result<Polled, SourceError>,
-    held: Option<OwnedSemaphorePermit>,
 }
 
 /// What a run did, for the operator's summary line.
@@ -458,11 +453,7 @@ async fn run_once(
         if let Some(f) = flight.as_mut() {
             tokio::select! {
                 biased;
-                () = &mut shutdown => {
-                    tracing::info!("shutdown requested: committing the current batch");
-                    stopping = true;
-                    summary.stopped_by_signal = true;
-                }
+                () = &mut shutdown => stopping = shutdown_requested(&mut summary),
                 () = f.staged() => {}
             }
         }
@@ -501,9 +492,7 @@ async fn run_once(
             tokio::select! {
                 biased;
                 () = &mut shutdown => {
-                    tracing::info!("shutdown requested: committing the current batch");
-                    stopping = true;
-                    summary.stopped_by_signal = true;
+                    stopping = shutdown_requested(&mut summary);
                     break;
                 }
                 msg = rx.recv() => match msg.map(|d| (d.polled, d.held)) {
@@ -704,85 +693,6 @@ struct Gathered {
     alone: bool,
 }
 
-/// What committing a micro-batch needs besides its targets.
-struct Env<'a> {
-    owned: &'a Arc<source::Owned>,
-    movable: bool,
-    retry: &'a RetryPolicy,
-    shard_info: &'a [source::ShardInfo],
-    time_column: Option<&'a str>,
-    ack_tx: &'a watch::Sender<Progress>,
-    budget: &'a Arc<Semaphore>,
-    limit: usize,
-    /// Micro-batches committed, across restarts.
-    batches: &'a AtomicU64,
-}
-
-/// Commits `f` to the dead letters, every table and the aggregates, then
-/// acknowledges the source up to what every table holds (the exactly-once protocol).
-async fn finish(
-    f: Flight,
-    dead: &mut Option<DeadLetterTarget>,
-    tables: &mut [TableTarget],
-    aggregates: &mut [AggregateTarget],
-    fence: &mut handover::Fence,
-    env: &Env<'_>,
-) -> Result<(), RunError> {
-    let Flight {
-        mut pending,
-        held,
-        rows,
-        bytes,
-        reassigned,
-        closing,
-        ahead,
-        ..
-    } = f;
-    let started = Instant::now();
-    handover::commit_all(
-        dead,
-        tables,
-        &mut pending,
-        ahead,
-        env.owned,
-        fence,
-        env.movable,
-        env.retry,
-    )
-    .await?;
-    if !aggregates.is_empty() {
-        // Operators fold records in memory: a spilled transaction is read whole.
-        let loaded = load_spilled(&pending)?;
-        let input = loaded.as_deref().unwrap_or(&pending);
-        for a in aggregates.iter_mut() {
-            a.process(input, closing, env.retry, env.owned, fence).await?;
-        }
-    }
-    tracing::debug!(
-        rows,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "micro-batch committed"
-    );
-    env.batches.fetch_add(1, Ordering::Relaxed);
-    telemetry::committed_now();
-    metrics::counter!(telemetry::MICRO_BATCHES).increment(1);
-    metrics::histogram!(telemetry::BATCH_ROWS).record(rows as f64);
-    metrics::histogram!(telemetry::BATCH_BYTES).record(bytes as f64);
-    if let Some(column) = env.time_column
-        && telemetry::enabled()
-    {
-        telemetry::record_latencies(pending.iter().map(|b| (&*b.stream, &b.records)), column);
-    }
-    drop(held);
-    report_in_flight(env.budget, env.limit);
-    if let Some(shards) = reassigned {
-        refresh(dead, tables).await?;
-        claim(aggregates, &shards, env.owned).await?;
-    }
-    acknowledge(env.ack_tx, held_by_all(tables, aggregates, env.shard_info));
-    Ok(())
-}
-
 /// Maintains every table of `pipeline` (see [`crate::sink::maintain`]), one at a time.
 pub async fn maintain(
     pipeline: &Pipeline,
@@ -902,6 +812,13 @@ async fn refresh(dead: &mut Option<DeadLetterTarget>, tables: &mut [TableTarget]
     Ok(())
 }
 
+/// Notes a shutdown signal in `summary`; always true (the run is stopping).
+fn shutdown_requested(summary: &mut RunSummary) -> bool {
+    tracing::info!("shutdown requested: committing the current batch");
+    summary.stopped_by_signal = true;
+    true
+}
+
 /// Counts `b`'s records (spilled ones included) as read, once, when it arrives.
 fn count_read(summary: &mut RunSummary, b: &SourceBatch) {
     let n = b.records.num_rows() + b.spilled.as_ref().map_or(0, |s| s.rows());
@@ -916,70 +833,4 @@ fn count_read(summary: &mut RunSummary, b: &SourceBatch) {
 /// Sets the in-flight gauge: the part of the budget (`limit` bytes) records hold.
 fn report_in_flight(budget: &Semaphore, limit: usize) {
     metrics::gauge!(telemetry::IN_FLIGHT_BYTES).set((limit - budget.available_permits()) as f64);
-}
-
-/// Polls the source into the channel and forwards acknowledgements to it.
-async fn drive_source(
-    mut source: Box<dyn Source>,
-    tx: mpsc::Sender<Delivery>,
-    mut acks: watch::Receiver<Progress>,
-    budget: Arc<Semaphore>,
-) {
-    let limit = budget.available_permits();
-    let deliver = |polled| Delivery { polled, held: None };
-    async fn ack(source: &mut Box<dyn Source>, acks: &mut watch::Receiver<Progress>) {
-        let progress = acks.borrow_and_update().clone();
-        if let Err(e) = source.acknowledge(&progress).await {
-            // Acknowledgement is a hint (the tables hold the truth); the next one will
-            // carry the same or later progress.
-            tracing::warn!(error = %e, "source acknowledgement failed");
-        }
-    }
-    loop {
-        if acks.has_changed().unwrap_or(false) {
-            ack(&mut source, &mut acks).await;
-        }
-        match source.poll().await {
-            Ok(Polled::Idle) => {
-                if tx.is_closed() {
-                    break;
-                }
-            }
-            Ok(Polled::End) => {
-                let _ = tx.send(deliver(Ok(Polled::End))).await;
-                break;
-            }
-            Err(e) => {
-                let _ = tx.send(deliver(Err(e))).await;
-                break;
-            }
-            Ok(Polled::Batch(b)) => {
-                // A slow sink stops the source here: records are read only while the
-                // ones in flight fit the budget. A chunk larger than the whole budget
-                // takes all of it, alone.
-                let want = b.bytes().min(limit).min(u32::MAX as usize) as u32;
-                let Ok(permit) = budget.clone().acquire_many_owned(want).await else {
-                    break;
-                };
-                report_in_flight(&budget, limit);
-                let delivery = Delivery {
-                    polled: Ok(Polled::Batch(b)),
-                    held: Some(permit),
-                };
-                if tx.send(delivery).await.is_err() {
-                    break;
-                }
-            }
-            Ok(polled) => {
-                if tx.send(deliver(Ok(polled))).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    // Acknowledgements until the run ends, including the last one it sent.
-    while acks.changed().await.is_ok() {
-        ack(&mut source, &mut acks).await;
-    }
-    source.close().await;
 }

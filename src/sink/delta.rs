@@ -107,6 +107,10 @@ pub struct DeltaSink {
     /// Whether commits that write a checkpoint also delete expired log entries; off
     /// when a background task does it ([`DeltaSink::leave_log_cleanup`]).
     cleans_logs: bool,
+    /// How many times reading the table moved `committed` on: another writer's commits
+    /// (or an unknown outcome that turned out ours). What was decided against the
+    /// progress before such a read is decided again (see [`DeltaSink::progress_reads`]).
+    moved_by_reads: u64,
 }
 
 impl std::fmt::Debug for DeltaSink {
@@ -208,6 +212,7 @@ impl DeltaSink {
             options,
             mor: None,
             cleans_logs: true,
+            moved_by_reads: 0,
         };
         sink.check_key().await?;
         sink.committed = sink.read_progress().await?;
@@ -413,10 +418,26 @@ impl DeltaSink {
             }
         }
         let fresh = self.read_progress().await?;
-        for (shard, v) in fresh.iter() {
+        self.take_progress(&fresh);
+        Ok(())
+    }
+
+    /// Advances `committed` to `read` (progress read from the table), counting it when
+    /// that moved anything.
+    fn take_progress(&mut self, read: &Progress) {
+        let before = self.committed.clone();
+        for (shard, v) in read.iter() {
             self.committed.advance(shard, v);
         }
-        Ok(())
+        if self.committed != before {
+            self.moved_by_reads += 1;
+        }
+    }
+
+    /// Changes whenever reading the table moved its progress on beyond this process's
+    /// own commits: rows chosen by the progress before are chosen again.
+    pub fn progress_reads(&self) -> u64 {
+        self.moved_by_reads
     }
 
     /// Whether the table already holds all the progress of `commit` (a replay).
@@ -490,9 +511,8 @@ impl DeltaSink {
                 let landed =
                     self.table.version().map_or(-1, |v| v as i128) - read_version.map_or(-1, |v| v as i128);
                 if landed > 1 {
-                    for (shard, v) in self.read_progress().await?.iter() {
-                        self.committed.advance(shard, v);
-                    }
+                    let read = self.read_progress().await?;
+                    self.take_progress(&read);
                 }
                 Ok(Committed::Version(self.table.version().unwrap_or_default()))
             }
