@@ -100,7 +100,7 @@ pub(super) async fn commit_all(
             let holds = a.still_holds(tables, fence);
             if !holds {
                 tracing::debug!(
-                    "a micro-batch prepared ahead is prepared again: the tables learnt of other commits"
+                    "a micro-batch prepared ahead is prepared again: a table changed shape or read other commits, or a partition was let go"
                 );
             }
             holds

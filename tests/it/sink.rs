@@ -196,3 +196,85 @@ async fn a_mirror_evolves_in_its_merge_and_keeps_its_key() {
         "{err}"
     );
 }
+
+/// Parquet files in a local table's folder, and how many of them its log names.
+fn files_and_named(table: &std::path::Path) -> (usize, usize) {
+    let named: std::collections::HashSet<String> = live_files(table).into_iter().map(|(p, _)| p).collect();
+    let files = std::fs::read_dir(table)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|f| f.ends_with(".parquet"))
+        .collect::<Vec<_>>();
+    let n = files.iter().filter(|f| named.contains(*f)).count();
+    (files.len(), n)
+}
+
+#[tokio::test]
+async fn staged_files_are_named_only_in_their_schema_and_read_progress_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("events");
+    let mut sink = open(dir.path(), "events", TableMode::Append, &[]).await;
+    let ids = |v: Vec<i64>| batch(vec![("id", Arc::new(Int64Array::from(v)) as ArrayRef)]);
+    sink.commit(commit(vec![ids(vec![1, 2])], 2)).await.unwrap();
+
+    // Files written ahead, committed while the table keeps their schema: named as they are.
+    let staged = sink
+        .stager(&ids(vec![]).schema())
+        .unwrap()
+        .stage(vec![ids(vec![3])])
+        .await
+        .unwrap();
+    let mut c = commit(vec![ids(vec![3])], 3);
+    c.staged = Some(Arc::new(staged));
+    sink.commit(c).await.unwrap();
+    assert_eq!(
+        files_and_named(&table),
+        (2, 2),
+        "the staged file is the commit's file"
+    );
+
+    // Files written ahead, then a column is added before their commit: the commit writes
+    // its rows again in the new schema, and the staged file stays unnamed.
+    let staged = sink
+        .stager(&ids(vec![]).schema())
+        .unwrap()
+        .stage(vec![ids(vec![5])])
+        .await
+        .unwrap();
+    let wider = batch(vec![
+        ("id", Arc::new(Int64Array::from(vec![4])) as ArrayRef),
+        ("email", Arc::new(StringArray::from(vec!["d@x"])) as ArrayRef),
+    ]);
+    sink.commit(commit(vec![wider], 4)).await.unwrap();
+    let mut c = commit(vec![ids(vec![5])], 5);
+    c.staged = Some(Arc::new(staged));
+    sink.commit(c).await.unwrap();
+    assert_eq!(
+        files_and_named(&table),
+        (5, 4),
+        "one staged file is named by nothing"
+    );
+    assert_eq!(
+        rows(&format!(
+            "SELECT id, email FROM {} ORDER BY id",
+            scan(table.to_str().unwrap())
+        )),
+        vec![
+            serde_json::json!([1, null]),
+            serde_json::json!([2, null]),
+            serde_json::json!([3, null]),
+            serde_json::json!([4, "d@x"]),
+            serde_json::json!([5, null]),
+        ]
+    );
+
+    // A second writer's view: its own reads count only when they move its progress.
+    let mut other = open(dir.path(), "events", TableMode::Append, &[]).await;
+    assert_eq!((other.committed().get("s"), other.progress_reads()), (Some(5), 0));
+    other.refresh().await.unwrap();
+    assert_eq!(other.progress_reads(), 0, "nothing new to read");
+    sink.commit(commit(vec![ids(vec![6])], 6)).await.unwrap();
+    other.refresh().await.unwrap();
+    assert_eq!((other.committed().get("s"), other.progress_reads()), (Some(6), 1));
+    assert_eq!(sink.progress_reads(), 0, "a writer's own commits are not reads");
+}
