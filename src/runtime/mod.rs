@@ -457,8 +457,7 @@ async fn run_once(
                 () = f.staged() => {}
             }
         }
-        let gather = !stopping;
-        if gather
+        if !stopping
             && pending.is_empty()
             && let Some((b, permit)) = carry.take().filter(|(b, _)| fence.admits(b))
         {
@@ -473,7 +472,7 @@ async fn run_once(
         // (and `min_interval` has passed since the previous one started), so under load
         // batches grow with the commit time and at low rates records do not wait for a
         // timer; `max_latency`, `max_rows` and `max_bytes` bound it.
-        while gather && rows < max_rows && bytes < max_bytes {
+        while !stopping && rows < max_rows && bytes < max_bytes {
             let now = tokio::time::Instant::now();
             if rx.is_empty() && (drain_only || (!pending.is_empty() && ready_at.is_none_or(|r| now >= r))) {
                 break;
@@ -582,7 +581,7 @@ async fn run_once(
         // Too early for another micro-batch (`min_interval`) and room left in this one:
         // the one in flight commits, and this one goes on gathering.
         let full = rows >= max_rows || bytes >= max_bytes;
-        let early = last_start.is_some_and(|t| tokio::time::Instant::now() < t + min_interval);
+        let early = ready_at.is_some_and(|r| tokio::time::Instant::now() < r);
         if drain_only
             && early
             && !full

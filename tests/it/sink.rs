@@ -209,6 +209,19 @@ fn files_and_named(table: &std::path::Path) -> (usize, usize) {
     (files.len(), n)
 }
 
+/// A commit of `rows` up to `next` whose files are written now, ahead of it.
+async fn staged(sink: &DeltaSink, rows: RecordBatch, next: i64) -> Commit {
+    let files = sink
+        .stager(&rows.schema())
+        .unwrap()
+        .stage(vec![rows.clone()])
+        .await
+        .unwrap();
+    let mut c = commit(vec![rows], next);
+    c.staged = Some(Arc::new(files));
+    c
+}
+
 #[tokio::test]
 async fn staged_files_are_named_only_in_their_schema_and_read_progress_is_counted() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,15 +231,8 @@ async fn staged_files_are_named_only_in_their_schema_and_read_progress_is_counte
     sink.commit(commit(vec![ids(vec![1, 2])], 2)).await.unwrap();
 
     // Files written ahead, committed while the table keeps their schema: named as they are.
-    let staged = sink
-        .stager(&ids(vec![]).schema())
-        .unwrap()
-        .stage(vec![ids(vec![3])])
-        .await
-        .unwrap();
-    let mut c = commit(vec![ids(vec![3])], 3);
-    c.staged = Some(Arc::new(staged));
-    sink.commit(c).await.unwrap();
+    let ahead = staged(&sink, ids(vec![3]), 3).await;
+    sink.commit(ahead).await.unwrap();
     assert_eq!(
         files_and_named(&table),
         (2, 2),
@@ -235,20 +241,13 @@ async fn staged_files_are_named_only_in_their_schema_and_read_progress_is_counte
 
     // Files written ahead, then a column is added before their commit: the commit writes
     // its rows again in the new schema, and the staged file stays unnamed.
-    let staged = sink
-        .stager(&ids(vec![]).schema())
-        .unwrap()
-        .stage(vec![ids(vec![5])])
-        .await
-        .unwrap();
+    let ahead = staged(&sink, ids(vec![5]), 5).await;
     let wider = batch(vec![
         ("id", Arc::new(Int64Array::from(vec![4])) as ArrayRef),
         ("email", Arc::new(StringArray::from(vec!["d@x"])) as ArrayRef),
     ]);
     sink.commit(commit(vec![wider], 4)).await.unwrap();
-    let mut c = commit(vec![ids(vec![5])], 5);
-    c.staged = Some(Arc::new(staged));
-    sink.commit(c).await.unwrap();
+    sink.commit(ahead).await.unwrap();
     assert_eq!(
         files_and_named(&table),
         (5, 4),
